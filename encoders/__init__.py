@@ -1,0 +1,1 @@
+"""Pluggable text, image and audio encoders behind one factory."""

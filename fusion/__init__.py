@@ -1,0 +1,1 @@
+"""Fusion heads that combine encoder outputs, and the contrastive dual-encoder head."""

@@ -1,0 +1,1 @@
+"""Model assembly, data, training on Accelerate, evaluation and config."""
