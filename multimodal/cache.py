@@ -1,0 +1,382 @@
+"""On-disk cache of frozen-encoder features, so a locked tower encodes each item once.
+
+An entry is keyed by two things:
+
+* the **encoder fingerprint**: SHA-256 over the encoder's `spec`, `get_config()`,
+  `preprocess_config()` (image size, max_length, sample rate, ...) and a hash of every tensor in its
+  state dict (computed once when the cache is opened). Change any of them and the cache lives in a
+  different directory, so stale features are never read.
+* the **content key** of the item: SHA-256 of the file's bytes for image/audio paths, of the UTF-8
+  text for text, of the pixel/sample buffer for in-memory arrays.
+
+Features are computed with the encoder in eval mode and its **eval-mode preprocessing**
+(`get_preprocessor(train=False)`): no random augmentation is applied to cached items. Use the cache
+only for frozen encoders you would not augment for anyway.
+
+Layout: ``<root>/<modality>-<fingerprint[:24]>/`` holds ``meta.json`` (the full key parts, for humans)
+and shards ``shard-<id>.safetensors`` + ``shard-<id>.json`` (the keys stored in the shard). Shards are
+written atomically and never modified, so several processes (DDP ranks) can add shards concurrently.
+Tokens are stored trimmed to the last real position (per the encoder's mask) and re-padded on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from encoders.base import Encoder, EncoderOutput
+
+ABSENT = "__absent__"
+"""Content key of a missing sample; its features are the encoder's output on its neutral placeholder."""
+
+_FILE_HASH_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def weights_hash(module: nn.Module) -> str:
+    """SHA-256 over every state-dict tensor (name, dtype, shape, bytes), in name order."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        if t.dtype == torch.bfloat16:
+            t = t.view(torch.int16)
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return repr(obj)
+
+
+def encoder_key_parts(encoder: Encoder) -> dict[str, Any]:
+    """Everything that decides what the encoder outputs for an item: spec, configs, weights hash."""
+    return {
+        "spec": encoder.spec,
+        "modality": encoder.modality,
+        "config": encoder.get_config(),
+        "preprocess": encoder.preprocess_config(),
+        "weights": weights_hash(encoder),
+    }
+
+
+def encoder_fingerprint(encoder: Encoder, parts: Optional[dict[str, Any]] = None) -> str:
+    """SHA-256 of `encoder_key_parts` (canonical JSON)."""
+    parts = encoder_key_parts(encoder) if parts is None else parts
+    blob = json.dumps(parts, sort_keys=True, default=_json_default).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, memoised per (path, size, mtime) within the process."""
+    p = os.path.abspath(os.fspath(path))
+    try:
+        st = os.stat(p)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"feature cache: file not found: {p}") from err
+    memo_key = (p, st.st_size, st.st_mtime_ns)
+    if memo_key not in _FILE_HASH_MEMO:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _FILE_HASH_MEMO[memo_key] = h.hexdigest()
+    return _FILE_HASH_MEMO[memo_key]
+
+
+def content_key(modality: str, source: Any) -> str:
+    """Content hash of one item: text content, file bytes for paths, buffer bytes for arrays/images."""
+    if source is None:
+        return ABSENT
+    h = hashlib.sha256()
+    if modality == "text":
+        if not isinstance(source, str):
+            raise TypeError(f"text item must be str, got {type(source).__name__}")
+        h.update(b"text\0" + source.encode("utf-8"))
+        return h.hexdigest()
+    if isinstance(source, (str, os.PathLike)):
+        return file_hash(source)
+    if isinstance(source, tuple) and len(source) == 2:  # (waveform, sample_rate)
+        wave = np.ascontiguousarray(np.asarray(source[0]))
+        h.update(f"wave\0{wave.dtype}\0{wave.shape}\0{int(source[1])}\0".encode())
+        h.update(wave.tobytes())
+        return h.hexdigest()
+    if isinstance(source, np.ndarray):
+        arr = np.ascontiguousarray(source)
+        h.update(f"array\0{arr.dtype}\0{arr.shape}\0".encode())
+        h.update(arr.tobytes())
+        return h.hexdigest()
+    try:  # PIL image
+        from PIL import Image
+
+        if isinstance(source, Image.Image):
+            h.update(f"pil\0{source.mode}\0{source.size}\0".encode())
+            h.update(source.tobytes())
+            return h.hexdigest()
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        pass
+    raise TypeError(f"cannot compute a content key for a {type(source).__name__} {modality} item")
+
+
+def load_raw(modality: str, source: Any) -> Any:
+    """Turn a path into the raw sample the encoder's preprocessor takes; other sources pass through."""
+    if modality == "text" or not isinstance(source, (str, os.PathLike)):
+        return source
+    if modality == "image":
+        from PIL import Image
+
+        with Image.open(source) as img:
+            img.load()
+            return img.copy()
+    if modality == "audio":
+        import soundfile as sf
+
+        wave, sr = sf.read(os.fspath(source), dtype="float32", always_2d=True)
+        return (np.ascontiguousarray(wave.T if wave.shape[1] > 1 else wave[:, 0]), int(sr))
+    raise ValueError(f"unknown modality {modality!r}")
+
+
+def _trim(out: EncoderOutput, i: int) -> dict[str, torch.Tensor]:
+    entry = {"pooled": out.pooled[i]}
+    if out.tokens is not None:
+        tokens = out.tokens[i]
+        if out.mask is not None:
+            real = torch.nonzero(out.mask[i]).flatten()
+            length = int(real.max()) + 1 if real.numel() else 1
+            entry["tokens"] = tokens[:length]
+            entry["mask"] = out.mask[i][:length].to(torch.uint8)
+        else:
+            entry["tokens"] = tokens
+    return entry
+
+
+class FeatureCache:
+    """Features of one frozen encoder, stored on disk under its fingerprint and looked up by content key."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        root: str | os.PathLike,
+        store_tokens: bool = True,
+        dtype: torch.dtype = torch.float32,
+        shard_size: int = 2048,
+    ) -> None:
+        self.encoder = encoder
+        self.modality = encoder.modality
+        self.store_tokens = bool(store_tokens)
+        self.dtype = dtype
+        self.shard_size = int(shard_size)
+        self.key_parts = encoder_key_parts(encoder)
+        self.fingerprint = encoder_fingerprint(encoder, self.key_parts)
+        self.directory = Path(root) / f"{self.modality}-{self.fingerprint[:24]}"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        meta = self.directory / "meta.json"
+        if not meta.exists():
+            tmp = meta.with_suffix(f".{uuid.uuid4().hex}.tmp")
+            tmp.write_text(json.dumps({"fingerprint": self.fingerprint, **self.key_parts}, indent=1, default=_json_default))
+            os.replace(tmp, meta)
+        self._index: dict[str, tuple[str, bool]] = {}
+        self._handles: dict[str, Any] = {}
+        self.hits = 0
+        self.misses = 0
+        self.refresh()
+
+    # -- index ------------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Re-read the shard indexes (after other processes added shards)."""
+        for idx_file in sorted(self.directory.glob("shard-*.json")):
+            shard = idx_file.with_suffix(".safetensors").name
+            info = json.loads(idx_file.read_text())
+            for key in info["keys"]:
+                has_tokens = bool(info.get("tokens", False))
+                old = self._index.get(key)
+                if old is None or (has_tokens and not old[1]):
+                    self._index[key] = (shard, has_tokens)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def has(self, key: str) -> bool:
+        """True if `key` is stored with everything this cache needs (tokens when `store_tokens`)."""
+        entry = self._index.get(key)
+        return entry is not None and (entry[1] or not self.store_tokens)
+
+    def __contains__(self, key: str) -> bool:
+        return self.has(key)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        return state
+
+    # -- writing ----------------------------------------------------------------------------------
+    def add(self, keys: Sequence[str], output: EncoderOutput) -> None:
+        """Store a batch of encoder outputs under their content keys (one new shard)."""
+        if len(keys) != output.pooled.shape[0]:
+            raise ValueError(f"{len(keys)} keys for a batch of {output.pooled.shape[0]}")
+        tensors: dict[str, torch.Tensor] = {}
+        stored: list[str] = []
+        with_tokens = self.store_tokens and output.tokens is not None
+        out = EncoderOutput(output.pooled, output.tokens if with_tokens else None, output.mask if with_tokens else None)
+        for i, key in enumerate(keys):
+            if key in stored:
+                continue
+            stored.append(key)
+            for name, t in _trim(out, i).items():
+                t = t.detach().to("cpu")
+                tensors[f"{key}/{name}"] = (t.to(self.dtype) if t.is_floating_point() else t).contiguous()
+        shard = f"shard-{uuid.uuid4().hex}"
+        tmp = self.directory / f"{shard}.safetensors.tmp"
+        save_file(tensors, str(tmp))
+        os.replace(tmp, self.directory / f"{shard}.safetensors")
+        tmp_idx = self.directory / f"{shard}.json.tmp"
+        tmp_idx.write_text(json.dumps({"keys": stored, "tokens": with_tokens}))
+        os.replace(tmp_idx, self.directory / f"{shard}.json")
+        for key in stored:
+            self._index[key] = (f"{shard}.safetensors", with_tokens)
+
+    @torch.no_grad()
+    def build(
+        self,
+        sources: Sequence[Any],
+        batch_size: int = 32,
+        loader: Optional[Callable[[str, Any], Any]] = None,
+        device: Optional[torch.device | str] = None,
+        accelerator: Any = None,
+        show_progress: bool = True,
+    ) -> list[str]:
+        """Encode every source whose content key is not cached yet; return the content keys of `sources`.
+
+        `sources` are texts, file paths or raw samples (None = absent). With an `accelerator`, each
+        process encodes its share of the missing items and all processes wait for each other.
+        """
+        loader = loader or load_raw
+        keys = [content_key(self.modality, s) for s in sources]
+        todo: dict[str, Any] = {}
+        for key, src in zip(keys, sources):
+            if not self.has(key) and key not in todo:
+                todo[key] = src
+        self.misses += len(todo)
+        self.hits += len(keys) - len(todo)
+        pending = list(todo.items())
+        rank, world = 0, 1
+        if accelerator is not None:
+            rank, world = accelerator.process_index, accelerator.num_processes
+        mine = pending[rank::world]
+        if mine:
+            was_training = self.encoder.training
+            self.encoder.eval()
+            preprocess = self.encoder.get_preprocessor(train=False)
+            dev = torch.device(device) if device is not None else next(self.encoder.parameters()).device
+            progress = None
+            if show_progress and rank == 0 and len(mine) > batch_size:
+                from tqdm.auto import tqdm
+
+                progress = tqdm(total=len(mine), desc=f"caching {self.modality} features", leave=False)
+            flush_keys: list[str] = []
+            flush_outs: list[EncoderOutput] = []
+            try:
+                for start in range(0, len(mine), batch_size):
+                    chunk = mine[start : start + batch_size]
+                    raw = [None if k == ABSENT else loader(self.modality, s) for k, s in chunk]
+                    inputs = {n: t.to(dev) if isinstance(t, torch.Tensor) else t for n, t in preprocess(raw).items()}
+                    out = self.encoder(inputs)
+                    flush_keys.extend(k for k, _ in chunk)
+                    flush_outs.append(out)
+                    if len(flush_keys) >= self.shard_size:
+                        self._flush(flush_keys, flush_outs)
+                        flush_keys, flush_outs = [], []
+                    if progress is not None:
+                        progress.update(len(chunk))
+                if flush_keys:
+                    self._flush(flush_keys, flush_outs)
+            finally:
+                if progress is not None:
+                    progress.close()
+                self.encoder.train(was_training)
+        if accelerator is not None and world > 1:
+            accelerator.wait_for_everyone()
+            self.refresh()
+        return keys
+
+    def _flush(self, keys: list[str], outs: list[EncoderOutput]) -> None:
+        # Batches may differ in token length (text padding): store each batch separately in one shard.
+        tensors_keys: list[str] = []
+        pooled, tokens, masks = [], [], []
+        for out in outs:
+            n = out.pooled.shape[0]
+            for i in range(n):
+                entry = _trim(out, i)
+                pooled.append(entry["pooled"])
+                tokens.append(entry.get("tokens"))
+                masks.append(entry.get("mask"))
+            tensors_keys.extend(keys[len(tensors_keys) : len(tensors_keys) + n])
+        max_t = max((t.shape[0] for t in tokens if t is not None), default=0)
+        padded_tokens = padded_mask = None
+        if tokens and tokens[0] is not None:
+            d = tokens[0].shape[-1]
+            padded_tokens = torch.zeros(len(tokens), max_t, d, dtype=tokens[0].dtype)
+            padded_mask = torch.zeros(len(tokens), max_t, dtype=torch.bool)
+            for i, (t, m) in enumerate(zip(tokens, masks)):
+                padded_tokens[i, : t.shape[0]] = t
+                padded_mask[i, : t.shape[0]] = m.bool() if m is not None else True
+            has_mask = any(m is not None for m in masks)
+            if not has_mask and all(t.shape[0] == max_t for t in tokens):
+                padded_mask = None
+        self.add(tensors_keys, EncoderOutput(torch.stack(pooled), padded_tokens, padded_mask))
+
+    # -- reading ----------------------------------------------------------------------------------
+    def _handle(self, shard: str) -> Any:
+        if shard not in self._handles:
+            self._handles[shard] = safe_open(str(self.directory / shard), framework="pt", device="cpu")
+        return self._handles[shard]
+
+    def get(self, key: str) -> dict[str, torch.Tensor]:
+        """The stored tensors of one item: ``pooled`` and, when stored, ``tokens`` / ``mask``."""
+        if not self.has(key):
+            raise KeyError(f"feature cache {self.directory}: no entry for content key {key[:16]}…; run build() first")
+        shard, with_tokens = self._index[key]
+        f = self._handle(shard)
+        names = set(f.keys())
+        entry = {"pooled": f.get_tensor(f"{key}/pooled")}
+        if with_tokens and self.store_tokens:
+            entry["tokens"] = f.get_tensor(f"{key}/tokens")
+            if f"{key}/mask" in names:
+                entry["mask"] = f.get_tensor(f"{key}/mask").bool()
+        return entry
+
+    def load(self, keys: Sequence[str]) -> EncoderOutput:
+        """Batch the cached features of `keys` into one `EncoderOutput` (tokens re-padded with their mask)."""
+        entries = [self.get(k) for k in keys]
+        pooled = torch.stack([e["pooled"] for e in entries])
+        if not entries or "tokens" not in entries[0]:
+            return EncoderOutput(pooled, None, None)
+        lengths = [e["tokens"].shape[0] for e in entries]
+        max_t = max(lengths)
+        any_mask = any("mask" in e for e in entries)
+        if not any_mask and min(lengths) == max_t:
+            return EncoderOutput(pooled, torch.stack([e["tokens"] for e in entries]), None)
+        d = entries[0]["tokens"].shape[-1]
+        tokens = torch.zeros(len(entries), max_t, d, dtype=entries[0]["tokens"].dtype)
+        mask = torch.zeros(len(entries), max_t, dtype=torch.bool)
+        for i, e in enumerate(entries):
+            n = e["tokens"].shape[0]
+            tokens[i, :n] = e["tokens"]
+            mask[i, :n] = e["mask"] if "mask" in e else True
+        return EncoderOutput(pooled, tokens, mask)

@@ -1,0 +1,152 @@
+"""Feature cache: hits and misses, invalidation on every key part, round trip of pooled/tokens/mask."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from encoders.base import Encoder, EncoderOutput
+from multimodal.cache import ABSENT, FeatureCache, content_key, encoder_fingerprint
+
+
+class _ResizeFlatten:
+    """Picklable preprocessor: grey image resized to `size`, flattened."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, raw: list) -> dict:
+        rows = []
+        for img in raw:
+            if img is None:
+                img = Image.new("L", (self.size, self.size))
+            img = img.convert("L").resize((self.size, self.size))
+            rows.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).flatten())
+        return {"pixels": torch.stack(rows)}
+
+
+class CountingImageEncoder(Encoder):
+    """A minimal image encoder for cache tests that counts how many samples it encoded."""
+
+    modality = "image"
+
+    def __init__(self, size: int = 4, dim: int = 3, spec: str = "image:counting") -> None:
+        super().__init__()
+        self.size, self.output_dim, self.spec = size, dim, spec
+        torch.manual_seed(0)
+        self.backbone = torch.nn.Linear(size * size, dim * 2)
+        self.calls = 0
+
+    def forward(self, inputs: dict) -> EncoderOutput:
+        self.calls += inputs["pixels"].shape[0]
+        h = self.backbone(inputs["pixels"])
+        tokens = h.view(h.shape[0], 2, self.output_dim)
+        return EncoderOutput(tokens.mean(1), tokens, None)
+
+    def get_preprocessor(self, train: bool = False) -> _ResizeFlatten:
+        return _ResizeFlatten(self.size)
+
+    def get_config(self) -> dict:
+        return {"spec": self.spec, "dim": self.output_dim}
+
+    def preprocess_config(self) -> dict:
+        return {"size": self.size}
+
+
+@pytest.fixture()
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(5):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    return paths
+
+
+def test_hit_miss_and_round_trip(tmp_path, images):
+    enc = CountingImageEncoder()
+    cache = FeatureCache(enc, tmp_path / "cache")
+    sources = images + [images[0], None]  # a duplicate and an absent item
+    keys = cache.build(sources, batch_size=2)
+    assert enc.calls == 6 and cache.misses == 6 and cache.hits == 1  # duplicate encoded once
+    assert keys[-1] == ABSENT and keys[0] == keys[5]
+    loaded = cache.load(keys)
+    with torch.no_grad():
+        direct = enc(enc.preprocess([Image.open(p) for p in images] + [Image.open(images[0]), None]))
+    assert torch.allclose(loaded.pooled, direct.pooled, atol=1e-6)
+    assert torch.allclose(loaded.tokens, direct.tokens, atol=1e-6) and loaded.mask is None
+
+    # A fresh cache object on the same directory (a new run) hits everything.
+    enc2 = CountingImageEncoder()
+    cache2 = FeatureCache(enc2, tmp_path / "cache")
+    cache2.build(sources)
+    assert enc2.calls == 0 and cache2.hits == 7 and cache2.misses == 0
+    assert torch.equal(cache2.load(keys).pooled, loaded.pooled)
+
+
+def test_invalidation_on_each_key_part(tmp_path, images):
+    root = tmp_path / "cache"
+    base = CountingImageEncoder()
+    FeatureCache(base, root).build(images)
+
+    def misses(enc):
+        c = FeatureCache(enc, root)
+        c.build(images)
+        return c.misses
+
+    assert misses(CountingImageEncoder()) == 0
+    assert misses(CountingImageEncoder(spec="image:other")) == 5  # spec / config
+    assert misses(CountingImageEncoder(size=5)) == 5  # preprocessing parameter (image size)
+    changed = CountingImageEncoder()
+    with torch.no_grad():
+        changed.backbone.weight[0, 0] += 1e-3
+    assert misses(changed) == 5  # weights
+    assert encoder_fingerprint(changed) != encoder_fingerprint(CountingImageEncoder())
+
+    # file content: rewrite one image in place -> only that item misses
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(images[2])
+    c = FeatureCache(CountingImageEncoder(), root)
+    c.build(images)
+    assert c.misses == 1 and c.hits == 4
+
+
+def test_text_keys_masks_and_tokens_flag(tmp_path):
+    assert content_key("text", "a dog") == content_key("text", "a dog") != content_key("text", "a cat")
+
+    class MaskedText(CountingImageEncoder):
+        modality = "text"
+
+        def get_preprocessor(self, train=False):
+            return _Lengths()
+
+        def forward(self, inputs):
+            lengths = inputs["lengths"]
+            b, t = lengths.shape[0], int(lengths.max())
+            tokens = torch.arange(b * t * 3, dtype=torch.float32).view(b, t, 3)
+            mask = torch.arange(t).unsqueeze(0) < lengths.unsqueeze(1)
+            self.calls += b
+            return EncoderOutput(tokens.sum(1), tokens, mask)
+
+    enc = MaskedText()
+    cache = FeatureCache(enc, tmp_path / "c")
+    keys = cache.build(["a", "abc", "ab"], batch_size=2)  # batches of different padded length
+    out = cache.load(keys)
+    assert out.tokens.shape == (3, 3, 3)
+    assert out.mask.tolist() == [[True, False, False], [True, True, True], [True, True, False]]
+    # a pooled-only cache does not satisfy a cache that needs tokens
+    pooled_only = FeatureCache(MaskedText(), tmp_path / "p", store_tokens=False)
+    pooled_only.build(["a"])
+    assert pooled_only.load([content_key("text", "a")]).tokens is None
+    needs_tokens = FeatureCache(MaskedText(), tmp_path / "p", store_tokens=True)
+    needs_tokens.build(["a"])
+    assert needs_tokens.misses == 1 and needs_tokens.load([content_key("text", "a")]).tokens is not None
+    with pytest.raises(KeyError, match="run build"):
+        cache.load([content_key("text", "never")])
+
+
+class _Lengths:
+    def __call__(self, raw):
+        return {"lengths": torch.tensor([len(s or "x") for s in raw])}
