@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -150,3 +152,33 @@ def test_text_keys_masks_and_tokens_flag(tmp_path):
 class _Lengths:
     def __call__(self, raw):
         return {"lengths": torch.tensor([len(s or "x") for s in raw])}
+
+
+def test_dataset_and_collator_yield_features_without_loading(tmp_path, images):
+    from multimodal.cache import CachedFeatureCollator, CachedFeatureDataset
+    from multimodal.data import Collator, MultimodalDataset
+
+    rows = [{"image": os.path.basename(p), "text": f"caption {i}", "label": str(i % 2)} for i, p in enumerate(images)]
+    rows.append({"image": None, "text": "no image", "label": "0"})
+    ds = MultimodalDataset(rows, {"image": "image", "text": "text"}, label_column="label", base_dir=os.path.dirname(images[0]))
+    enc = CountingImageEncoder()
+    cache = FeatureCache(enc, tmp_path / "cache")
+    sources = [os.path.join(ds.base_dir, r["image"]) if r["image"] else None for r in rows]
+    wrapped = CachedFeatureDataset(ds, {"image": cache.build(sources)})
+    item = wrapped[0]
+    assert "image" not in item and item["text"] == "caption 0" and "feature_keys" in item
+
+    collate = CachedFeatureCollator(Collator({"text": _Lengths()}), {"image": cache})
+    batch = collate([wrapped[i] for i in range(len(wrapped))])
+    assert set(batch["inputs"]) == {"text"} and batch["labels"].tolist() == [0, 1, 0, 1, 0, 0]
+    assert batch["present"]["image"].tolist() == [True] * 5 + [False]
+    feats = batch["features"]["image"]
+    with torch.no_grad():
+        direct = enc(enc.preprocess([Image.open(p) for p in images]))
+    assert torch.allclose(feats.pooled[:5], direct.pooled, atol=1e-6)
+    calls = enc.calls
+    collate([wrapped[0], wrapped[1]])
+    assert enc.calls == calls  # batches never run the encoder
+    import pickle
+
+    assert pickle.loads(pickle.dumps(collate)).caches["image"].encoder is None  # workers get no encoder
