@@ -1,0 +1,493 @@
+"""Training loop on Hugging Face Accelerate, kept out of the model modules.
+
+`Trainer(model, config, train_loader, eval_loader, task=...)` runs epochs of AdamW over
+``model.parameter_groups(encoder_lr, head_lr, weight_decay)`` with warmup then cosine/linear decay
+(per optimizer step), gradient accumulation (``accelerator.accumulate``), clipping and mixed
+precision; evaluates every epoch with metrics gathered by ``accelerator.gather_for_metrics`` (each
+validation example counted once under DDP); keeps the best model (``save_pretrained``), stops early
+on a chosen metric, and checkpoints with ``accelerator.save_state``.
+
+Exact resume: a checkpoint holds model/optimizer/RNG states (accelerate) plus ``trainer_state.json``
+(epoch, batch position in the epoch, global step, scheduler, early-stopping state, history). The
+training order depends only on (seed, epoch) (`multimodal.data.EpochShuffleSampler`) and the
+DataLoader draws worker seeds from its own generator, reseeded per epoch, so resuming (at an epoch
+boundary, or mid-epoch with ``accelerator.skip_first_batches``) reproduces the uninterrupted run
+bit-for-bit on CPU. Mid-epoch checkpoints are exact with ``num_workers=0`` or deterministic
+preprocessing; with random augmentation in several workers, the skipped batches change which worker
+draws which random numbers, so only epoch-boundary checkpoints are exact there.
+
+The model is any module following the `MultimodalModel` contract:
+``model(inputs=, present=, labels=, features=) -> output`` with ``.loss`` (which may come from a
+contrastive fusion with no labels), ``.logits`` and, for contrastive models, ``.embeddings``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from multimodal.metrics import compute_metrics, default_metric
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def _lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
+    def fn(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / (warmup + 1)
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        progress = min(max(progress, 0.0), 1.0)
+        if kind == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return fn
+
+
+@dataclass
+class TrainerState:
+    """Everything besides model/optimizer/RNG that a resumed run needs."""
+
+    epoch: int = 0  # epochs completed
+    batch_in_epoch: int = 0  # batches of the current epoch already consumed
+    global_step: int = 0  # optimizer steps
+    best_metric: Optional[float] = None
+    best_epoch: Optional[int] = None
+    bad_epochs: int = 0
+    unfrozen: bool = False
+    stopped_early: bool = False
+    history: list[dict] = field(default_factory=list)
+    train_log: list[dict] = field(default_factory=list)
+
+
+def _move(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _move(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(_move(v, device) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_move(v, device) for v in batch)
+    return batch
+
+
+class Trainer:
+    """Accelerate training loop for `MultimodalModel`-like models (see module docstring)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: Any,
+        train_loader: torch.utils.data.DataLoader,
+        eval_loader: Optional[torch.utils.data.DataLoader] = None,
+        task: str = "single_label",
+        compute_metrics_fn: Optional[Callable[[dict[str, torch.Tensor]], dict[str, float]]] = None,
+        accelerator: Any = None,
+        tracker_config: Optional[dict] = None,
+        run_name: str = "run",
+        unfreeze_after_epochs: Optional[int] = None,
+    ) -> None:
+        """`config` is a `multimodal.config.TrainConfig`; `compute_metrics_fn` gets the gathered eval
+        outputs ``{"logits", "labels", "index", "embeddings.<modality>", "loss"}`` and returns metrics;
+        `unfreeze_after_epochs` unfreezes frozen encoders from that epoch on."""
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.config = config
+        self.task = task
+        self.output_dir = config.output_dir
+        if accelerator is None:
+            log_with = self._resolve_log_with(config.log_with)
+            accelerator = Accelerator(
+                mixed_precision=config.mixed_precision,
+                gradient_accumulation_steps=config.grad_accum_steps,
+                log_with=log_with,
+                project_dir=os.path.join(config.output_dir, "logs") if log_with else None,
+            )
+        self.accelerator = accelerator
+        set_seed(config.seed)
+        self.compute_metrics_fn = compute_metrics_fn
+        self.state = TrainerState()
+        self._tracker_config = tracker_config or {}
+        self._run_name = run_name
+
+        metric, mode = default_metric(task)
+        if config.metric_for_best != "auto":
+            metric = config.metric_for_best
+            mode = "min" if metric in ("loss", "mse", "mae") else "max"
+        self.metric_for_best = metric
+        self.metric_mode = mode if config.metric_mode == "auto" else config.metric_mode
+        self.unfreeze_epoch = unfreeze_after_epochs
+        optimizer = self._make_optimizer(model)
+        self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
+        self.eval_loader = accelerator.prepare(eval_loader) if eval_loader is not None else None
+        self.updates_per_epoch = max(1, math.ceil(len(self.train_loader) / config.grad_accum_steps))
+        total = self.updates_per_epoch * config.epochs
+        warmup = config.warmup_steps if config.warmup_steps is not None else int(config.warmup_ratio * total)
+        self.total_steps = total
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer.optimizer, _lr_lambda(config.scheduler, warmup, total)
+        )
+
+    # ----------------------------------------------------------------------------------------
+    @staticmethod
+    def _resolve_log_with(value: str) -> Optional[str]:
+        if value == "none":
+            return None
+        if value == "tensorboard":
+            return "tensorboard"
+        try:
+            import tensorboard  # noqa: F401
+
+            return "tensorboard"
+        except ImportError:
+            return None
+
+    def _make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """AdamW over the model's parameter groups; with a later unfreeze the encoder groups are included
+        from the start (AdamW skips parameters without gradients), so the optimizer state stays stable."""
+        cfg = self.config
+        if self.unfreeze_epoch is not None:
+            frozen = [name for name, enc in model.encoders.items() if enc.frozen]
+            model.unfreeze_encoders()
+            groups = model.parameter_groups(cfg.encoder_lr, cfg.head_lr, cfg.weight_decay)
+            model.freeze_encoders(frozen or None)
+        else:
+            groups = model.parameter_groups(cfg.encoder_lr, cfg.head_lr, cfg.weight_decay)
+        groups = [g for g in groups if len(list(g["params"]))]
+        if not groups:
+            raise ValueError("no trainable parameters: every parameter is frozen")
+        return torch.optim.AdamW(groups, lr=cfg.head_lr)
+
+    @property
+    def unwrapped_model(self) -> nn.Module:
+        """The model without DDP/compile wrappers."""
+        return self.accelerator.unwrap_model(self.model)
+
+    def _maybe_unfreeze(self, epoch: int) -> None:
+        if self.unfreeze_epoch is None or self.state.unfrozen or epoch < self.unfreeze_epoch:
+            return
+        model = self.unwrapped_model
+        model.unfreeze_encoders()
+        self.state.unfrozen = True
+        if self.accelerator.num_processes > 1:
+            # DDP only syncs parameters that required grad when it was built: wrap again.
+            self.accelerator._models = [m for m in self.accelerator._models if m is not self.model]
+            self.model = self.accelerator.prepare_model(model)
+        self.accelerator.print(f"epoch {epoch}: encoders unfrozen")
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _checkpoint_root(self) -> str:
+        return os.path.join(self.output_dir, "checkpoints")
+
+    def save_checkpoint(self, name: str) -> str:
+        """`accelerator.save_state` plus trainer_state.json into output_dir/checkpoints/<name>."""
+        path = os.path.join(self._checkpoint_root(), name)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(path)
+        if self.accelerator.is_main_process:
+            state = dict(self.state.__dict__)
+            sched = {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"}
+            with open(os.path.join(path, "trainer_state.json"), "w", encoding="utf-8") as f:
+                json.dump({"trainer": state, "scheduler": sched}, f, indent=1)
+            self._prune_checkpoints(keep=path)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def _prune_checkpoints(self, keep: str) -> None:
+        limit = self.config.keep_checkpoints
+        if not limit:
+            return
+        root = self._checkpoint_root()
+        entries = [os.path.join(root, d) for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))]
+        entries.sort(key=os.path.getmtime)
+        for old in entries[:-limit]:
+            if os.path.abspath(old) != os.path.abspath(keep):
+                shutil.rmtree(old, ignore_errors=True)
+
+    def latest_checkpoint(self) -> Optional[str]:
+        """Newest checkpoint directory under output_dir/checkpoints, if any."""
+        root = self._checkpoint_root()
+        if not os.path.isdir(root):
+            return None
+        found = [
+            os.path.join(root, d) for d in os.listdir(root) if os.path.exists(os.path.join(root, d, "trainer_state.json"))
+        ]
+        return max(found, key=os.path.getmtime) if found else None
+
+    def load_checkpoint(self, path: str) -> None:
+        """Restore model, optimizer, RNG, scheduler and trainer state from a checkpoint directory."""
+        if path == "latest":
+            latest = self.latest_checkpoint()
+            if latest is None:
+                raise FileNotFoundError(f"resume_from=latest: no checkpoint under {self._checkpoint_root()}")
+            path = latest
+        state_file = os.path.join(path, "trainer_state.json")
+        if not os.path.exists(state_file):
+            raise FileNotFoundError(f"resume_from={path!r}: not a checkpoint directory (no trainer_state.json)")
+        with open(state_file, encoding="utf-8") as f:
+            saved = json.load(f)
+        self.state = TrainerState(**saved["trainer"])
+        if self.state.unfrozen:
+            self.state.unfrozen = False
+            self._maybe_unfreeze(self.unfreeze_epoch)
+        self.accelerator.load_state(path)
+        sched = self.scheduler.state_dict()
+        sched.update(saved["scheduler"])
+        self.scheduler.load_state_dict(sched)
+        self.accelerator.print(
+            f"resumed from {path}: epoch {self.state.epoch}, batch {self.state.batch_in_epoch}, "
+            f"step {self.state.global_step}"
+        )
+
+    # -- evaluation --------------------------------------------------------------------------
+    def _forward(self, batch: dict) -> Any:
+        return self.model(
+            inputs=batch["inputs"],
+            present=batch.get("present"),
+            labels=batch.get("labels"),
+            features=batch.get("features"),
+        )
+
+    @torch.no_grad()
+    def predict(self, loader: Any) -> dict[str, torch.Tensor]:
+        """Run the model over a prepared loader; gather logits/labels/indices/embeddings across processes
+        with ``gather_for_metrics`` (duplicates padded in by DDP are dropped)."""
+        self.model.eval()
+        acc = self.accelerator
+        parts: dict[str, list[torch.Tensor]] = {}
+        loss_sum = torch.zeros((), device=acc.device)
+        loss_count = torch.zeros((), device=acc.device)
+        for batch in loader:
+            out = self._forward(batch)
+            local: dict[str, torch.Tensor] = {"index": batch["index"]}
+            if getattr(out, "logits", None) is not None:
+                local["logits"] = out.logits.float()
+            if batch.get("labels") is not None:
+                local["labels"] = batch["labels"]
+            for m, emb in (getattr(out, "embeddings", None) or {}).items():
+                local[f"embeddings.{m}"] = emb.float()
+            if getattr(out, "loss", None) is not None:
+                n = batch["index"].shape[0]
+                loss_sum += out.loss.detach().float() * n
+                loss_count += n
+            gathered = acc.gather_for_metrics(local)
+            for k, v in gathered.items():
+                parts.setdefault(k, []).append(v.cpu())
+        result = {k: torch.cat(v) for k, v in parts.items()}
+        totals = acc.reduce(torch.stack([loss_sum, loss_count]), reduction="sum")
+        if totals[1] > 0:
+            result["loss"] = totals[0] / totals[1]
+        self.model.train()
+        return result
+
+    def evaluate(self, loader: Any = None) -> dict[str, float]:
+        """Metrics on a loader (the validation loader by default); ``num_examples`` counts each example once."""
+        loader = loader if loader is not None else self.eval_loader
+        if loader is None:
+            return {}
+        preds = self.predict(loader)
+        if self.compute_metrics_fn is not None:
+            metrics = dict(self.compute_metrics_fn(preds))
+        elif "logits" in preds and "labels" in preds:
+            metrics = compute_metrics(preds["logits"], preds["labels"], self.task)
+        else:
+            metrics = {}
+        metrics.setdefault("num_examples", int(preds["index"].shape[0]) if "index" in preds else 0)
+        if "loss" in preds:
+            metrics["loss"] = float(preds["loss"])
+        return metrics
+
+    # -- training ----------------------------------------------------------------------------
+    def _is_better(self, value: float) -> bool:
+        if value is None or math.isnan(value):
+            return False
+        best = self.state.best_metric
+        if best is None:
+            return True
+        return value > best if self.metric_mode == "max" else value < best
+
+    def _check_finite(self, first_bad: torch.Tensor) -> None:
+        bad = self.accelerator.gather(first_bad.reshape(1))
+        bad = bad[bad >= 0]
+        if bad.numel():
+            step = int(bad.min())
+            raise NonFiniteLossError(
+                f"training loss became NaN/inf at optimizer step {step} (epoch {self.state.epoch}); "
+                "lower the learning rate, enable gradient clipping or use mixed_precision=no/bf16"
+            )
+
+    def save_model(self, directory: str) -> None:
+        """`save_pretrained` of the unwrapped model on the main process."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self.unwrapped_model.save_pretrained(directory)
+        self.accelerator.wait_for_everyone()
+
+    def train(self) -> TrainerState:
+        """Run (or resume) training; returns the final `TrainerState` (history holds per-epoch metrics)."""
+        cfg, acc = self.config, self.accelerator
+        if cfg.resume_from:
+            self.load_checkpoint(cfg.resume_from)
+        if acc.trackers == [] and acc.log_with:
+            acc.init_trackers(self._run_name, config=_flat(self._tracker_config))
+        best_dir = os.path.join(self.output_dir, "model")
+        self.model.train()
+        stop = False
+        for epoch in range(self.state.epoch, cfg.epochs):
+            self._maybe_unfreeze(epoch)
+            self.train_loader.set_epoch(epoch)
+            generator = getattr(self.train_loader, "generator", None)
+            if generator is not None:
+                generator.manual_seed(cfg.seed * 100003 + epoch)
+            loader = self.train_loader
+            skip = self.state.batch_in_epoch
+            if skip:
+                loader = acc.skip_first_batches(self.train_loader, skip)
+            stop = self._train_epoch(epoch, loader, skip)
+            if stop:
+                break
+            metrics = self.evaluate() if self.eval_loader is not None else {}
+            record = {"epoch": epoch + 1, "step": self.state.global_step, **metrics}
+            if self.state.train_log:
+                record["train_loss"] = self.state.train_log[-1]["loss"]
+            self.state.history.append(record)
+            acc.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.state.global_step)
+            value = metrics.get(self.metric_for_best) if metrics else None
+            if not metrics:
+                improved = True
+            else:
+                if value is None:
+                    raise KeyError(
+                        f"train.metric_for_best={self.metric_for_best!r} is not among the eval metrics {sorted(metrics)}"
+                    )
+                improved = self._is_better(value)
+            if improved:
+                self.state.best_metric = value
+                self.state.best_epoch = epoch + 1
+                self.state.bad_epochs = 0
+                self.save_model(best_dir)
+            else:
+                self.state.bad_epochs += 1
+            acc.print(
+                f"epoch {epoch + 1}/{cfg.epochs}: "
+                + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+                + (" (best)" if improved else "")
+            )
+            self.state.epoch = epoch + 1
+            self.state.batch_in_epoch = 0
+            patience = cfg.early_stopping_patience
+            if patience is not None and self.state.bad_epochs >= patience:
+                self.state.stopped_early = True
+            if cfg.save_checkpoints:
+                self.save_checkpoint(f"epoch-{epoch + 1:03d}")
+            if self.state.stopped_early:
+                acc.print(f"early stopping: no improvement in {self.metric_for_best} for {patience} epochs")
+                break
+        if not stop and not os.path.exists(os.path.join(best_dir, "config.json")):
+            self.save_model(best_dir)
+        acc.wait_for_everyone()
+        return self.state
+
+    def _train_epoch(self, epoch: int, loader: Any, skip: int) -> bool:
+        """One epoch; returns True if `stop_after_steps` interrupted it."""
+        cfg, acc = self.config, self.accelerator
+        device = acc.device
+        loss_sum = torch.zeros((), device=device)
+        loss_n = 0
+        first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        bar = None
+        if cfg.progress_bar and acc.is_local_main_process:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(self.train_loader), initial=skip, desc=f"epoch {epoch + 1}", leave=False)
+        start = time.time()
+        params = [p for p in self.model.parameters()]
+        for batch in loader:
+            with acc.accumulate(self.model):
+                out = self._forward(batch)
+                loss = out.loss
+                if loss is None:
+                    raise ValueError("the model returned no loss: does the batch carry labels for this task?")
+                accelerator_loss = loss.detach().float()
+                step_id = torch.tensor(self.state.global_step, device=device)
+                first_bad = torch.where(
+                    (first_bad < 0) & ~torch.isfinite(accelerator_loss), step_id, first_bad
+                )
+                loss_sum += accelerator_loss
+                loss_n += 1
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.max_grad_norm:
+                    acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                self.optimizer.step()
+                if acc.sync_gradients:
+                    self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            self.state.batch_in_epoch += 1
+            if bar is not None:
+                bar.update(1)
+            if not acc.sync_gradients:
+                continue
+            self.state.global_step += 1
+            step = self.state.global_step
+            end_of_epoch = self.state.batch_in_epoch >= len(self.train_loader)
+            if step % max(1, cfg.log_every) == 0 or end_of_epoch:
+                self._check_finite(first_bad)
+                mean_loss = float(acc.reduce(loss_sum, reduction="mean")) / max(loss_n, 1)
+                lr = self.scheduler.get_last_lr()
+                entry = {"step": step, "epoch": epoch + (self.state.batch_in_epoch / len(self.train_loader)),
+                         "loss": mean_loss, "lr": lr[-1]}
+                self.state.train_log.append(entry)
+                acc.log({"train/loss": mean_loss, "train/lr": lr[-1]}, step=step)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{mean_loss:.4f}")
+                loss_sum.zero_()
+                loss_n = 0
+            stopping = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
+            if cfg.save_checkpoints and (
+                stopping or (cfg.save_every_steps and step % cfg.save_every_steps == 0 and not end_of_epoch)
+            ):
+                self.save_checkpoint(f"step-{step:07d}")
+            if stopping:
+                self._check_finite(first_bad)
+                if bar is not None:
+                    bar.close()
+                acc.print(f"stopping after {step} optimizer steps (train.stop_after_steps)")
+                return True
+        self._check_finite(first_bad)
+        if bar is not None:
+            bar.close()
+        acc.print(f"epoch {epoch + 1}: {len(self.train_loader) - skip} batches in {time.time() - start:.1f}s")
+        return False
+
+    def end(self) -> None:
+        """Close trackers."""
+        if self.accelerator.log_with:
+            self.accelerator.end_training()
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
