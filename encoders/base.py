@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -69,7 +70,7 @@ class Encoder(nn.Module):
         """Everything that changes what `preprocess` produces; used to key feature caches."""
         return self.get_config()
 
-    def freeze(self) -> "Encoder":
+    def freeze(self) -> Encoder:
         """Stop gradients to every parameter and put the backbone in eval mode for norms/dropout."""
         for p in self.parameters():
             p.requires_grad_(False)
@@ -77,7 +78,7 @@ class Encoder(nn.Module):
         self.train(self.training)
         return self
 
-    def unfreeze(self) -> "Encoder":
+    def unfreeze(self) -> Encoder:
         """Let every parameter train again."""
         for p in self.parameters():
             p.requires_grad_(True)
@@ -90,7 +91,7 @@ class Encoder(nn.Module):
         """True after `freeze()` until `unfreeze()`."""
         return getattr(self, "_frozen", False)
 
-    def train(self, mode: bool = True) -> "Encoder":
+    def train(self, mode: bool = True) -> Encoder:
         """Like `nn.Module.train`, but a frozen encoder keeps its backbone in eval mode."""
         super().train(mode)
         if getattr(self, "_frozen", False):

@@ -1,0 +1,333 @@
+"""Audio encoders from transformers: wav2vec2 / HuBERT / WavLM, the Whisper encoder and AST.
+
+The preprocessor turns `(waveform, sample_rate)` tuples into model inputs: stereo -> mono (channel mean),
+resampling to the model's rate with `torchaudio.functional.resample`, truncation to `max_seconds`, then the
+model's own feature extractor. The per-sample attention mask becomes a per-token mask on the outputs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from encoders._hf import (
+    config_from_dict,
+    hf_call,
+    load_config,
+    quiet_hf,
+    resolve_hf_source,
+    set_hf_checkpointing,
+)
+from encoders.base import Encoder, EncoderError, EncoderOutput
+
+# model_type -> how its output tokens relate to the inputs.
+WAVEFORM_MODELS = ("wav2vec2", "hubert", "wavlm", "wav2vec2-conformer", "unispeech", "unispeech-sat", "data2vec-audio", "sew", "sew-d")
+PLACEHOLDER_SECONDS = 1.0
+
+
+def to_mono_float(waveform: Any, index: int) -> np.ndarray:
+    """A waveform [T], [C, T] (or soundfile's [T, C]) -> float32 mono [T]."""
+    arr = np.asarray(waveform)
+    if arr.dtype.kind in "iu":
+        info = np.iinfo(arr.dtype)
+        arr = arr.astype(np.float32) / float(max(abs(info.min), info.max))
+    arr = arr.astype(np.float32, copy=False)
+    if arr.ndim == 2:
+        if arr.shape[0] <= 8 and arr.shape[0] <= arr.shape[1]:
+            arr = arr.mean(axis=0)
+        elif arr.shape[1] <= 8:
+            arr = arr.mean(axis=1)
+        else:
+            raise ValueError(f"audio sample {index}: 2-D waveform {arr.shape} is not [channels, time]")
+    if arr.ndim != 1:
+        raise ValueError(f"audio sample {index}: waveform must be [T] or [C, T], got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"audio sample {index}: empty waveform")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"audio sample {index}: waveform contains NaN or inf")
+    return arr
+
+
+def resample(arr: np.ndarray, orig: int, target: int) -> np.ndarray:
+    """Resample a mono float32 waveform with torchaudio.functional.resample."""
+    if int(orig) == int(target):
+        return arr
+    import torchaudio.functional as AF
+
+    out = AF.resample(torch.from_numpy(np.ascontiguousarray(arr)), int(orig), int(target))
+    return out.numpy()
+
+
+def load_waveforms(
+    batch: list, sample_rate: int, max_seconds: Optional[float], train: bool = False
+) -> list[np.ndarray]:
+    """Raw audio samples -> mono float32 arrays at `sample_rate`, at most `max_seconds` long.
+
+    `None` becomes a short silence. In training mode an over-long clip is cropped at a random offset,
+    otherwise from its start.
+    """
+    max_len = int(round(max_seconds * sample_rate)) if max_seconds else None
+    silence = int(round(PLACEHOLDER_SECONDS * sample_rate))
+    if max_len is not None:
+        silence = min(silence, max_len)
+    waves = []
+    for i, item in enumerate(batch):
+        if item is None:
+            waves.append(np.zeros(silence, dtype=np.float32))
+            continue
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise TypeError(f"audio sample {i}: expected (waveform, sample_rate) or None, got {type(item).__name__}")
+        wave, sr = item
+        if not isinstance(sr, (int, np.integer)) or int(sr) <= 0:
+            raise ValueError(f"audio sample {i}: sample rate must be a positive int, got {sr!r}")
+        arr = resample(to_mono_float(wave, i), int(sr), sample_rate)
+        if max_len is not None and arr.shape[0] > max_len:
+            start = int(np.random.randint(0, arr.shape[0] - max_len + 1)) if train else 0
+            arr = arr[start : start + max_len]
+        waves.append(np.ascontiguousarray(arr, dtype=np.float32))
+    return waves
+
+
+class HFAudioPreprocessor:
+    """Picklable: (waveform, sr) tuples -> the feature extractor's tensors plus a sample-level mask."""
+
+    def __init__(self, feature_extractor: Any, model_type: str, max_seconds: Optional[float]) -> None:
+        self.feature_extractor = feature_extractor
+        self.model_type = model_type
+        self.max_seconds = max_seconds
+        self.sample_rate = int(feature_extractor.sampling_rate)
+
+    def __call__(self, batch: list, train: bool = False) -> dict[str, torch.Tensor]:
+        waves = load_waveforms(batch, self.sample_rate, self.max_seconds, train=train)
+        fe = self.feature_extractor
+        if self.model_type == "whisper":
+            out = fe(waves, sampling_rate=self.sample_rate, return_tensors="pt", return_attention_mask=True)
+            return {"input_features": out["input_features"], "attention_mask": out["attention_mask"].long()}
+        if self.model_type == "audio-spectrogram-transformer":
+            out = fe(waves, sampling_rate=self.sample_rate, return_tensors="pt")
+            return {"input_values": out["input_values"]}
+        out = fe(
+            waves, sampling_rate=self.sample_rate, return_tensors="pt", padding="longest", return_attention_mask=True
+        )
+        mask = out.get("attention_mask")
+        if mask is None:
+            lengths = torch.tensor([len(w) for w in waves])
+            mask = (torch.arange(out["input_values"].shape[1])[None] < lengths[:, None]).long()
+        return {"input_values": out["input_values"], "attention_mask": mask.long()}
+
+
+class _TrainPreprocessor:
+    """Picklable binding of `train=True`."""
+
+    def __init__(self, inner: HFAudioPreprocessor) -> None:
+        self.inner = inner
+
+    def __call__(self, batch: list) -> dict[str, torch.Tensor]:
+        return self.inner(batch, train=True)
+
+
+def default_feature_extractor(config: Any) -> Any:
+    """A feature extractor matching a model config, for models built from `model_config`."""
+    from transformers import ASTFeatureExtractor, Wav2Vec2FeatureExtractor, WhisperFeatureExtractor
+
+    model_type = config.model_type
+    if model_type == "whisper":
+        frames = int(config.max_source_positions) * 2
+        hop = 160
+        sr = 16000
+        if (frames * hop) % sr:
+            raise EncoderError(
+                f"whisper model_config: max_source_positions={config.max_source_positions} gives {frames} mel frames, "
+                "not a whole number of seconds at 16 kHz / hop 160; use a multiple of 50 or pass feature_extractor="
+            )
+        return WhisperFeatureExtractor(
+            feature_size=int(config.num_mel_bins), sampling_rate=sr, hop_length=hop, chunk_length=frames * hop // sr
+        )
+    if model_type == "audio-spectrogram-transformer":
+        return ASTFeatureExtractor(num_mel_bins=int(config.num_mel_bins), max_length=int(config.max_length))
+    if model_type in WAVEFORM_MODELS:
+        return Wav2Vec2FeatureExtractor(
+            feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+            return_attention_mask=getattr(config, "feat_extract_norm", "layer") == "layer",
+        )
+    raise EncoderError(f"no default feature extractor for model_type {model_type!r}; pass feature_extractor=<dir>")
+
+
+def build_audio_backbone(config: Any) -> torch.nn.Module:
+    """Random-weight audio backbone from a config (Whisper: the encoder only)."""
+    from transformers import AutoModel
+
+    with quiet_hf():
+        if config.model_type == "whisper":
+            from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+            return WhisperEncoder(config)
+        model = AutoModel.from_config(config)
+    if getattr(config, "is_encoder_decoder", False):
+        model = model.get_encoder()
+    return model
+
+
+class HFAudioEncoder(Encoder):
+    """A transformers audio backbone plus its feature extractor."""
+
+    modality = "audio"
+
+    def __init__(
+        self, backbone: torch.nn.Module, feature_extractor: Any, spec: str, max_seconds: Optional[float] = 10.0
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.feature_extractor = feature_extractor
+        self.spec = spec
+        self.model_type = backbone.config.model_type
+        self.max_seconds = float(max_seconds) if max_seconds else None
+        if self.model_type == "whisper":
+            chunk = float(feature_extractor.chunk_length)
+            self.max_seconds = min(self.max_seconds, chunk) if self.max_seconds else chunk
+        self.output_dim = int(getattr(backbone.config, "hidden_size", None) or backbone.config.d_model)
+        self.pass_attention_mask = bool(getattr(feature_extractor, "return_attention_mask", False))
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        pretrained: bool = True,
+        max_seconds: Optional[float] = 10.0,
+        model_config: Optional[dict] = None,
+        feature_extractor: Optional[str] = None,
+    ) -> HFAudioEncoder:
+        """Build `audio:<hub id or local dir>` (or a random model from `model_config`)."""
+        from transformers import AutoFeatureExtractor, AutoModel
+
+        spec = f"audio:{name}"
+        if model_config is not None:
+            if pretrained:
+                raise EncoderError("model_config builds random weights: pass pretrained=False with it")
+            config = config_from_dict(model_config)
+            backbone = build_audio_backbone(config)
+            if feature_extractor is not None:
+                fe = hf_call("audio", name, "the feature extractor",
+                             lambda: AutoFeatureExtractor.from_pretrained(feature_extractor))
+            else:
+                fe = default_feature_extractor(config)
+            return cls(backbone, fe, spec, max_seconds)
+
+        source, path = resolve_hf_source(name)
+        fe = hf_call("audio", name, "the feature extractor",
+                     lambda: AutoFeatureExtractor.from_pretrained(feature_extractor or path))
+        if pretrained:
+            config = load_config("audio", name, source, path)
+            if config.model_type == "whisper" or getattr(config, "is_encoder_decoder", False):
+                full = hf_call("audio", name, "the model weights", lambda: AutoModel.from_pretrained(path))
+                backbone = full.get_encoder()
+            else:
+                backbone = hf_call("audio", name, "the model weights", lambda: AutoModel.from_pretrained(path))
+        else:
+            backbone = build_audio_backbone(load_config("audio", name, source, path))
+        return cls(backbone, fe, spec, max_seconds)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], assets_dir: Optional[str]) -> HFAudioEncoder:
+        """Rebuild with random weights from `get_config()` and the files `save_assets` wrote."""
+        from transformers import AutoConfig, AutoFeatureExtractor
+
+        if not assets_dir or not os.path.isfile(os.path.join(assets_dir, "config.json")):
+            raise EncoderError(f"audio encoder assets (config.json, preprocessor_config.json) not found in {assets_dir!r}")
+        hf_config = AutoConfig.from_pretrained(assets_dir)
+        fe = AutoFeatureExtractor.from_pretrained(assets_dir)
+        return cls(build_audio_backbone(hf_config), fe, config["spec"], config.get("max_seconds"))
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
+        """Run the backbone; tokens = last hidden states, pooled = mean over real tokens (AST: its pooler)."""
+        mt = self.model_type
+        if mt == "whisper":
+            hidden = self.backbone(input_features=inputs["input_features"]).last_hidden_state
+            frame_mask = inputs.get("attention_mask")
+            if frame_mask is None:
+                mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+            else:
+                # two convs, the second with stride 2: token t covers mel frames 2t, 2t+1
+                mask = frame_mask[:, ::2][:, : hidden.shape[1]].bool()
+            return EncoderOutput(pooled=_masked_mean(hidden, mask), tokens=hidden, mask=mask)
+        if mt == "audio-spectrogram-transformer":
+            out = self.backbone(input_values=inputs["input_values"])
+            hidden = out.last_hidden_state
+            mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+            return EncoderOutput(pooled=out.pooler_output, tokens=hidden, mask=mask)
+        values = inputs["input_values"]
+        sample_mask = inputs.get("attention_mask")
+        kwargs = {}
+        if sample_mask is not None and self.pass_attention_mask:
+            kwargs["attention_mask"] = sample_mask
+        hidden = self.backbone(input_values=values, **kwargs).last_hidden_state
+        if sample_mask is None:
+            mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        else:
+            mask = self._feature_mask(hidden.shape[1], sample_mask)
+        return EncoderOutput(pooled=_masked_mean(hidden, mask), tokens=hidden, mask=mask)
+
+    def _feature_mask(self, length: int, sample_mask: torch.Tensor) -> torch.Tensor:
+        """Sample-level mask -> token-level mask via the conv feature extractor's output lengths."""
+        fn = getattr(self.backbone, "_get_feature_vector_attention_mask", None)
+        if fn is not None:
+            return fn(length, sample_mask.long()).bool()
+        lengths_fn = getattr(self.backbone, "_get_feat_extract_output_lengths", None)
+        if lengths_fn is None:
+            raise EncoderError(f"{self.spec}: cannot map the sample mask to tokens for {self.model_type}")
+        lengths = lengths_fn(sample_mask.sum(-1)).to(torch.long)
+        return torch.arange(length, device=sample_mask.device)[None] < lengths[:, None]
+
+    def get_preprocessor(self, train: bool = False):
+        """Mono, resample, truncate to max_seconds (random crop when training), feature extractor."""
+        inner = HFAudioPreprocessor(self.feature_extractor, self.model_type, self.max_seconds)
+        return _TrainPreprocessor(inner) if train else inner
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Enable/disable HF gradient checkpointing on the backbone."""
+        set_hf_checkpointing(self.backbone, self.spec, enable)
+
+    def get_config(self) -> dict[str, Any]:
+        """JSON description: spec, model type, max_seconds."""
+        return {
+            "kind": "audio",
+            "spec": self.spec,
+            "name": self.spec.split(":", 1)[1],
+            "model_type": self.model_type,
+            "max_seconds": self.max_seconds,
+            "output_dim": self.output_dim,
+        }
+
+    def save_assets(self, directory: str) -> None:
+        """Write the HF config.json and preprocessor_config.json."""
+        os.makedirs(directory, exist_ok=True)
+        self.backbone.config.save_pretrained(directory)
+        self.feature_extractor.save_pretrained(directory)
+
+    def preprocess_config(self) -> dict[str, Any]:
+        """What changes the model inputs: the feature extractor's settings and max_seconds."""
+        fe = self.feature_extractor.to_dict()
+        fe.pop("mel_filters", None)
+        fe.pop("window", None)
+        return {"kind": "audio", "model_type": self.model_type, "max_seconds": self.max_seconds,
+                "feature_extractor": _jsonable(fe)}
+
+
+def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    return value

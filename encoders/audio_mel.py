@@ -1,0 +1,198 @@
+"""Audio through a log-mel front end into a timm image backbone with one input channel.
+
+Design choice: the preprocessor only does waveform work (mono, resample, pad/crop to `max_seconds`) and
+returns `{"waveform": [B, N], "lengths": [B]}`; the mel spectrogram is computed inside `forward`, so it runs on
+the same device as the backbone (GPU when there is one) and DataLoader workers stay light. The log-mel image
+of each clip is standardised over its real frames (mean 0, std 1) and its padded frames are set to 0, so
+padding looks neutral; that image, `[B, 1, n_mels, frames]`, feeds the backbone built with `in_chans=1`
+(pretrained RGB stem filters summed to one channel, as timm does). Tokens are the backbone's feature map
+flattened to `[B, H*W, C]`; the token mask marks feature columns that cover real (non-padded) audio.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from encoders.audio import load_waveforms
+from encoders.base import Encoder, EncoderError, EncoderOutput
+from encoders.image import create_timm_backbone, tokens_from_features
+
+
+class MelPreprocessor:
+    """Picklable: (waveform, sr) tuples -> fixed-length waveforms at `sample_rate` plus true lengths."""
+
+    def __init__(self, sample_rate: int, max_seconds: float, train: bool = False) -> None:
+        self.sample_rate = int(sample_rate)
+        self.max_seconds = float(max_seconds)
+        self.num_samples = int(round(self.max_seconds * self.sample_rate))
+        self.train = bool(train)
+
+    def __call__(self, batch: list) -> dict[str, torch.Tensor]:
+        waves = load_waveforms(batch, self.sample_rate, self.max_seconds, train=self.train)
+        out = np.zeros((len(waves), self.num_samples), dtype=np.float32)
+        lengths = np.zeros(len(waves), dtype=np.int64)
+        for i, w in enumerate(waves):
+            n = min(len(w), self.num_samples)
+            out[i, :n] = w[:n]
+            lengths[i] = n
+        return {"waveform": torch.from_numpy(out), "lengths": torch.from_numpy(lengths)}
+
+
+class LogMel(nn.Module):
+    """Waveform [B, N] -> standardised log-mel [B, 1, n_mels, frames] plus the real frame counts [B]."""
+
+    def __init__(
+        self, sample_rate: int, n_mels: int, n_fft: int, hop_length: int, f_min: float, f_max: Optional[float]
+    ) -> None:
+        super().__init__()
+        import torchaudio
+
+        self.hop_length = int(hop_length)
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=f_min, f_max=f_max,
+            power=2.0, center=True,
+        )
+        self.eps = 1e-6
+
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(device_type=waveform.device.type, enabled=False):
+            spec = torch.log(self.mel(waveform.float()) + self.eps)  # [B, n_mels, F]
+        frames = spec.shape[-1]
+        real = torch.clamp(lengths // self.hop_length + 1, min=1, max=frames)
+        valid = (torch.arange(frames, device=spec.device)[None] < real[:, None]).unsqueeze(1)  # [B, 1, F]
+        count = (valid.sum(-1, keepdim=True) * spec.shape[1]).clamp_min(1)
+        mean = (spec * valid).sum(dim=(1, 2), keepdim=True) / count
+        var = (((spec - mean) * valid) ** 2).sum(dim=(1, 2), keepdim=True) / count
+        spec = (spec - mean) / torch.sqrt(var + 1e-5)
+        spec = spec * valid
+        return spec.unsqueeze(1), real
+
+
+class MelAudioEncoder(Encoder):
+    """Log-mel front end + timm backbone (`in_chans=1`)."""
+
+    modality = "audio"
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        spec: str,
+        model_name: str,
+        sample_rate: int = 16000,
+        n_mels: int = 64,
+        max_seconds: float = 5.0,
+        n_fft: int = 400,
+        hop_length: int = 160,
+        f_min: float = 0.0,
+        f_max: Optional[float] = None,
+        timm_kwargs: Optional[dict[str, Any]] = None,
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.model_name = model_name
+        self.sample_rate = int(sample_rate)
+        self.n_mels = int(n_mels)
+        self.max_seconds = float(max_seconds)
+        self.n_fft = int(n_fft)
+        self.hop_length = int(hop_length)
+        self.f_min = float(f_min)
+        self.f_max = None if f_max is None else float(f_max)
+        self.timm_kwargs = dict(timm_kwargs or {})
+        self.frontend = LogMel(self.sample_rate, self.n_mels, self.n_fft, self.hop_length, self.f_min, self.f_max)
+        self.backbone = backbone
+        self.output_dim = int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+        self.token_dim = int(backbone.num_features)
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        pretrained: bool = True,
+        sample_rate: int = 16000,
+        n_mels: int = 64,
+        max_seconds: float = 5.0,
+        n_fft: int = 400,
+        hop_length: int = 160,
+        f_min: float = 0.0,
+        f_max: Optional[float] = None,
+        **timm_kwargs: Any,
+    ) -> MelAudioEncoder:
+        """Build `audio-mel:<timm name>`; extra kwargs go to timm.create_model."""
+        if max_seconds is None or float(max_seconds) <= 0:
+            raise EncoderError("audio-mel needs a positive max_seconds (clips are padded/cropped to it)")
+        if "in_chans" in timm_kwargs and int(timm_kwargs["in_chans"]) != 1:
+            raise EncoderError("audio-mel backbones take one input channel; do not pass in_chans")
+        timm_kwargs.pop("in_chans", None)
+        backbone = create_timm_backbone(name, pretrained, "audio-mel", name, in_chans=1, **timm_kwargs)
+        return cls(backbone, f"audio-mel:{name}", name, sample_rate, n_mels, max_seconds, n_fft, hop_length,
+                   f_min, f_max, timm_kwargs)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], assets_dir: Optional[str] = None) -> MelAudioEncoder:
+        """Rebuild (random weights) from `get_config()`; needs no files."""
+        import timm
+
+        kwargs = dict(config.get("timm_kwargs") or {})
+        backbone = timm.create_model(config["model_name"], num_classes=0, pretrained=False, in_chans=1, **kwargs)
+        return cls(
+            backbone, config["spec"], config["model_name"], config["sample_rate"], config["n_mels"],
+            config["max_seconds"], config["n_fft"], config["hop_length"], config["f_min"], config["f_max"], kwargs,
+        )
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
+        """waveform -> log-mel -> backbone; pooled from forward_head(pre_logits=True)."""
+        waveform = inputs["waveform"]
+        lengths = inputs.get("lengths")
+        if lengths is None:
+            lengths = torch.full((waveform.shape[0],), waveform.shape[1], dtype=torch.long, device=waveform.device)
+        spec, real_frames = self.frontend(waveform, lengths.to(waveform.device))
+        features = self.backbone.forward_features(spec)
+        pooled = self.backbone.forward_head(features, pre_logits=True)
+        tokens = tokens_from_features(features)
+        if features.ndim == 4:
+            frames = spec.shape[-1]
+            cols = features.shape[-1]
+            real_cols = torch.clamp(torch.ceil(real_frames.float() * cols / frames).long(), min=1, max=cols)
+            col_mask = torch.arange(cols, device=tokens.device)[None] < real_cols[:, None]  # [B, W]
+            mask = col_mask[:, None, :].expand(-1, features.shape[-2], -1).reshape(tokens.shape[0], -1)
+        else:
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return EncoderOutput(pooled=pooled, tokens=tokens, mask=mask)
+
+    def get_preprocessor(self, train: bool = False) -> MelPreprocessor:
+        """Mono, resample, pad/crop to max_seconds (random crop when training)."""
+        return MelPreprocessor(self.sample_rate, self.max_seconds, train=train)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's set_grad_checkpointing."""
+        try:
+            self.backbone.set_grad_checkpointing(enable)
+        except (AttributeError, NotImplementedError, AssertionError) as exc:
+            raise EncoderError(f"{self.spec}: backbone has no gradient checkpointing ({exc})") from exc
+
+    def get_config(self) -> dict[str, Any]:
+        """JSON description: timm name, mel parameters, max_seconds."""
+        return {
+            "kind": "audio-mel",
+            "spec": self.spec,
+            "model_name": self.model_name,
+            "sample_rate": self.sample_rate,
+            "n_mels": self.n_mels,
+            "max_seconds": self.max_seconds,
+            "n_fft": self.n_fft,
+            "hop_length": self.hop_length,
+            "f_min": self.f_min,
+            "f_max": self.f_max,
+            "timm_kwargs": self.timm_kwargs,
+            "output_dim": self.output_dim,
+        }
+
+    def preprocess_config(self) -> dict[str, Any]:
+        """What changes the inputs the backbone sees: waveform settings and the mel front end."""
+        config = self.get_config()
+        config.pop("output_dim")
+        return config
