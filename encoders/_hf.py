@@ -62,11 +62,15 @@ def quiet_hf():
         yield
         return
     previous = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(previous)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def config_from_dict(model_config: dict[str, Any]):
@@ -78,7 +82,8 @@ def config_from_dict(model_config: dict[str, Any]):
     params = dict(model_config)
     model_type = params.pop("model_type")
     try:
-        return AutoConfig.for_model(model_type, **params)
+        with quiet_hf():
+            return AutoConfig.for_model(model_type, **params)
     except (ValueError, KeyError) as exc:
         raise EncoderError(f"model_config: unknown model_type {model_type!r} ({exc})") from exc
 

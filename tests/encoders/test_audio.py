@@ -14,7 +14,7 @@ from encoders.audio import load_waveforms
 WHISPER_TINY = {
     "model_type": "whisper", "d_model": 32, "encoder_layers": 1, "decoder_layers": 1,
     "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
-    "num_mel_bins": 16, "max_source_positions": 50, "max_target_positions": 16, "vocab_size": 100,
+    "num_mel_bins": 16, "max_source_positions": 50, "max_target_positions": 16,
 }
 AST_TINY = {
     "model_type": "audio-spectrogram-transformer", "hidden_size": 32, "num_hidden_layers": 1,
