@@ -19,7 +19,7 @@ from torch import nn
 
 from encoders.audio import load_waveforms
 from encoders.base import Encoder, EncoderError, EncoderOutput
-from encoders.image import create_timm_backbone, tokens_from_features
+from encoders.image import create_timm_backbone, resolve_timm_source, tokens_from_features
 
 
 class MelPreprocessor:
@@ -119,16 +119,18 @@ class MelAudioEncoder(Encoder):
         hop_length: int = 160,
         f_min: float = 0.0,
         f_max: Optional[float] = None,
+        model_name: Optional[str] = None,
         **timm_kwargs: Any,
     ) -> MelAudioEncoder:
-        """Build `audio-mel:<timm name>`; extra kwargs go to timm.create_model."""
+        """Build `audio-mel:<timm name or checkpoint file>`; extra kwargs go to timm.create_model."""
         if max_seconds is None or float(max_seconds) <= 0:
             raise EncoderError("audio-mel needs a positive max_seconds (clips are padded/cropped to it)")
         if "in_chans" in timm_kwargs and int(timm_kwargs["in_chans"]) != 1:
             raise EncoderError("audio-mel backbones take one input channel; do not pass in_chans")
         timm_kwargs.pop("in_chans", None)
-        backbone = create_timm_backbone(name, pretrained, "audio-mel", name, in_chans=1, **timm_kwargs)
-        return cls(backbone, f"audio-mel:{name}", name, sample_rate, n_mels, max_seconds, n_fft, hop_length,
+        arch, checkpoint = resolve_timm_source("audio-mel", name, model_name)
+        backbone = create_timm_backbone(arch, pretrained, "audio-mel", name, checkpoint=checkpoint, in_chans=1, **timm_kwargs)
+        return cls(backbone, f"audio-mel:{name}", arch, sample_rate, n_mels, max_seconds, n_fft, hop_length,
                    f_min, f_max, timm_kwargs)
 
     @classmethod

@@ -74,7 +74,7 @@ def _array_to_pil(arr: np.ndarray) -> Image.Image:
 
 
 class ImagePreprocessor:
-    """Picklable: list of images (PIL / numpy / None -> black) -> {"pixel_values": [B, 3, H, W]}."""
+    """Picklable: list of images (PIL / numpy / None -> a black image) -> {"pixel_values": [B, 3, H, W]}."""
 
     def __init__(self, transform: Any, input_size: tuple[int, int, int]) -> None:
         self.transform = transform
@@ -84,7 +84,8 @@ class ImagePreprocessor:
         tensors = []
         for i, item in enumerate(batch):
             if item is None:
-                tensors.append(torch.zeros(self.input_size))
+                _, h, w = self.input_size
+                tensors.append(self.transform(Image.new("RGB", (w, h))))
                 continue
             try:
                 rgb = to_rgb(item)
@@ -113,6 +114,21 @@ def infer_timm_arch(path: str) -> Optional[str]:
         if cand and timm.is_model(cand):
             return cand
     return None
+
+
+def resolve_timm_source(kind: str, name: str, model_name: Optional[str]) -> tuple[str, Optional[str]]:
+    """(timm architecture, checkpoint file or None) for a spec name that is a timm name or a weights file."""
+    import timm
+
+    if _looks_like_checkpoint(name) and not timm.is_model(name):
+        checkpoint = os.path.expanduser(name)
+        if not os.path.isfile(checkpoint):
+            raise EncoderError(f"{kind}: checkpoint file not found: {name}")
+        arch = model_name or infer_timm_arch(checkpoint)
+        if arch is None:
+            raise EncoderError(f"{kind}:{name}: cannot tell the architecture from the file name; pass model_name=<timm arch>")
+        return arch, checkpoint
+    return model_name or name, None
 
 
 def create_timm_backbone(
@@ -230,21 +246,8 @@ class ImageEncoder(Encoder):
         **kwargs: Any,
     ) -> ImageEncoder:
         """Build `image:<timm name or checkpoint file>`; extra kwargs go to timm.create_model."""
-        import timm
-
         data_overrides = {k: kwargs.pop(k) for k in DATA_CONFIG_KEYS if k in kwargs}
-        checkpoint = None
-        if _looks_like_checkpoint(name) and not timm.is_model(name):
-            checkpoint = os.path.expanduser(name)
-            if not os.path.isfile(checkpoint):
-                raise EncoderError(f"image checkpoint file not found: {name}")
-            model_name = model_name or infer_timm_arch(checkpoint)
-            if model_name is None:
-                raise EncoderError(
-                    f"image:{name}: cannot tell the architecture from the file name; pass model_name=<timm arch>"
-                )
-        else:
-            model_name = model_name or name
+        model_name, checkpoint = resolve_timm_source("image", name, model_name)
         timm_kwargs = dict(kwargs)
         build_kwargs = dict(timm_kwargs)
         if img_size is not None and _fixed_input_size(model_name):

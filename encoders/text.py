@@ -86,12 +86,15 @@ class TextEncoder(Encoder):
         name: str,
         pretrained: bool = True,
         pooling: Optional[str] = None,
-        max_length: int = 128,
+        max_length: Optional[int] = None,
         trust_remote_code: bool = False,
         model_config: Optional[dict] = None,
         tokenizer: Optional[str] = None,
     ) -> TextEncoder:
-        """Build from a hub id / local dir (see module docs for the resolution order)."""
+        """Build from a hub id / local dir (see module docs for the resolution order).
+
+        `max_length` defaults to a sentence-transformers dir's `max_seq_length`, else 128.
+        """
         from transformers import AutoModel
 
         spec = f"text:{name}"
@@ -110,6 +113,7 @@ class TextEncoder(Encoder):
                     )
                 tok_path = path
             tok = _load_tokenizer(name, tok_path, trust_remote_code)
+            max_length = max_length or 128
             if "vocab_size" not in model_config:
                 config.vocab_size = len(tok)
             with quiet_hf():
@@ -117,6 +121,9 @@ class TextEncoder(Encoder):
             return cls(backbone, tok, spec, pooling, max_length, trust_remote_code)
 
         source, path = resolve_hf_source(name)
+        if max_length is None:
+            max_length = _sentence_transformers_max_length(path) if source != "hub" else None
+        max_length = max_length or 128
         tok = _load_tokenizer(name, tokenizer or path, trust_remote_code)
         if pretrained:
             backbone = hf_call(
@@ -203,3 +210,15 @@ def _load_tokenizer(name: str, path: str, trust_remote_code: bool) -> Any:
     return hf_call(
         "text", name, "the tokenizer", lambda: AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     )
+
+
+def _sentence_transformers_max_length(path: str) -> Optional[int]:
+    """`max_seq_length` from a sentence-transformers directory, if it has one."""
+    import json
+
+    cfg = os.path.join(path, "sentence_bert_config.json")
+    if not os.path.isfile(cfg):
+        return None
+    with open(cfg) as f:
+        value = json.load(f).get("max_seq_length")
+    return int(value) if value else None

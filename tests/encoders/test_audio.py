@@ -102,6 +102,12 @@ def test_freeze_unfreeze(tiny_audio_dir):
     assert all(p.grad is not None for n, p in enc.named_parameters() if "masked_spec_embed" not in n)
 
 
+def test_local_dir_pretrained_false_is_random(tiny_audio_dir, tiny_w2v):
+    enc = create_encoder(f"audio:{tiny_audio_dir}", pretrained=False)
+    a, b = tiny_w2v.state_dict(), enc.state_dict()
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+
+
 def test_wav2vec2_rebuild_from_config(tiny_w2v, tmp_path):
     enc = tiny_w2v.eval()
     enc.save_assets(str(tmp_path))
@@ -193,6 +199,18 @@ def test_audio_mel_pickles_and_rebuilds(tiny_mel, tmp_path):
     x = enc.preprocess([_tone(0.5, 16000), None])
     with torch.no_grad():
         assert torch.equal(enc(x).pooled, rebuilt(x).pooled)
+
+
+def test_audio_mel_from_checkpoint_file(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    rgb = timm.create_model("test_efficientnet", num_classes=0)
+    path = tmp_path / "spectro.safetensors"
+    save_file({k: v.contiguous() for k, v in rgb.state_dict().items()}, str(path))
+    enc = create_encoder(f"audio-mel:{path}", model_name="test_efficientnet", max_seconds=0.5)
+    torch.testing.assert_close(enc.backbone.conv_stem.weight, rgb.conv_stem.weight.sum(1, keepdim=True))
+    assert enc(enc.preprocess([_tone(0.2, 16000)])).pooled.shape == (1, 256)
 
 
 @pytest.mark.slow

@@ -145,26 +145,14 @@ def test_unknown_pretrained_offline_is_a_clear_error(monkeypatch):
         create_encoder("image:not_a_real_net", pretrained=False)
 
 
-def test_freeze_stops_gradients_and_keeps_eval(tiny_cnn):
-    enc = create_encoder("image:test_efficientnet", pretrained=False, img_size=32)
-    enc.freeze()
-    enc.train()
-    assert enc.frozen and not enc.backbone.training
-    assert not any(p.requires_grad for p in enc.parameters())
-    x = enc.preprocess([np.zeros((8, 8, 3), np.uint8)] * 2)
-    assert not enc(x).pooled.requires_grad
-    enc.unfreeze()
-    enc.train()
-    assert not enc.frozen and enc.backbone.training
-    enc(x).pooled.sum().backward()
-    assert enc.backbone.conv_stem.weight.grad is not None
-
-
-def test_grad_checkpointing(tiny_cnn):
-    enc = create_encoder("image:test_efficientnet", pretrained=False, img_size=32).train()
-    enc.set_grad_checkpointing(True)
-    enc(enc.preprocess([np.zeros((8, 8, 3), np.uint8)] * 2)).pooled.sum().backward()
-    assert enc.backbone.conv_stem.weight.grad is not None
+def test_none_is_a_black_image(tiny_cnn):
+    pre = tiny_cnn.get_preprocessor(False)
+    placeholder = pre([None])["pixel_values"]
+    black = pre([Image.new("RGB", (10, 10))])["pixel_values"]
+    torch.testing.assert_close(placeholder, black)
+    mean = torch.tensor(tiny_cnn.data_config["mean"]).view(3, 1, 1)
+    std = torch.tensor(tiny_cnn.data_config["std"]).view(3, 1, 1)
+    torch.testing.assert_close(placeholder[0], (-mean / std).expand(3, 32, 32))
 
 
 @pytest.mark.slow
