@@ -1,0 +1,95 @@
+"""Shared helpers for the benchmark scripts: side-by-side alternating timing and ratio printing."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+
+def machine_info() -> dict:
+    """Describe the machine a benchmark ran on, for BENCHMARKS.md."""
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def alternate(candidates: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Run each candidate in turn, `repeats` rounds, so drift on a shared machine hits all alike.
+
+    Each candidate returns the seconds it measured (so it can exclude its own set-up).
+    The order rotates every round to cancel position effects.
+    """
+    names = list(candidates)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            times[name].append(candidates[name]())
+    return times
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds taken by one call of `fn`, synchronising CUDA if it is in use."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def summarise(times: dict[str, list[float]], baseline: str) -> dict[str, dict[str, float]]:
+    """Median time per candidate and its ratio to `baseline` (ratio > 1 means slower than baseline)."""
+    base = statistics.median(times[baseline])
+    out = {}
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        out[name] = {
+            "median_s": med,
+            "min_s": min(ts),
+            "max_s": max(ts),
+            "ratio_to_" + baseline: med / base,
+        }
+    return out
+
+
+def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    """Print rows as an aligned Markdown table."""
+    print(f"\n### {title}\n")
+    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
+    print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(columns, widths)) + " |")
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return "" if v is None else str(v)
+
+
+def write_json(path: str | None, payload: dict) -> None:
+    """Write results to `path` (if given) with the machine description."""
+    if not path:
+        return
+    payload = {"machine": machine_info(), **payload}
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
