@@ -122,13 +122,13 @@ class MelAudioEncoder(Encoder):
         model_name: Optional[str] = None,
         **timm_kwargs: Any,
     ) -> MelAudioEncoder:
-        """Build `audio-mel:<timm name or checkpoint file>`; extra kwargs go to timm.create_model."""
+        """Build `audio-mel:<timm name, checkpoint file or dir>`; extra kwargs go to timm.create_model."""
         if max_seconds is None or float(max_seconds) <= 0:
             raise EncoderError("audio-mel needs a positive max_seconds (clips are padded/cropped to it)")
         if "in_chans" in timm_kwargs and int(timm_kwargs["in_chans"]) != 1:
             raise EncoderError("audio-mel backbones take one input channel; do not pass in_chans")
         timm_kwargs.pop("in_chans", None)
-        arch, checkpoint = resolve_timm_source("audio-mel", name, model_name)
+        arch, checkpoint, _ = resolve_timm_source("audio-mel", name, model_name)
         backbone = create_timm_backbone(arch, pretrained, "audio-mel", name, checkpoint=checkpoint, in_chans=1, **timm_kwargs)
         return cls(backbone, f"audio-mel:{name}", arch, sample_rate, n_mels, max_seconds, n_fft, hop_length,
                    f_min, f_max, timm_kwargs)

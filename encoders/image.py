@@ -116,19 +116,55 @@ def infer_timm_arch(path: str) -> Optional[str]:
     return None
 
 
-def resolve_timm_source(kind: str, name: str, model_name: Optional[str]) -> tuple[str, Optional[str]]:
-    """(timm architecture, checkpoint file or None) for a spec name that is a timm name or a weights file."""
+def resolve_timm_source(
+    kind: str, name: str, model_name: Optional[str]
+) -> tuple[str, Optional[str], dict[str, Any]]:
+    """(timm architecture, weights file or None, data-config defaults) for a timm name, weights file or dir.
+
+    A directory is timm's hub layout: `config.json` (with `architecture` and `pretrained_cfg`) next to
+    `model.safetensors` (or `pytorch_model.bin`).
+    """
     import timm
 
+    expanded = os.path.expanduser(name)
+    if os.path.isdir(expanded):
+        return _resolve_timm_dir(kind, name, expanded, model_name)
     if _looks_like_checkpoint(name) and not timm.is_model(name):
-        checkpoint = os.path.expanduser(name)
-        if not os.path.isfile(checkpoint):
+        if not os.path.isfile(expanded):
             raise EncoderError(f"{kind}: checkpoint file not found: {name}")
-        arch = model_name or infer_timm_arch(checkpoint)
+        arch = model_name or infer_timm_arch(expanded)
         if arch is None:
             raise EncoderError(f"{kind}:{name}: cannot tell the architecture from the file name; pass model_name=<timm arch>")
-        return arch, checkpoint
-    return model_name or name, None
+        return arch, expanded, {}
+    return model_name or name, None, {}
+
+
+def _resolve_timm_dir(
+    kind: str, name: str, directory: str, model_name: Optional[str]
+) -> tuple[str, str, dict[str, Any]]:
+    import json
+
+    weights = next(
+        (os.path.join(directory, f) for f in ("model.safetensors", "pytorch_model.bin")
+         if os.path.isfile(os.path.join(directory, f))),
+        None,
+    )
+    if weights is None:
+        raise EncoderError(f"{kind}:{name}: directory has no model.safetensors or pytorch_model.bin")
+    config: dict[str, Any] = {}
+    config_path = os.path.join(directory, "config.json")
+    if os.path.isfile(config_path):
+        with open(config_path) as f:
+            try:
+                config = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise EncoderError(f"{config_path}: invalid JSON ({exc})") from exc
+    arch = model_name or config.get("architecture")
+    if not arch:
+        raise EncoderError(f"{kind}:{name}: {config_path} names no 'architecture'; pass model_name=<timm arch>")
+    pcfg = config.get("pretrained_cfg") or {}
+    data = {k: pcfg[k] for k in DATA_CONFIG_KEYS if k in pcfg}
+    return arch, weights, data
 
 
 def create_timm_backbone(
@@ -245,9 +281,9 @@ class ImageEncoder(Encoder):
         model_name: Optional[str] = None,
         **kwargs: Any,
     ) -> ImageEncoder:
-        """Build `image:<timm name or checkpoint file>`; extra kwargs go to timm.create_model."""
-        data_overrides = {k: kwargs.pop(k) for k in DATA_CONFIG_KEYS if k in kwargs}
-        model_name, checkpoint = resolve_timm_source("image", name, model_name)
+        """Build `image:<timm name, checkpoint file or timm-style dir>`; extra kwargs go to timm.create_model."""
+        model_name, checkpoint, data_overrides = resolve_timm_source("image", name, model_name)
+        data_overrides.update({k: kwargs.pop(k) for k in DATA_CONFIG_KEYS if k in kwargs})
         timm_kwargs = dict(kwargs)
         build_kwargs = dict(timm_kwargs)
         if img_size is not None and _fixed_input_size(model_name):

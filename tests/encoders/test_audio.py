@@ -139,6 +139,21 @@ def test_whisper_encoder_from_tiny_config(tmp_path):
         assert torch.equal(enc(batch).pooled, rebuilt(rebuilt.preprocess([_tone(0.5, 8000), _tone(2.0, 44100, channels=2), None])).pooled)
 
 
+def test_whisper_local_dir_loads_encoder_weights(tmp_path):
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    params = {k: v for k, v in WHISPER_TINY.items() if k != "model_type"}
+    torch.manual_seed(0)
+    full = WhisperModel(WhisperConfig(**params))
+    full.save_pretrained(tmp_path)
+    WhisperFeatureExtractor(feature_size=16, chunk_length=1).save_pretrained(tmp_path)
+    enc = create_encoder(f"audio:{tmp_path}")
+    assert type(enc.backbone).__name__ == "WhisperEncoder"
+    assert torch.equal(enc.backbone.conv1.weight, full.encoder.conv1.weight)
+    assert not any(n.startswith("decoder") for n in dict(enc.named_parameters()))
+    assert enc(enc.preprocess([_tone(0.4, 16000)])).pooled.shape == (1, 32)
+
+
 def test_ast_from_tiny_config():
     enc = create_encoder("audio:MIT/ast-finetuned-audioset-10-10-0.4593", pretrained=False, model_config=AST_TINY)
     batch = enc.preprocess([_tone(0.3, 16000), _tone(1.0, 8000), None])

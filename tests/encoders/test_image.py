@@ -135,6 +135,24 @@ def test_local_checkpoint_file(tmp_path, suffix):
         create_encoder(f"image:{tmp_path}/absent.safetensors", model_name="test_efficientnet")
 
 
+def test_local_timm_style_directory(tmp_path):
+    import json
+
+    import timm
+    from safetensors.torch import save_file
+
+    source = timm.create_model("test_efficientnet", num_classes=0)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    cfg = {"architecture": "test_efficientnet", "pretrained_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    enc = create_encoder(f"image:{tmp_path}", img_size=32)
+    assert enc.model_name == "test_efficientnet" and tuple(enc.data_config["std"]) == (0.25, 0.25, 0.25)
+    assert torch.equal(enc.backbone.conv_stem.weight, source.conv_stem.weight)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(EncoderError, match="model.safetensors"):
+        create_encoder(f"image:{tmp_path}")
+
+
 def test_unknown_pretrained_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(EncoderError) as info:
