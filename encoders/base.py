@@ -72,6 +72,9 @@ class Encoder(nn.Module):
 
     def freeze(self) -> Encoder:
         """Stop gradients to every parameter and put the backbone in eval mode for norms/dropout."""
+        if not getattr(self, "_frozen", False):
+            # remember parameters the backbone itself keeps fixed (e.g. Whisper's sinusoidal positions)
+            self._fixed_params = {n for n, p in self.named_parameters() if not p.requires_grad}
         for p in self.parameters():
             p.requires_grad_(False)
         self._frozen = True
@@ -79,9 +82,10 @@ class Encoder(nn.Module):
         return self
 
     def unfreeze(self) -> Encoder:
-        """Let every parameter train again."""
-        for p in self.parameters():
-            p.requires_grad_(True)
+        """Let every parameter train again (except those the backbone keeps fixed by design)."""
+        fixed = getattr(self, "_fixed_params", set())
+        for n, p in self.named_parameters():
+            p.requires_grad_(n not in fixed)
         self._frozen = False
         self.train(self.training)
         return self

@@ -131,7 +131,7 @@ def resolve_timm_source(
         return _resolve_timm_dir(kind, name, expanded, model_name)
     if _looks_like_checkpoint(name) and not timm.is_model(name):
         if not os.path.isfile(expanded):
-            raise EncoderError(f"{kind}: checkpoint file not found: {name}")
+            raise EncoderError(f"{kind}: checkpoint file not found: {name} (and it is not a timm model name)")
         arch = model_name or infer_timm_arch(expanded)
         if arch is None:
             raise EncoderError(f"{kind}:{name}: cannot tell the architecture from the file name; pass model_name=<timm arch>")

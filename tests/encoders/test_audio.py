@@ -132,6 +132,10 @@ def test_whisper_encoder_from_tiny_config(tmp_path):
     assert out.mask[1].all() and 20 <= int(out.mask[0].sum()) <= 30  # half a second of 1 s
     out.pooled.sum().backward()
     assert enc.backbone.conv1.weight.grad is not None
+    # Whisper keeps its sinusoidal position table fixed; freeze/unfreeze must not make it trainable
+    assert not enc.backbone.embed_positions.weight.requires_grad
+    enc.freeze().unfreeze()
+    assert not enc.backbone.embed_positions.weight.requires_grad and enc.backbone.conv1.weight.requires_grad
     enc.eval().save_assets(str(tmp_path))
     rebuilt = encoder_from_config(enc.get_config(), str(tmp_path)).eval()
     rebuilt.load_state_dict(enc.state_dict(), strict=True)
