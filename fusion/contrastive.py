@@ -96,7 +96,11 @@ class ContrastiveFusion(Fusion):
         present: Presence = None,
         embeddings: Optional[dict[str, torch.Tensor]] = None,
     ) -> torch.Tensor:
-        """Symmetric InfoNCE over the global batch; pairs with an absent modality are left out."""
+        """Symmetric InfoNCE; pairs with an absent modality are left out.
+
+        In training mode (and with `gather`) the loss spans the global batch across processes; in eval mode
+        it uses the local batch only, so an evaluation run on a single rank cannot hang in a collective.
+        """
         present = self.presence(features, present)
         if embeddings is None:
             embeddings = self.embed(features)
@@ -105,7 +109,7 @@ class ContrastiveFusion(Fusion):
             embeddings[a],
             embeddings[b],
             self.clamped_logit_scale(),
-            gather=self.gather,
+            gather=self.gather and self.training,
             valid=present[a] & present[b],
         )
 

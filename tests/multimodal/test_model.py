@@ -178,6 +178,17 @@ def test_modality_dropout_never_drops_everything(tiny_text_dir):
     assert 0.2 < rate < 0.4  # 0.5 per modality, minus restorations when both were dropped (~0.25 expected)
 
 
+def test_modality_dropout_does_not_apply_to_contrastive(tiny_text_dir):
+    model = _model(tiny_text_dir, "contrastive").train()
+    batch = _batch(model)
+    losses = []
+    for p in (0.0, 0.9):
+        model.modality_dropout = p
+        torch.manual_seed(0)  # same encoder dropout masks in both runs
+        losses.append(_call(model, batch).loss)
+    assert torch.equal(losses[0], losses[1])
+
+
 def test_modality_dropout_only_in_training(tiny_text_dir, monkeypatch):
     model = _model(tiny_text_dir, "concat")
     model.modality_dropout = 0.9
