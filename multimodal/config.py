@@ -69,6 +69,9 @@ class DataConfig:
     # Open/verify every file once when the dataset is built, so errors and skip counts come before training.
     validate: bool = True
     num_workers: int = 2
+    # Directory for frozen-encoder features ("auto": ~/.cache/multimodal-finetune/features); encoders that
+    # stay frozen for the whole run are encoded once (eval preprocessing, no augmentation) and read from disk.
+    feature_cache: Optional[str] = None
     max_train_samples: Optional[int] = None
 
 
