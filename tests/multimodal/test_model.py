@@ -255,8 +255,8 @@ def test_preprocessors_are_picklable(tiny_text_dir):
 
 @pytest.mark.parametrize(
     "fusion_name,kwargs",
-    [("concat", {}), ("attention", ATTN), ("film", {}), ("contrastive", {"projection": "mlp"})],
-    ids=["concat", "attention", "film", "contrastive"],
+    [("film", {}), ("attention", ATTN), ("contrastive", {"projection": "mlp"})],
+    ids=["film", "attention", "contrastive"],
 )
 def test_save_load_round_trip_is_bit_identical(tiny_text_dir, tmp_path, fusion_name, kwargs):
     model = _model(tiny_text_dir, fusion_name, **kwargs)
