@@ -22,9 +22,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import machine_info, print_table, timed, write_json  # noqa: E402
-
 import torch  # noqa: E402
+from common import list_loader, machine_info, print_table, timed, trainer_epoch_runner, write_json  # noqa: E402
 
 # Dense bf16 tensor-core peaks from NVIDIA's H100/H200 datasheets (without sparsity).
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0}
@@ -117,50 +116,31 @@ def plain_runner(model, batches, device, compile_: bool, ckpt: bool):
     batches = [_to(b, device) for b in batches]
     model.train()
 
-    def epoch() -> None:
-        for b in batches:
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                out = model(inputs=b["inputs"], present=b["present"], labels=b["labels"])
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+    def step(b: dict) -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out = model(inputs=b["inputs"], present=b["present"], labels=b["labels"])
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def epoch() -> float:
+        return timed(lambda: [step(b) for b in batches])
 
     return epoch
 
 
 def framework_runner(model, batches, device, compile_: bool, ckpt: bool, out_dir: str):
     """The framework's Trainer step loop (Accelerate, bf16) over the same batches."""
-    from multimodal.config import TrainConfig
-    from multimodal.trainer import Trainer
-
     if ckpt:
         for enc in model.encoders.values():
             enc.set_grad_checkpointing(True)
     if compile_:
         model.compile()
-    cfg = TrainConfig(
-        output_dir=out_dir, epochs=10_000, log_with="none", save_checkpoints=False, mixed_precision="bf16" if
-        device.type == "cuda" else "no", progress_bar=False,
+    return trainer_epoch_runner(
+        model, list_loader(batches), out_dir, progress_bar=False,
+        mixed_precision="bf16" if device.type == "cuda" else "no",
     )
-
-    class _Ds(torch.utils.data.Dataset):
-        def __len__(self) -> int:
-            return len(batches)
-
-        def __getitem__(self, i: int) -> dict:
-            return batches[i]
-
-    trainer = Trainer(model, cfg, torch.utils.data.DataLoader(_Ds(), batch_size=None))
-    trainer.model.train()
-    count = [0]
-
-    def epoch() -> None:
-        trainer.state.batch_in_epoch = 0
-        trainer._train_epoch(count[0], trainer.train_loader, 0)
-        count[0] += 1
-
-    return epoch
 
 
 def main() -> None:
@@ -199,8 +179,8 @@ def main() -> None:
                 run = plain_runner(model, batches, device, compile_, ckpt)
             else:
                 run = framework_runner(model, batches, device, compile_, ckpt, os.path.join(tmp, variant))
-            timed(run)  # warm-up (and compilation)
-            times = [timed(run) for _ in range(args.repeats)]
+            run()  # warm-up (and compilation)
+            times = [run() for _ in range(args.repeats)]
             best = sorted(times)[len(times) // 2]
             step_s = best / args.steps
             peak = peak_tflops(torch.cuda.get_device_name(0)) if device.type == "cuda" else None

@@ -17,9 +17,17 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import alternate, machine_info, print_table, summarise, timed, write_json  # noqa: E402
-
 import torch  # noqa: E402
+from common import (  # noqa: E402
+    alternate,
+    list_loader,
+    machine_info,
+    print_table,
+    summarise,
+    timed,
+    trainer_epoch_runner,
+    write_json,
+)
 
 
 def build_model(kind: str):
@@ -70,41 +78,7 @@ def make_batches(model, n: int, batch_size: int) -> list[dict]:
     return batches
 
 
-class _Batches(torch.utils.data.Dataset):
-    def __init__(self, batches: list[dict]) -> None:
-        self.batches = batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.batches[i]
-
-
-def _loader(batches: list[dict]) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(_Batches(batches), batch_size=None, shuffle=False)
-
-
-def framework_runner(model, batches, out_dir: str, steps: int):
-    """Return a callable that runs one epoch of the framework Trainer's step loop and times it."""
-    from multimodal.config import TrainConfig
-    from multimodal.trainer import Trainer
-
-    cfg = TrainConfig(output_dir=out_dir, epochs=1000, log_with="none", save_checkpoints=False, seed=0)
-    trainer = Trainer(model, cfg, _loader(batches))
-    trainer.model.train()
-    epoch = [0]
-
-    def run() -> float:
-        e = epoch[0]
-        epoch[0] += 1
-        trainer.state.batch_in_epoch = 0
-        return timed(lambda: trainer._train_epoch(e, trainer.train_loader, 0))
-
-    return run
-
-
-def handwritten_runner(model, batches, steps: int):
+def handwritten_runner(model, batches: list) -> object:
     """Return a callable that runs the same epoch in a minimal hand-written Accelerate loop."""
     import math
 
@@ -121,7 +95,7 @@ def handwritten_runner(model, batches, steps: int):
             return (step + 1) / max(1, warmup)
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
-    model, opt, loader = acc.prepare(model, opt, _loader(batches))
+    model, opt, loader = acc.prepare(model, opt, list_loader(batches))
     sched = torch.optim.lr_scheduler.LambdaLR(opt.optimizer, lr_lambda)
     params = list(model.parameters())
     model.train()
@@ -151,8 +125,8 @@ def main() -> None:
     batches = make_batches(base, args.steps, args.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         runners = {
-            "handwritten": handwritten_runner(copy.deepcopy(base), batches, args.steps),
-            "framework": framework_runner(copy.deepcopy(base), batches, tmp, args.steps),
+            "handwritten": handwritten_runner(copy.deepcopy(base), batches),
+            "framework": trainer_epoch_runner(copy.deepcopy(base), list_loader(batches), tmp),
         }
         for run in runners.values():  # warm-up epoch each (allocator, first-call costs)
             run()

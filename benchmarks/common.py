@@ -7,7 +7,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -93,3 +93,40 @@ def write_json(path: str | None, payload: dict) -> None:
     payload = {"machine": machine_info(), **payload}
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
+
+
+class ListDataset(torch.utils.data.Dataset):
+    """A dataset over already-collated batches (DataLoader with batch_size=None yields them as-is)."""
+
+    def __init__(self, batches: list) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int):
+        return self.batches[i]
+
+
+def list_loader(batches: list) -> torch.utils.data.DataLoader:
+    """A DataLoader that replays pre-collated batches, so timing excludes data loading."""
+    return torch.utils.data.DataLoader(ListDataset(batches), batch_size=None, shuffle=False)
+
+
+def trainer_epoch_runner(model, loader, out_dir: str, **train_kwargs) -> Callable[[], float]:
+    """A callable that runs one epoch of the framework Trainer's step loop over `loader` and returns seconds."""
+    from multimodal.config import TrainConfig
+    from multimodal.trainer import Trainer
+
+    settings = {"epochs": 10_000, "log_with": "none", "save_checkpoints": False, "seed": 0, **train_kwargs}
+    trainer = Trainer(model, TrainConfig(output_dir=out_dir, **settings), loader)
+    trainer.model.train()
+    epoch = [0]
+
+    def run() -> float:
+        trainer.state.batch_in_epoch = 0
+        seconds = timed(lambda: trainer._train_epoch(epoch[0], trainer.train_loader, 0))
+        epoch[0] += 1
+        return seconds
+
+    return run
