@@ -20,9 +20,11 @@ Batches (from `Collator`, run inside DataLoader workers) follow the shared contr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import random
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +49,10 @@ SPLIT_ALIASES = {
 
 class BadSampleError(ValueError):
     """A row cannot be used: the message names the source, the row and the field or file."""
+
+    def __init__(self, message: str, reason: str = "row") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 # --------------------------------------------------------------------------------------------------
@@ -234,6 +240,15 @@ def _check_audio(value: Any, base_dir: Optional[str]) -> None:
     sf.read(path, frames=min(info.frames, 1024), dtype="float32")
 
 
+def _describe(value: Any, base_dir: Optional[str]) -> str:
+    """' (file /abs/path)' for path-like cells, '' for in-memory samples."""
+    if isinstance(value, dict):
+        value = value.get("path")
+    if isinstance(value, (str, os.PathLike)):
+        return f" (file {resolve_path(value, base_dir)})"
+    return ""
+
+
 # --------------------------------------------------------------------------------------------------
 # Dataset
 
@@ -317,7 +332,7 @@ class MultimodalDataset(Dataset):
             except BadSampleError as err:
                 if self.on_bad_sample == "error":
                     raise
-                self.skipped.add(err.args[1] if len(err.args) > 1 else "row", err.args[0])
+                self.skipped.add(err.reason, str(err))
                 continue
             self.indices.append(i)
 
@@ -406,7 +421,10 @@ class MultimodalDataset(Dataset):
                 elif modality == "text" and not isinstance(value, str):
                     raise ValueError(f"text must be a string, got {type(value).__name__}")
             except Exception as err:  # noqa: BLE001 - any failure to read the file makes the row bad
-                raise self._bad(i, modality, f"{modality} column {column!r}: {type(err).__name__}: {err}") from err
+                where = _describe(value, self.base_dir)
+                raise self._bad(
+                    i, modality, f"{modality} column {column!r}{where}: {type(err).__name__}: {err}"
+                ) from err
         if present == 0:
             raise self._bad(i, "empty", f"no modality present (columns {list(self.columns.values())})")
         if self.has_labels and self.task != "contrastive":
@@ -423,7 +441,9 @@ class MultimodalDataset(Dataset):
     def __getitem__(self, idx: int) -> dict:
         i = self.indices[idx]
         row = self.rows[i]
-        item: dict[str, Any] = {"index": idx}
+        item: dict[str, Any] = {"index": int(idx)}
+        if getattr(idx, "seed", None) is not None:
+            item["aug_seed"] = idx.seed
         for modality, column in self.columns.items():
             value = _to_list(row[column])
             if is_missing(value):
@@ -437,7 +457,8 @@ class MultimodalDataset(Dataset):
                 else:
                     item[modality] = str(value)
             except Exception as err:  # noqa: BLE001
-                raise BadSampleError(f"{self._where(i)}: {modality} column {column!r}: {err}", modality) from err
+                where = _describe(value, self.base_dir)
+                raise BadSampleError(f"{self._where(i)}: {modality} column {column!r}{where}: {err}", modality) from err
         if self.has_labels and self.task != "contrastive":
             item["label"] = self._labels[i]
         return item
@@ -447,11 +468,44 @@ class MultimodalDataset(Dataset):
 # Collation and loading
 
 
+class SeededIndex(int):
+    """A dataset index (an ordinary int everywhere) that also carries its epoch's augmentation seed."""
+
+    seed: int
+
+    def __new__(cls, value: int, seed: int) -> SeededIndex:
+        obj = int.__new__(cls, value)
+        obj.seed = seed
+        return obj
+
+    def __reduce__(self) -> tuple:
+        return (SeededIndex, (int(self), self.seed))
+
+
+@contextlib.contextmanager
+def _seeded_rngs(seed_words: list[int]) -> Iterator[None]:
+    """Seed torch, numpy and python RNGs from `seed_words` for the block, then restore their states."""
+    torch_state, np_state, py_state = torch.random.get_rng_state(), np.random.get_state(), random.getstate()
+    a, b, c = np.random.SeedSequence(seed_words).generate_state(3)
+    torch.manual_seed(int(a))
+    np.random.seed(int(b))
+    random.seed(int(c))
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(torch_state)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
 class Collator:
     """Picklable collate function: applies each modality's encoder preprocessor to raw samples.
 
     `preprocessors` maps modality -> `Preprocessor` (from `model.get_preprocessors(train)`); absent
-    samples are passed as None and flagged ``present=False``.
+    samples are passed as None and flagged ``present=False``. When samples carry an ``aug_seed``
+    (training loaders, see `EpochShuffleSampler`), random augmentation is seeded from (seed, epoch,
+    sample indices) and the global RNGs are left untouched, so augmentation does not depend on the
+    number of workers, prefetching or resuming.
     """
 
     def __init__(self, preprocessors: dict[str, Callable[[list], dict]], task: str = "single_label") -> None:
@@ -460,10 +514,17 @@ class Collator:
 
     def __call__(self, samples: list[dict]) -> dict:
         batch: dict[str, Any] = {"inputs": {}, "present": {}}
-        for modality, preprocess in self.preprocessors.items():
-            raw = [s.get(modality) for s in samples]
-            batch["inputs"][modality] = preprocess(raw)
-            batch["present"][modality] = torch.tensor([r is not None for r in raw], dtype=torch.bool)
+        aug_seed = samples[0].get("aug_seed") if samples else None
+        context = (
+            _seeded_rngs([int(aug_seed)] + [int(s["index"]) for s in samples])
+            if aug_seed is not None
+            else contextlib.nullcontext()
+        )
+        with context:
+            for modality, preprocess in self.preprocessors.items():
+                raw = [s.get(modality) for s in samples]
+                batch["inputs"][modality] = preprocess(raw)
+                batch["present"][modality] = torch.tensor([r is not None for r in raw], dtype=torch.bool)
         if samples and "label" in samples[0]:
             labels = [s["label"] for s in samples]
             if self.task == "single_label":
@@ -480,7 +541,8 @@ class Collator:
 class EpochShuffleSampler(Sampler[int]):
     """Deterministic shuffling: the order depends only on (seed, epoch), so a resumed run sees the same order.
 
-    `set_epoch` is called by `accelerate`'s prepared loader; no global RNG is consumed.
+    `set_epoch` is called by `accelerate`'s prepared loader; no global RNG is consumed. Indices are
+    `SeededIndex` values carrying the epoch's augmentation seed for the `Collator`.
     """
 
     def __init__(self, length: int, seed: int = 0) -> None:
@@ -493,8 +555,9 @@ class EpochShuffleSampler(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        return iter(torch.randperm(self.length, generator=g).tolist())
+        epoch_seed = self.seed * 100003 + self.epoch
+        g = torch.Generator().manual_seed(epoch_seed)
+        return iter([SeededIndex(i, epoch_seed) for i in torch.randperm(self.length, generator=g).tolist()])
 
     def __len__(self) -> int:
         return self.length

@@ -9,12 +9,11 @@ on a chosen metric, and checkpoints with ``accelerator.save_state``.
 
 Exact resume: a checkpoint holds model/optimizer/RNG states (accelerate) plus ``trainer_state.json``
 (epoch, batch position in the epoch, global step, scheduler, early-stopping state, history). The
-training order depends only on (seed, epoch) (`multimodal.data.EpochShuffleSampler`) and the
-DataLoader draws worker seeds from its own generator, reseeded per epoch, so resuming (at an epoch
-boundary, or mid-epoch with ``accelerator.skip_first_batches``) reproduces the uninterrupted run
-bit-for-bit on CPU. Mid-epoch checkpoints are exact with ``num_workers=0`` or deterministic
-preprocessing; with random augmentation in several workers, the skipped batches change which worker
-draws which random numbers, so only epoch-boundary checkpoints are exact there.
+training order depends only on (seed, epoch) (`multimodal.data.EpochShuffleSampler`), random
+augmentation is seeded per batch from (seed, epoch, sample indices) without touching the global RNGs
+(`multimodal.data.Collator`), and the DataLoader draws worker seeds from its own generator. So resuming
+at an epoch boundary, or mid-epoch (``save_every_steps``; ``accelerator.skip_first_batches``),
+reproduces the uninterrupted run bit-for-bit on CPU with the same seed.
 
 The model is any module following the `MultimodalModel` contract:
 ``model(inputs=, present=, labels=, features=) -> output`` with ``.loss`` (which may come from a
@@ -307,7 +306,9 @@ class Trainer:
             metrics = compute_metrics(preds["logits"], preds["labels"], self.task)
         else:
             metrics = {}
-        metrics.setdefault("num_examples", int(preds["index"].shape[0]) if "index" in preds else 0)
+        if "index" in preds:
+            metrics["num_examples"] = int(preds["index"].shape[0])
+            metrics["num_unique_examples"] = int(torch.unique(preds["index"]).numel())
         if "loss" in preds:
             metrics["loss"] = float(preds["loss"])
         return metrics

@@ -1,0 +1,174 @@
+"""Trainer: learning on tiny data, exact resume, NaN detection, unfreezing, contrastive (label-free) loss."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from multimodal.build import build_loaders, build_model, build_splits_for, build_trainer, num_outputs_for
+from multimodal.config import ExperimentConfig, load_config
+from multimodal.trainer import NonFiniteLossError
+
+
+def _tiny_manifest(root, n=24) -> str:
+    """Learnable pairs: bright images + 'sunny' captions are class 'day', dark + 'dark' are 'night'."""
+    os.makedirs(root / "img", exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        day = i % 2 == 0
+        base = 200 if day else 40
+        pixels = np.clip(base + rng.normal(0, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / "img" / f"{i}.png")
+        word = rng.choice(["sunny", "bright", "noon"] if day else ["dark", "midnight", "moonlit"])
+        rows.append({"text": f"a {word} scene number {i}", "image": f"img/{i}.png", "label": "day" if day else "night"})
+    path = root / "m.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return str(path)
+
+
+def _config(tmp_path, tiny_text_dir, *extra) -> ExperimentConfig:
+    manifest = _tiny_manifest(tmp_path / "data")
+    return load_config(
+        None,
+        [
+            f"data.train={manifest}",
+            "data.audio_column=null",
+            "data.val_fraction=0.25",
+            "data.test_fraction=0",
+            "data.num_workers=0",
+            f"model.encoders={{text: 'text:{tiny_text_dir}', image: 'image:test_efficientnet'}}",
+            "model.encoder_kwargs={image: {img_size: 32}}",
+            "model.pretrained=false",
+            "model.fusion_dim=16",
+            "model.head_dropout=0.2",
+            f"train.output_dir={tmp_path / 'out'}",
+            "train.epochs=3",
+            "train.batch_size=6",
+            "train.head_lr=3e-3",
+            "train.encoder_lr=1e-3",
+            "train.log_every=1",
+            "train.log_with=none",
+            "train.progress_bar=false",
+            "train.seed=3",
+            *extra,
+        ],
+    )
+
+
+def _run(cfg):
+    splits = build_splits_for(cfg, sorted(cfg.model.encoders), progress=False)
+    model = build_model(cfg, num_outputs_for(cfg, splits))
+    loaders = build_loaders(cfg, model, splits)
+    trainer = build_trainer(cfg, model, loaders)
+    trainer.train()
+    return trainer
+
+
+def test_learns_and_saves_best(tmp_path, tiny_text_dir):
+    from multimodal.model import MultimodalModel
+
+    cfg = _config(tmp_path, tiny_text_dir, "train.epochs=8", "train.head_lr=1e-2", "train.warmup_ratio=0")
+    trainer = _run(cfg)
+    log = trainer.state.train_log
+    first, last = np.mean([e["loss"] for e in log[:3]]), np.mean([e["loss"] for e in log[-3:]])
+    assert last < first * 0.7
+    best = max(h["accuracy"] for h in trainer.state.history)
+    assert best >= 5 / 6 and trainer.state.history[-1]["num_examples"] == 6  # chance is 1/2
+    # the saved best model reloads and predicts like the trained one would at that epoch
+    reloaded = MultimodalModel.from_pretrained(os.path.join(cfg.train.output_dir, "model"))
+    batch = next(iter(build_loaders(cfg, reloaded, build_splits_for(cfg, ["image", "text"], progress=False))["validation"]))
+    with torch.no_grad():
+        acc = (reloaded(inputs=batch["inputs"], present=batch["present"]).logits.argmax(-1) == batch["labels"]).float().mean()
+    assert float(acc) == pytest.approx(trainer.state.history[trainer.state.best_epoch - 1]["accuracy"])
+    assert sorted(os.listdir(os.path.join(cfg.train.output_dir, "checkpoints"))) == ["epoch-007", "epoch-008"]
+
+
+def _weights(trainer):
+    return {k: v.detach().clone() for k, v in trainer.unwrapped_model.state_dict().items()}
+
+
+def test_resume_is_bit_identical(tmp_path, tiny_text_dir):
+    # 18 training rows, batch 6, accumulation 2 -> 3 batches (2 optimizer steps) per epoch; dropout on.
+    base = ["train.grad_accum_steps=2", "train.keep_checkpoints=null", "model.modality_dropout=0.3"]
+    full = _run(_config(tmp_path / "a", tiny_text_dir, *base))
+    reference = _weights(full)
+    assert full.state.global_step == 6
+
+    interrupted_cfg = _config(tmp_path / "b", tiny_text_dir, *base, "train.stop_after_steps=3")
+    interrupted = _run(interrupted_cfg)
+    assert interrupted.state.global_step == 3 and interrupted.state.epoch == 1
+    ckpts = sorted(os.listdir(os.path.join(interrupted_cfg.train.output_dir, "checkpoints")))
+    assert ckpts == ["epoch-001", "step-0000003"]
+    assert any(not torch.equal(reference[k], v) for k, v in _weights(interrupted).items())
+
+    for ckpt in ckpts:  # mid-epoch and epoch-boundary checkpoints
+        cfg = copy.deepcopy(interrupted_cfg)
+        cfg.train.stop_after_steps = None
+        cfg.train.resume_from = os.path.join(interrupted_cfg.train.output_dir, "checkpoints", ckpt)
+        resumed = _run(cfg)
+        assert resumed.state.global_step == 6
+        weights = _weights(resumed)
+        assert weights.keys() == reference.keys()
+        for k in reference:
+            assert torch.equal(weights[k], reference[k]), (ckpt, k)
+        assert [h["accuracy"] for h in resumed.state.history] == [h["accuracy"] for h in full.state.history]
+
+
+def test_nan_loss_names_the_step(tmp_path, tiny_text_dir):
+    cfg = _config(tmp_path, tiny_text_dir, "train.log_every=4", "train.max_grad_norm=null")
+    splits = build_splits_for(cfg, ["image", "text"], progress=False)
+    model = build_model(cfg, num_outputs_for(cfg, splits))
+    loaders = build_loaders(cfg, model, splits)
+    trainer = build_trainer(cfg, model, loaders)
+    original = trainer.scheduler.step
+
+    def poison():  # after optimizer step 1, the head's weights become NaN
+        original()
+        if trainer.state.global_step == 1:
+            with torch.no_grad():
+                trainer.unwrapped_model.head.net[-1].weight.fill_(float("nan"))
+
+    trainer.scheduler.step = poison
+    with pytest.raises(NonFiniteLossError, match="optimizer step 2"):
+        trainer.train()
+
+
+def test_unfreeze_after_epochs(tmp_path, tiny_text_dir):
+    cfg = _config(tmp_path, tiny_text_dir, "model.freeze_encoders=true", "model.unfreeze_after_epochs=1", "train.epochs=2")
+    splits = build_splits_for(cfg, ["image", "text"], progress=False)
+    model = build_model(cfg, num_outputs_for(cfg, splits))
+    before = {k: v.clone() for k, v in model.encoders.state_dict().items()}
+    trainer = build_trainer(cfg, model, build_loaders(cfg, model, splits))
+    trainer.train()
+    assert trainer.state.unfrozen
+    ckpt = load_file(os.path.join(cfg.train.output_dir, "checkpoints", "epoch-001", "model.safetensors"))
+    after_epoch1 = {k[len("encoders."):]: v for k, v in ckpt.items() if k.startswith("encoders.")}
+    changed1 = [k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after_epoch1[k])]
+    assert changed1 == []  # frozen during epoch 1
+    final = model.encoders.state_dict()
+    changed2 = [k for k in before if before[k].is_floating_point() and not torch.equal(before[k], final[k])]
+    assert any(k.startswith("text.") for k in changed2) and any(k.startswith("image.") for k in changed2)
+
+
+def test_contrastive_loss_without_labels(tmp_path, tiny_text_dir):
+    cfg = _config(
+        tmp_path, tiny_text_dir, "model.fusion=contrastive", "model.task=contrastive", "data.label_column=null",
+        "train.epochs=2",
+    )
+    splits = build_splits_for(cfg, ["image", "text"], progress=False)
+    assert not splits.train.has_labels
+    model = build_model(cfg, None)
+    loaders = build_loaders(cfg, model, splits)
+    assert "labels" not in next(iter(loaders["train"]))
+    trainer = build_trainer(cfg, model, loaders)
+    trainer.train()
+    assert trainer.metric_for_best == "loss" and trainer.state.history[-1]["num_examples"] == 6
+    assert all(np.isfinite(e["loss"]) for e in trainer.state.train_log)
