@@ -63,6 +63,35 @@ def _check(rank: int, out_dir: str, splits: list[int]) -> None:
     Path(out_dir, f"split{splits[0]}-rank{rank}.ok").write_text(f"{mean_loss.item()} {ref_loss.item()}")
 
 
+class _LossModule(torch.nn.Module):
+    """What a trainer wraps in DDP: forward returns the contrastive loss."""
+
+    def __init__(self, fusion: torch.nn.Module) -> None:
+        super().__init__()
+        self.fusion = fusion
+
+    def forward(self, features: dict, present: dict) -> torch.Tensor:
+        return self.fusion.contrastive_loss(features, present)
+
+
+def _check_real_ddp(rank: int, out_dir: str, splits: list[int]) -> None:
+    """The same equality through torch's DistributedDataParallel (its gradient all-reduce, not ours)."""
+    torch.manual_seed(0)
+    fusion = create_fusion("contrastive", DIMS, 8, projection="mlp", hidden_dim=12)
+    reference = create_fusion("contrastive", DIMS, 8, projection="mlp", hidden_dim=12, gather=False)
+    reference.load_state_dict(fusion.state_dict())
+    ddp = torch.nn.parallel.DistributedDataParallel(_LossModule(fusion))
+    feats, present = _global_batch(sum(splits))
+    start, stop = sum(splits[:rank]), sum(splits[: rank + 1])
+    local = {m: EncoderOutput(f.pooled[start:stop]) for m, f in feats.items()}
+    ddp(local, {m: p[start:stop] for m, p in present.items()}).backward()
+    reference.contrastive_loss(feats, present).backward()
+    ref_grads = _grads(reference)
+    for name, g in _grads(fusion).items():
+        torch.testing.assert_close(g, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    Path(out_dir, f"ddp{splits[0]}-rank{rank}.ok").write_text("ok")
+
+
 def _worker(rank: int, port: int, out_dir: str, all_splits: list[list[int]]) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
@@ -71,6 +100,7 @@ def _worker(rank: int, port: int, out_dir: str, all_splits: list[list[int]]) -> 
     try:
         for splits in all_splits:
             _check(rank, out_dir, splits)
+        _check_real_ddp(rank, out_dir, all_splits[0])
     finally:
         dist.destroy_process_group()
 
@@ -87,3 +117,4 @@ def test_gathered_clip_loss_and_grads_match_single_process(tmp_path):
     for splits in all_splits:
         results = [Path(tmp_path, f"split{splits[0]}-rank{r}.ok").read_text().split() for r in range(WORLD)]
         assert float(results[0][0]) == float(results[1][0])  # every rank saw the same mean loss
+    assert all(Path(tmp_path, f"ddp{all_splits[0][0]}-rank{r}.ok").exists() for r in range(WORLD))
