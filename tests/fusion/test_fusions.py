@@ -276,3 +276,22 @@ def test_contrastive_embeddings_scale_and_forward():
         fusion.logit_scale.fill_(10.0)
     assert fusion.clamped_logit_scale().item() == pytest.approx(torch.log(torch.tensor(100.0)).item())
     assert fusion.no_weight_decay() == {"logit_scale"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_bf16_autocast_forward_backward(case):
+    name, kwargs = case
+    dims = _dims(2)
+    fusion = _build(name, kwargs, dims)
+    feats = _features(dims, tokens=fusion.requires_tokens)
+    feats["text"] = EncoderOutput(
+        *(t.bfloat16() if t is not None and t.is_floating_point() else t for t in feats["text"])
+    )
+    present = _present(dims)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fusion(feats, present)
+        loss = (
+            fusion.contrastive_loss(feats, present) if name == "contrastive" else out.float().square().mean()
+        )
+    loss.backward()
+    assert out.shape == (BATCH, 6) and torch.isfinite(out.float()).all() and torch.isfinite(loss)
