@@ -32,6 +32,15 @@ from multimodal.metrics import chance_metrics, default_metric
 from multimodal.trainer import Trainer
 
 
+def process_state() -> Any:
+    """accelerate's `PartialState`, honouring ``ACCELERATE_USE_CPU`` (as `Accelerator` does) so that
+    ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2`` runs DDP on CPU (gloo)."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def build_model(cfg: ExperimentConfig, num_outputs: Optional[int], modalities: Optional[list[str]] = None) -> Any:
     """A `MultimodalModel` for `cfg.model` (optionally restricted to some modalities, e.g. baselines)."""
     from accelerate.utils import set_seed
@@ -198,9 +207,7 @@ def _train_and_evaluate(
 ) -> dict:
     """Train one model (all or some modalities), reload its best weights, evaluate on validation and test."""
     model = build_model(cfg, num_outputs_for(cfg, splits), modalities)
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = process_state()
     loaders = build_loaders(cfg, model, splits, accelerator=state if state.num_processes > 1 else None)
     trainer = build_trainer(cfg, model, loaders, output_dir=output_dir, log=main, run_name="run" if main else "baseline")
     start = time.time()
@@ -246,13 +253,11 @@ def run_supervised(cfg: ExperimentConfig, dataset: Any = None) -> dict:
     Writes to ``cfg.train.output_dir``: ``model/`` (best model, `save_pretrained`), ``metrics.json``,
     ``config.yaml`` (resolved), ``labels.json`` and ``training_curves.png``.
     """
-    from accelerate import PartialState
-
     from multimodal.plots import plot_training_curves
 
     if cfg.model.task == "contrastive":
         raise ValueError("run_supervised handles classification/regression; use the retrieval recipes for contrastive")
-    state = PartialState()
+    state = process_state()
     out = cfg.train.output_dir
     if state.is_main_process:
         os.makedirs(out, exist_ok=True)

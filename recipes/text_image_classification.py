@@ -16,7 +16,7 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from multimodal.build import run_supervised, summarize  # noqa: E402
+from multimodal.build import process_state, run_supervised, summarize  # noqa: E402
 from multimodal.config import parse_cli  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "text_image_classification.yaml")
@@ -26,9 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Parse ``[--config FILE] [key=value ...]``, train, evaluate, write outputs; returns the metrics."""
     cfg = parse_cli(argv, DEFAULT_CONFIG)
     metrics = run_supervised(cfg)
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         print(summarize(metrics))
         print(f"outputs in {os.path.abspath(cfg.train.output_dir)}")
     return metrics
