@@ -270,6 +270,8 @@ def run_supervised(cfg: ExperimentConfig, dataset: Any = None) -> dict:
     if state.is_main_process and splits.vocab is not None:
         splits.vocab.save(os.path.join(out, "labels.json"))
     fused = _train_and_evaluate(cfg, splits, None, out, main=True)
+    if state.is_main_process and splits.vocab is not None:
+        splits.vocab.save(os.path.join(out, "model", "labels.json"))  # travels with the exported model
     metrics: dict[str, Any] = {
         "task": cfg.model.task,
         "modalities": modalities,

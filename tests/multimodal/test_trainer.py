@@ -172,3 +172,17 @@ def test_contrastive_loss_without_labels(tmp_path, tiny_text_dir):
     trainer.train()
     assert trainer.metric_for_best == "loss" and trainer.state.history[-1]["num_examples"] == 6
     assert all(np.isfinite(e["loss"]) for e in trainer.state.train_log)
+
+
+def test_early_stopping_and_bf16(tmp_path, tiny_text_dir):
+    cfg = _config(
+        tmp_path, tiny_text_dir, "train.epochs=6", "train.metric_for_best=accuracy", "train.metric_mode=min",
+        "train.early_stopping_patience=2", "train.mixed_precision=bf16",
+    )
+    trainer = _run(cfg)
+    state = trainer.state
+    accs = [h["accuracy"] for h in state.history]
+    assert state.stopped_early and state.epoch == len(accs) < 6
+    # "min" mode: the best epoch is the first with the lowest accuracy; stopped `patience` epochs after it
+    assert state.best_epoch == 1 + int(np.argmin(accs)) and state.epoch == state.best_epoch + 2
+    assert all(np.isfinite(e["loss"]) for e in state.train_log)
