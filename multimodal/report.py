@@ -173,6 +173,7 @@ def write_report(
     class_names: Optional[Sequence[str]] = None,
     notes: Optional[Sequence[str]] = None,
     html: bool = False,
+    extra_plots: Optional[Sequence[tuple[str, str]]] = None,
 ) -> str:
     """Write ``report.md`` (+ PNGs, + ``report.html`` when asked) into `output_dir`; return the Markdown path."""
     os.makedirs(output_dir, exist_ok=True)
@@ -186,6 +187,7 @@ def write_report(
         grid = plot_retrieval_grid(examples, os.path.join(output_dir, "retrieval_examples.png"))
         if grid:
             plots.append((f"Top retrieved {examples.modality} per caption", grid))
+    plots += [(caption, path) for caption, path in (extra_plots or []) if path and os.path.exists(path)]
 
     md = [f"# {title}", ""]
     for note in notes or []:

@@ -17,14 +17,18 @@ Conventions (documented once, used everywhere in this module):
 
 from __future__ import annotations
 
+import os
 import random
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
+
+from multimodal.config import ExperimentConfig
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 DEFAULT_TEMPLATES: dict[str, list[str]] = {
@@ -240,3 +244,291 @@ class OneCaptionPerItemSampler(Sampler[int]):
         for g in order:
             rows = self.groups[g]
             yield rows[rng.randrange(len(rows))] if self.shuffle else rows[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Retrieval recipe runner (shared by recipes/image_text_retrieval.py and recipes/audio_text_retrieval.py)
+
+
+@dataclass
+class RetrievalSection:
+    """Retrieval-recipe options: which towers are locked, batching, demo data and evaluation."""
+
+    # LiT-style locking: a locked tower is frozen (and, with data.feature_cache, encoded once).
+    # Lock both towers to train the projections (and temperature) only; lock none to fine-tune all.
+    lock_text: bool = False
+    lock_image: bool = False
+    lock_audio: bool = False
+    # Each epoch draws one caption per item, so an item never appears twice in a (global) batch and
+    # its other captions are never used as negatives. False: every (item, caption) row, plain shuffling.
+    one_caption_per_item: bool = True
+    # Column naming the item for grouping captions (default: the image/audio path column).
+    item_key_column: Optional[str] = None
+    # Built-in demo (used when data.train is not set): number of items and captions per item.
+    demo_items: Optional[int] = None
+    demo_captions_per_item: int = 3
+    demo_dir: Optional[str] = None
+    # Test-set evaluation: zero-shot classification from the label column too (when it exists).
+    zero_shot: bool = True
+    templates: Optional[list[str]] = None
+    html_report: bool = True
+    num_examples: int = 5
+
+
+@dataclass
+class RetrievalExperimentConfig(ExperimentConfig):
+    """`ExperimentConfig` plus the `retrieval` section."""
+
+    retrieval: RetrievalSection = field(default_factory=RetrievalSection)
+
+
+def split_manifest_by_item(
+    manifest: str, item_column: str, out_dir: str, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, str]:
+    """Split one pair manifest into train/validation/test *by item* (all captions of an item together).
+
+    Writes CSVs with absolute paths into `out_dir`; returns split -> path.
+    """
+    import pandas as pd
+
+    from multimodal.data import read_manifest, resolve_path
+
+    rows = read_manifest(manifest)
+    if not rows or item_column not in rows[0]:
+        raise KeyError(f"{manifest}: item column {item_column!r} not found")
+    base = os.path.dirname(os.path.abspath(manifest))
+    frame = pd.DataFrame(rows)
+    frame[item_column] = [resolve_path(v, base) if isinstance(v, str) else v for v in frame[item_column]]
+    items = list(OrderedDict.fromkeys(str(v) for v in frame[item_column]))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(items))
+    n_test, n_val = int(round(test_fraction * len(items))), int(round(val_fraction * len(items)))
+    if len(items) - n_test - n_val < 1:
+        raise ValueError(f"{manifest}: {len(items)} items are too few to split")
+    split_of = {}
+    for pos, i in enumerate(order):
+        split_of[items[i]] = "test" if pos < n_test else "validation" if pos < n_test + n_val else "train"
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {}
+    for split in ("train", "validation", "test"):
+        part = frame[[split_of[str(v)] == split for v in frame[item_column]]]
+        if len(part):
+            paths[split] = os.path.join(out_dir, f"{split}.csv")
+            part.to_csv(paths[split], index=False)
+    return paths
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class RetrievalMetricsFn:
+    """`Trainer` compute_metrics_fn: Recall@K etc. from gathered pair embeddings of a split."""
+
+    def __init__(self, item_keys: Sequence[Any], item_modality: str, ks: Sequence[int] = DEFAULT_KS) -> None:
+        self.item_keys = [str(k) for k in item_keys]
+        self.item_modality = item_modality
+        self.ks = tuple(ks)
+
+    def __call__(self, preds: dict[str, torch.Tensor]) -> dict[str, float]:
+        index = preds["index"].tolist()
+        text, items = preds["embeddings.text"].float(), preds[f"embeddings.{self.item_modality}"].float()
+        order = sorted(range(len(index)), key=lambda r: index[r])  # deterministic regardless of DDP order
+        first: dict[str, int] = {}  # item key -> gallery position
+        gallery_rows, c2i = [], []
+        for r in order:
+            key = self.item_keys[index[r]]
+            if key not in first:
+                first[key] = len(gallery_rows)
+                gallery_rows.append(r)
+            c2i.append(first[key])
+        gallery = items[gallery_rows]
+        sim = text[order] @ gallery.t()
+        return _scalars(retrieval_metrics(sim, c2i, ks=self.ks, item_name=self.item_modality))
+
+
+def _item_keys(dataset: Any, column: str) -> list[str]:
+    return [str(dataset.rows[i][column]) for i in dataset.indices]
+
+
+def run_retrieval(cfg: RetrievalExperimentConfig, item_modality: str) -> dict[str, Any]:
+    """Contrastive fine-tuning of a text/`item_modality` dual encoder, then test-set retrieval evaluation.
+
+    Writes ``model/``, ``metrics.json``, ``report.md`` (+ PNGs, ``report.html``) and ``config.yaml``
+    to ``cfg.train.output_dir``; returns the metrics.
+    """
+    import json
+    import time
+
+    from accelerate import PartialState
+    from torch.utils.data import DataLoader
+
+    from multimodal.build import build_loaders, build_model, build_splits_for, build_trainer, load_weights
+    from multimodal.config import save_config
+    from multimodal.evaluate import evaluate_retrieval, evaluate_zero_shot
+    from multimodal.plots import plot_training_curves
+    from multimodal.report import write_report
+
+    t0 = time.time()
+    state = PartialState()
+    rcfg, mcfg, out = cfg.retrieval, cfg.model, cfg.train.output_dir
+    if mcfg.fusion != "contrastive" or mcfg.task != "contrastive":
+        raise ValueError("retrieval recipes need model.fusion=contrastive and model.task=contrastive")
+    modalities = sorted(mcfg.encoders)
+    if modalities != sorted(["text", item_modality]):
+        raise ValueError(f"this recipe pairs text with {item_modality}; model.encoders has {modalities}")
+    for m in ("text", "image", "audio"):
+        if getattr(rcfg, f"lock_{m}") and m not in modalities:
+            raise ValueError(f"retrieval.lock_{m}=true but the model has no {m} encoder ({modalities})")
+    if cfg.data.hf_dataset or cfg.data.demo:
+        raise ValueError("retrieval recipes read pair manifests (data.train/validation/test) or their own demo; "
+                         "data.hf_dataset and data.demo are for the classification recipes")
+    column = getattr(cfg.data, f"{item_modality}_column")
+    key_column = rcfg.item_key_column or column
+    if state.is_main_process:
+        os.makedirs(out, exist_ok=True)
+    demo_used = False
+    with state.main_process_first():
+        if not cfg.data.train:
+            from multimodal import demo_retrieval
+
+            demo_used = True
+            demo_dir = rcfg.demo_dir or os.path.join(out, "demo_data")
+            kwargs = {"captions_per_item": rcfg.demo_captions_per_item, "seed": cfg.data.split_seed}
+            if rcfg.demo_items:
+                kwargs["num_items"] = rcfg.demo_items
+            make = demo_retrieval.make_image_text_pairs if item_modality == "image" else demo_retrieval.make_audio_text_pairs
+            paths = make(demo_dir, **kwargs)
+            cfg.data.train, cfg.data.validation, cfg.data.test = paths["train"], paths.get("validation"), paths.get("test")
+            cfg.data.text_column, key_column = "text", column
+        elif not cfg.data.validation and not cfg.data.test and not cfg.data.split_column:
+            paths = split_manifest_by_item(cfg.data.train, key_column, os.path.join(out, "splits"),
+                                           cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
+            cfg.data.train, cfg.data.validation, cfg.data.test = paths["train"], paths.get("validation"), paths.get("test")
+    if state.is_main_process:
+        save_config(cfg, os.path.join(out, "config.yaml"))
+
+    model = build_model(cfg, None)
+    locked = [m for m in modalities if getattr(rcfg, f"lock_{m}")]
+    if locked:
+        model.freeze_encoders(locked)
+    splits = build_splits_for(cfg, modalities, progress=state.is_main_process)
+    loaders = build_loaders(cfg, model, splits, accelerator=state if state.num_processes > 1 else None)
+    if rcfg.one_caption_per_item:
+        base = loaders["train"]
+        loaders["train"] = DataLoader(
+            base.dataset, batch_size=cfg.train.batch_size,
+            sampler=OneCaptionPerItemSampler(_item_keys(splits.train, key_column), seed=cfg.train.seed),
+            collate_fn=base.collate_fn, num_workers=base.num_workers, persistent_workers=base.num_workers > 0,
+            generator=torch.Generator().manual_seed(cfg.train.seed),
+        )
+    metrics_fn = None
+    if splits.validation is not None:
+        metrics_fn = RetrievalMetricsFn(_item_keys(splits.validation, key_column), item_modality, cfg.eval.recall_at)
+        if cfg.train.metric_for_best == "auto":
+            cfg.train.metric_for_best = "rsum"
+    trainer = build_trainer(cfg, model, loaders, compute_metrics_fn=metrics_fn)
+    t_train = time.time()
+    trainer.train()
+    train_time = time.time() - t_train
+    trainer.accelerator.wait_for_everyone()
+    model = trainer.unwrapped_model
+    load_weights(model, os.path.join(out, "model"))
+    trainer.end()
+
+    metrics: dict[str, Any] = {}
+    if state.is_main_process:
+        model.eval()
+        cache_dir = None
+        if cfg.data.feature_cache and item_modality in locked:
+            from multimodal.build import _cache_dir
+
+            cache_dir = _cache_dir(cfg)
+        eval_manifest = cfg.data.test or cfg.data.validation
+        eval_split = "test" if cfg.data.test else "validation"
+        metrics = {
+            "task": "retrieval",
+            "item_modality": item_modality,
+            "encoders": dict(mcfg.encoders),
+            "locked": locked,
+            "one_caption_per_item": rcfg.one_caption_per_item,
+            "num_processes": state.num_processes,
+            "demo_data": demo_used,
+            "split_sizes": {
+                name: {"pairs": len(ds), "items": len(set(_item_keys(ds, key_column)))}
+                for name, ds in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))
+                if ds is not None
+            },
+            "best_epoch": trainer.state.best_epoch,
+            "metric_for_best": trainer.metric_for_best,
+            "train_time_s": round(train_time, 2),
+            "history": trainer.state.history,
+        }
+        examples = None
+        extra_plots = []
+        if eval_manifest:
+            ret, examples = evaluate_retrieval(model, eval_manifest, cfg.data.text_column, column,
+                                               batch_size=cfg.eval.batch_size or cfg.train.batch_size,
+                                               ks=cfg.eval.recall_at, cache_dir=cache_dir,
+                                               num_examples=rcfg.num_examples)
+            metrics["eval_split"] = eval_split
+            metrics[eval_split] = ret
+            label_column = cfg.data.label_column
+            from multimodal.data import read_manifest
+
+            if rcfg.zero_shot and label_column and label_column in read_manifest(eval_manifest)[0]:
+                zs = evaluate_zero_shot(model, eval_manifest, rcfg.templates, None, label_column, column,
+                                        batch_size=cfg.eval.batch_size or cfg.train.batch_size, cache_dir=cache_dir)
+                metrics[f"{eval_split}_zero_shot"] = zs
+        curves = plot_training_curves(trainer.state.train_log, trainer.state.history,
+                                      os.path.join(out, "training_curves.png"),
+                                      metric=trainer.metric_for_best if trainer.metric_for_best != "loss" else None,
+                                      title=f"text+{item_modality} contrastive")
+        extra_plots.append(("Training curves", curves))
+        metrics["wall_time_s"] = round(time.time() - t0, 2)
+        with open(os.path.join(out, "metrics.json"), "w", encoding="utf-8") as f:
+            json.dump(metrics, f, indent=2, default=float)
+        report_metrics = dict(metrics.get(eval_split, {}))
+        notes = [
+            f"Contrastive text↔{item_modality} model; locked towers: {locked or 'none'}; "
+            f"trained {trainer.state.epoch} epochs in {train_time:.1f}s (best epoch {trainer.state.best_epoch}).",
+        ]
+        if eval_manifest:
+            notes.append(
+                f"{eval_split} split: {report_metrics['num_captions']} captions, {report_metrics['num_items']} items; "
+                f"chance Recall@1 = 1/{report_metrics['num_items']} = {report_metrics['chance/R@1']:.4f}. "
+                "Ranks are pessimistic on ties."
+            )
+        zs = metrics.get(f"{eval_split}_zero_shot")
+        confusion = names = None
+        if zs:
+            notes.append(f"Zero-shot ({len(zs['templates'])} templates): top-1 {zs['top1']:.4f} "
+                         f"(chance {zs['chance/top1']:.4f}), macro-F1 {zs['macro_f1']:.4f}.")
+            confusion, names = zs["confusion_matrix"], zs["class_names"]
+        write_report(out, report_metrics, title=f"Text–{item_modality} retrieval", examples=examples,
+                     confusion=confusion, class_names=names, notes=notes, html=rcfg.html_report,
+                     extra_plots=extra_plots)
+    state.wait_for_everyone()
+    return metrics
+
+
+def summarize_retrieval(metrics: dict[str, Any]) -> str:
+    """A few lines about a finished retrieval run."""
+    split = metrics.get("eval_split")
+    if not split or split not in metrics:
+        return "no evaluation split"
+    m, item = metrics[split], metrics["item_modality"]
+    lines = [
+        f"{split}: {m['num_items']} {item} items, {m['num_captions']} captions (chance R@1 = {m['chance/R@1']:.4f})",
+        "text->{}: R@1 {:.4f}  R@5 {:.4f}  R@10 {:.4f}  median rank {}".format(
+            item, m.get(f"text_to_{item}/R@1", float("nan")), m.get(f"text_to_{item}/R@5", float("nan")),
+            m.get(f"text_to_{item}/R@10", float("nan")), m.get(f"text_to_{item}/median_rank")),
+        "{}->text: R@1 {:.4f}  R@5 {:.4f}  R@10 {:.4f}  mAP@10 {:.4f}".format(
+            item, m.get(f"{item}_to_text/R@1", float("nan")), m.get(f"{item}_to_text/R@5", float("nan")),
+            m.get(f"{item}_to_text/R@10", float("nan")), m.get(f"{item}_to_text/mAP@10", float("nan"))),
+    ]
+    zs = metrics.get(f"{split}_zero_shot")
+    if zs:
+        lines.append(f"zero-shot: top-1 {zs['top1']:.4f} (chance {zs['chance/top1']:.4f}), macro-F1 {zs['macro_f1']:.4f}")
+    lines.append(f"wall time {metrics.get('wall_time_s')} s")
+    return "\n".join(lines)
