@@ -110,6 +110,12 @@ class Trainer:
         self.task = task
         self.output_dir = config.output_dir
         if accelerator is None:
+            from accelerate.state import AcceleratorState
+
+            shared = AcceleratorState._shared_state
+            if shared and shared.get("_mixed_precision", config.mixed_precision) != config.mixed_precision:
+                # accelerate keeps one global state per process; a new precision needs a fresh one
+                AcceleratorState._reset_state()
             log_with = self._resolve_log_with(config.log_with)
             accelerator = Accelerator(
                 mixed_precision=config.mixed_precision,
