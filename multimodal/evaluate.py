@@ -77,14 +77,15 @@ def embed(
 ) -> torch.Tensor:
     """Embeddings ``[N, D]`` of texts, or of image/audio paths or raw samples, in eval mode.
 
-    With `cache_dir`, encoder outputs come from / go to the frozen-feature cache (`multimodal.cache`).
+    With `cache_dir` and a frozen encoder (`encoder.frozen`, kept by `from_pretrained`), encoder outputs
+    come from / go to the feature cache (`multimodal.cache`); trainable encoders are always run.
     """
     from multimodal.cache import FeatureCache, load_raw
 
     model.eval()
     encoder = model.encoders[modality]
     out: list[torch.Tensor] = []
-    if cache_dir is not None:
+    if cache_dir is not None and getattr(encoder, "frozen", False):
         cache = FeatureCache(encoder, cache_dir, store_tokens=False)
         keys = cache.build(list(sources), batch_size=batch_size, show_progress=show_progress)
         for start in range(0, len(keys), batch_size):
@@ -191,7 +192,7 @@ def evaluate_retrieval(
     modality = item_modality(model)
     items, captions, c2i = load_retrieval_pairs(manifest, modality, text_column, item_column)
     item_emb = embed(model, modality, items, batch_size, cache_dir, show_progress)
-    text_emb = embed(model, "text", captions, batch_size, None, show_progress)
+    text_emb = embed(model, "text", captions, batch_size, cache_dir, show_progress)
     sim = text_emb @ item_emb.t()
     metrics = retrieval_metrics(sim, c2i, ks=ks, item_name=modality)
     c2i_t = torch.tensor(c2i)
@@ -212,10 +213,12 @@ def evaluate_retrieval(
 
 
 @torch.no_grad()
-def zero_shot_weights(model: Any, class_names: Sequence[str], templates: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+def zero_shot_weights(
+    model: Any, class_names: Sequence[str], templates: Sequence[str], batch_size: int = 64, cache_dir: Optional[str] = None
+) -> torch.Tensor:
     """Class embeddings ``[C, D]``: each class's prompts embedded, averaged, re-normalised."""
     prompts = [t.format(name) for name in class_names for t in templates]
-    emb = embed(model, "text", prompts, batch_size, show_progress=False)
+    emb = embed(model, "text", prompts, batch_size, cache_dir, show_progress=False)
     per_class = emb.view(len(class_names), len(templates), -1).mean(dim=1)
     return F.normalize(per_class, dim=-1)
 
@@ -251,7 +254,7 @@ def evaluate_zero_shot(
     if unknown:
         raise ValueError(f"{manifest}: labels {unknown} are not among the class names {names}")
     templates = read_templates(templates, modality)
-    weights = zero_shot_weights(model, names, templates, batch_size)
+    weights = zero_shot_weights(model, names, templates, batch_size, cache_dir)
     item_emb = embed(model, modality, items, batch_size, cache_dir, show_progress)
     logits = item_emb @ weights.t()
     metrics = zero_shot_metrics(logits, [index[y] for y in item_labels], names)
@@ -388,7 +391,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--item-column", default=None, help="image/audio column (default: the modality name)")
     parser.add_argument("--label-column", default="label")
-    parser.add_argument("--cache-dir", default=None, help="reuse/store item encoder features here")
+    parser.add_argument("--cache-dir", default=None, help="reuse/store the features of frozen (locked) encoders here")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--html", action="store_true", help="also write report.html")
     args = parser.parse_args(argv)

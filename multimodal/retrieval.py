@@ -360,17 +360,23 @@ def run_retrieval(cfg: RetrievalExperimentConfig, item_modality: str) -> dict[st
     import json
     import time
 
-    from accelerate import PartialState
     from torch.utils.data import DataLoader
 
-    from multimodal.build import build_loaders, build_model, build_splits_for, build_trainer, load_weights
+    from multimodal.build import (
+        build_loaders,
+        build_model,
+        build_splits_for,
+        build_trainer,
+        load_weights,
+        process_state,
+    )
     from multimodal.config import save_config
     from multimodal.evaluate import evaluate_retrieval, evaluate_zero_shot
     from multimodal.plots import plot_training_curves
     from multimodal.report import write_report
 
     t0 = time.time()
-    state = PartialState()
+    state = process_state()
     rcfg, mcfg, out = cfg.retrieval, cfg.model, cfg.train.output_dir
     if mcfg.fusion != "contrastive" or mcfg.task != "contrastive":
         raise ValueError("retrieval recipes need model.fusion=contrastive and model.task=contrastive")
@@ -440,7 +446,7 @@ def run_retrieval(cfg: RetrievalExperimentConfig, item_modality: str) -> dict[st
     if state.is_main_process:
         model.eval()
         cache_dir = None
-        if cfg.data.feature_cache and item_modality in locked:
+        if cfg.data.feature_cache and locked:  # locked towers reuse the training-time cache
             from multimodal.build import _cache_dir
 
             cache_dir = _cache_dir(cfg)

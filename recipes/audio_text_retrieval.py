@@ -29,9 +29,9 @@ def main(argv: list[str] | None = None) -> dict:
     """Parse ``[--config FILE] [key=value ...]``, train, evaluate, write outputs; returns the metrics."""
     cfg = parse_cli(argv, DEFAULT_CONFIG, cls=RetrievalExperimentConfig)
     metrics = run_retrieval(cfg, "audio")
-    from accelerate import PartialState
+    from multimodal.build import process_state
 
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         print(summarize_retrieval(metrics))
         print(f"outputs in {os.path.abspath(cfg.train.output_dir)}")
     return metrics

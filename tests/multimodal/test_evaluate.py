@@ -70,9 +70,10 @@ def test_embeddings_match_model_forward_and_retrieval_metrics(tmp_path, tiny_tex
                   (("image", [Image.open(p) for p in paths]), ("text", [r["text"] for r in rows[: len(paths)]]))}
         out = model(inputs=inputs)
     assert torch.allclose(img_emb, out.embeddings["image"], atol=1e-5)
-    # cached path gives the same embeddings (frozen or not, the cache stores eval-mode encoder outputs)
+    # a frozen tower goes through the feature cache and gives the same embeddings
+    model.freeze_encoders(["image"])
     cached = embed(model, "image", paths, batch_size=3, cache_dir=str(tmp_path / "cache"), show_progress=False)
-    assert torch.allclose(cached, img_emb, atol=1e-5)
+    assert torch.allclose(cached, img_emb, atol=1e-5) and len(list((tmp_path / "cache").iterdir())) == 1
     metrics, examples = evaluate_retrieval(model, manifest, batch_size=4, show_progress=False)
     assert metrics["num_items"] == 8 and metrics["num_captions"] == 11
     assert metrics["image_to_text/num_queries"] == 8
