@@ -482,9 +482,11 @@ class Trainer:
         return False
 
     def end(self) -> None:
-        """Close trackers."""
-        if self.accelerator.log_with:
-            self.accelerator.end_training()
+        """Close trackers (not `end_training`, which would also tear down the process group that later
+        runs in the same launch, e.g. baselines, still need)."""
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
+        self.accelerator.trackers = []
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -105,7 +105,7 @@ def test_text_audio_recipe(tmp_path, tiny_text_dir):
         {"text": f"text:{tiny_text_dir}", "audio": "audio-mel:test_efficientnet"},
     )
     cmd = [sys.executable, os.path.join(ROOT, "recipes", "text_audio_classification.py"), "--config", config,
-           "model.encoder_kwargs={audio: {max_seconds: 0.5}}"]
+           "model.encoder_kwargs={audio: {max_seconds: 0.5}}", "data.num_workers=2"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = _check_outputs(tmp_path / "out")
@@ -135,7 +135,7 @@ def test_two_process_launch_counts_each_validation_example_once(tmp_path, tiny_t
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_free_port()),
            os.path.join(ROOT, "recipes", "text_image_classification.py"), "--config", config,
-           "eval.batch_size=2", "train.epochs=1"]
+           "eval.batch_size=2", "train.epochs=1", "eval.baselines=true"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = _check_outputs(tmp_path / "out")
@@ -144,3 +144,5 @@ def test_two_process_launch_counts_each_validation_example_once(tmp_path, tiny_t
     assert metrics["validation"]["num_examples"] == 7
     assert metrics["validation"]["num_unique_examples"] == 7
     assert metrics["history"][0]["num_examples"] == 7
+    for modality in ("image", "text"):  # baselines run in the same launch, after the fused model
+        assert metrics["baselines"][modality]["validation"]["num_unique_examples"] == 7
