@@ -332,9 +332,9 @@ class Trainer:
         bad = self.accelerator.gather(first_bad.reshape(1))
         bad = bad[bad >= 0]
         if bad.numel():
-            step = int(bad.min())
+            step = int(bad.min()) + 1  # 1-based, as in the training log
             raise NonFiniteLossError(
-                f"training loss became NaN/inf at optimizer step {step} (epoch {self.state.epoch}); "
+                f"training loss became NaN/inf at optimizer step {step} (epoch {self.state.epoch + 1}); "
                 "lower the learning rate, enable gradient clipping or use mixed_precision=no/bf16"
             )
 
@@ -417,6 +417,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=device)
         loss_n = 0
         first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        step_on_device = torch.full((), self.state.global_step, dtype=torch.long, device=device)  # no per-step H2D
         bar = None
         if cfg.progress_bar and acc.is_local_main_process:
             from tqdm.auto import tqdm
@@ -431,9 +432,8 @@ class Trainer:
                 if loss is None:
                     raise ValueError("the model returned no loss: does the batch carry labels for this task?")
                 accelerator_loss = loss.detach().float()
-                step_id = torch.tensor(self.state.global_step, device=device)
                 first_bad = torch.where(
-                    (first_bad < 0) & ~torch.isfinite(accelerator_loss), step_id, first_bad
+                    (first_bad < 0) & ~torch.isfinite(accelerator_loss), step_on_device, first_bad
                 )
                 loss_sum += accelerator_loss
                 loss_n += 1
@@ -449,6 +449,7 @@ class Trainer:
                 bar.update(1)
             if not acc.sync_gradients:
                 continue
+            step_on_device += 1
             self.state.global_step += 1
             step = self.state.global_step
             end_of_epoch = self.state.batch_in_epoch >= len(self.train_loader)

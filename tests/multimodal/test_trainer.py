@@ -130,14 +130,14 @@ def test_nan_loss_names_the_step(tmp_path, tiny_text_dir):
     trainer = build_trainer(cfg, model, loaders)
     original = trainer.scheduler.step
 
-    def poison():  # after optimizer step 1, the head's weights become NaN
+    def poison():  # after the update of optimizer step 2 (1-based), the head's weights become NaN
         original()
         if trainer.state.global_step == 1:
             with torch.no_grad():
                 trainer.unwrapped_model.head.net[-1].weight.fill_(float("nan"))
 
     trainer.scheduler.step = poison
-    with pytest.raises(NonFiniteLossError, match="optimizer step 2"):
+    with pytest.raises(NonFiniteLossError, match=r"optimizer step 3 \(epoch 1\)"):
         trainer.train()
 
 
