@@ -17,14 +17,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from multimodal.build import process_state, run_supervised, summarize  # noqa: E402
-from multimodal.config import parse_cli  # noqa: E402
+from multimodal.config import ConfigError, parse_cli  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "text_audio_classification.yaml")
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Parse ``[--config FILE] [key=value ...]``, train, evaluate, write outputs; returns the metrics."""
-    cfg = parse_cli(argv, DEFAULT_CONFIG)
+    try:
+        cfg = parse_cli(argv, DEFAULT_CONFIG)
+    except ConfigError as err:
+        raise SystemExit(f"config error: {err}") from None
     metrics = run_supervised(cfg)
     if process_state().is_main_process:
         print(summarize(metrics))
