@@ -182,3 +182,18 @@ def test_dataset_and_collator_yield_features_without_loading(tmp_path, images):
     import pickle
 
     assert pickle.loads(pickle.dumps(collate)).caches["image"].encoder is None  # workers get no encoder
+
+
+def test_real_encoder_fingerprints_follow_preprocessing(tiny_text_dir):
+    from encoders import create_encoder
+
+    def image(size):
+        torch.manual_seed(0)
+        return create_encoder("image:test_efficientnet", pretrained=False, img_size=size)
+
+    assert encoder_fingerprint(image(32)) == encoder_fingerprint(image(32))
+    assert encoder_fingerprint(image(32)) != encoder_fingerprint(image(40))  # image size
+    short = create_encoder(f"text:{tiny_text_dir}", max_length=16)
+    long = create_encoder(f"text:{tiny_text_dir}", max_length=32)
+    assert encoder_fingerprint(short) != encoder_fingerprint(long)  # tokenizer max_length
+    assert encoder_fingerprint(long) == encoder_fingerprint(create_encoder(f"text:{tiny_text_dir}", max_length=32))
