@@ -280,6 +280,14 @@ class FeatureCache:
         """
         loader = loader or load_raw
         keys = [content_key(self.modality, s) for s in sources]
+        rank, world = 0, 1
+        if accelerator is not None:
+            rank, world = accelerator.process_index, accelerator.num_processes
+        if world > 1:
+            # Every rank must split the *same* missing list: read the index only while nobody writes.
+            accelerator.wait_for_everyone()
+            self.refresh()
+            accelerator.wait_for_everyone()
         todo: dict[str, Any] = {}
         for key, src in zip(keys, sources):
             if not self.has(key) and key not in todo:
@@ -287,9 +295,6 @@ class FeatureCache:
         self.misses += len(todo)
         self.hits += len(keys) - len(todo)
         pending = list(todo.items())
-        rank, world = 0, 1
-        if accelerator is not None:
-            rank, world = accelerator.process_index, accelerator.num_processes
         mine = pending[rank::world]
         if mine:
             was_training = self.encoder.training
@@ -322,7 +327,7 @@ class FeatureCache:
                 if progress is not None:
                     progress.close()
                 self.encoder.train(was_training)
-        if accelerator is not None and world > 1:
+        if world > 1:
             accelerator.wait_for_everyone()
             self.refresh()
         return keys

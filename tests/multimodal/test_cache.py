@@ -197,3 +197,37 @@ def test_real_encoder_fingerprints_follow_preprocessing(tiny_text_dir):
     long = create_encoder(f"text:{tiny_text_dir}", max_length=32)
     assert encoder_fingerprint(short) != encoder_fingerprint(long)  # tokenizer max_length
     assert encoder_fingerprint(long) == encoder_fingerprint(create_encoder(f"text:{tiny_text_dir}", max_length=32))
+
+
+def test_two_ranks_split_the_work_and_see_every_entry(tmp_path, images):
+    """Two 'processes' (threads with a shared barrier) build one cache: each item encoded exactly once."""
+    import threading
+    import time
+
+    barrier = threading.Barrier(2)
+
+    class FakeAccelerator:
+        def __init__(self, rank):
+            self.process_index, self.num_processes = rank, 2
+
+        def wait_for_everyone(self):
+            barrier.wait(timeout=30)
+
+    encoders = [CountingImageEncoder(), CountingImageEncoder()]
+    results = {}
+
+    def run(rank):
+        if rank == 1:
+            time.sleep(0.3)  # a slow rank opens the cache after the other one may have written
+        cache = FeatureCache(encoders[rank], tmp_path / "cache")
+        keys = cache.build(images, batch_size=2, accelerator=FakeAccelerator(rank))
+        results[rank] = (keys, all(cache.has(k) for k in keys), cache.load(keys).pooled)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results[0][1] and results[1][1]
+    assert encoders[0].calls + encoders[1].calls == len(images) and encoders[1].calls > 0
+    assert torch.equal(results[0][2], results[1][2])
