@@ -193,7 +193,7 @@ class Trainer:
             # DDP only syncs parameters that required grad when it was built: wrap again.
             self.accelerator._models = [m for m in self.accelerator._models if m is not self.model]
             self.model = self.accelerator.prepare_model(model)
-        self.accelerator.print(f"epoch {epoch}: encoders unfrozen")
+        self.accelerator.print(f"epoch {epoch + 1}: encoders unfrozen")
 
     # -- checkpoints -------------------------------------------------------------------------
     def _checkpoint_root(self) -> str:
