@@ -186,3 +186,20 @@ def test_early_stopping_and_bf16(tmp_path, tiny_text_dir):
     # "min" mode: the best epoch is the first with the lowest accuracy; stopped `patience` epochs after it
     assert state.best_epoch == 1 + int(np.argmin(accs)) and state.epoch == state.best_epoch + 2
     assert all(np.isfinite(e["loss"]) for e in state.train_log)
+
+
+@pytest.mark.parametrize("task", ["multi_label", "regression"])
+def test_multi_label_and_regression_metrics(tmp_path, tiny_text_dir, task):
+    cfg = _config(tmp_path, tiny_text_dir, f"model.task={task}", "data.label_column=target", "train.epochs=2")
+    frame = pd.read_csv(cfg.data.train)
+    day = frame["label"] == "day"
+    frame["target"] = np.where(day, "sun|light", "moon") if task == "multi_label" else np.where(day, 1.5, -0.5)
+    frame.to_csv(cfg.data.train, index=False)
+    trainer = _run(cfg)
+    last = trainer.state.history[-1]
+    expected = {"micro_f1", "macro_f1", "subset_accuracy"} if task == "multi_label" else {"mse", "mae"}
+    assert expected <= set(last) and last["num_examples"] == 6
+    assert trainer.metric_for_best == ("micro_f1" if task == "multi_label" else "mse")
+    if task == "multi_label":
+        assert trainer.unwrapped_model.head.num_outputs == 3  # light, moon, sun
+    assert all(np.isfinite(e["loss"]) for e in trainer.state.train_log)
