@@ -281,7 +281,7 @@ def evaluate_classification(model: Any, manifest: str, batch_size: int = 64, lab
     if task in ("single_label", "multi_label") and len(dataset.vocab) != model.head.num_outputs:
         raise ValueError(
             f"{manifest}: {len(dataset.vocab)} labels {dataset.vocab.names} but the model has {model.head.num_outputs} "
-            "outputs; pass the training label list (--labels or labels.json next to the model)"
+            "outputs; pass the training label list (--classes, or labels.json in/next to the model dir)"
         )
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                                          collate_fn=Collator(model.get_preprocessors(False), task))
@@ -320,8 +320,7 @@ def load_model(model_dir: str, device: str | torch.device = "cpu") -> Any:
 
 
 def _saved_labels(model_dir: str) -> Optional[list[str]]:
-    for name in ("labels.json", "label_vocab.json"):
-        path = os.path.join(model_dir, name)
+    for path in (os.path.join(model_dir, "labels.json"), os.path.join(os.path.dirname(os.path.abspath(model_dir)), "labels.json")):
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)

@@ -149,3 +149,28 @@ def test_cli_on_saved_model(tmp_path, tiny_text_dir):
     bad = _write_csv(tmp_path / "data" / "bad.csv", [{"image": "missing.png", "text": "x"}])
     with pytest.raises(FileNotFoundError, match="row 1.*missing.png"):
         main(["--model", str(tmp_path / "model"), "--data", bad, "--task", "retrieval", "--output", str(tmp_path / "b")])
+
+
+def test_classification_task_uses_training_metrics_and_saved_labels(tmp_path, tiny_text_dir):
+    from multimodal.heads import TaskHead
+
+    torch.manual_seed(0)
+    encoders = {"text": create_encoder(f"text:{tiny_text_dir}"),
+                "image": create_encoder("image:test_efficientnet", pretrained=False, img_size=32)}
+    fusion = create_fusion("concat", {m: e.output_dim for m, e in encoders.items()}, 8)
+    model = MultimodalModel(encoders, fusion, TaskHead(8, 3))
+    model.save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "labels.json").write_text(json.dumps({"task": "single_label", "labels": ["blue", "green", "red"]}))
+    items = _colour_images(tmp_path / "data", 2, seed=4)
+    rows = [{"image": os.path.basename(p), "text": f"{c} thing", "label": c} for p, c in items if c != "yellow"]
+    manifest = _write_csv(tmp_path / "data" / "cls.csv", rows)
+    assert main(["--model", str(tmp_path / "model"), "--data", manifest, "--task", "classification",
+                 "--output", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["num_examples"] == 6 and 0 <= metrics["accuracy"] <= 1 and "macro_f1" in metrics
+    assert metrics["class_names"] == ["blue", "green", "red"] and np.array(metrics["confusion_matrix"]).sum() == 6
+    assert (tmp_path / "eval" / "confusion_matrix.png").exists()
+    (tmp_path / "model" / "labels.json").unlink()
+    two = _write_csv(tmp_path / "data" / "two.csv", [r for r in rows if r["label"] != "red"])
+    with pytest.raises(ValueError, match="2 labels.*3 outputs"):
+        main(["--model", str(tmp_path / "model"), "--data", two, "--task", "classification", "--output", str(tmp_path / "e2")])
