@@ -19,7 +19,7 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from multimodal.config import parse_cli  # noqa: E402
+from multimodal.config import ConfigError, parse_cli  # noqa: E402
 from multimodal.retrieval import RetrievalExperimentConfig, run_retrieval, summarize_retrieval  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "image_text_retrieval.yaml")
@@ -27,7 +27,10 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "confi
 
 def main(argv: list[str] | None = None) -> dict:
     """Parse ``[--config FILE] [key=value ...]``, train, evaluate, write outputs; returns the metrics."""
-    cfg = parse_cli(argv, DEFAULT_CONFIG, cls=RetrievalExperimentConfig)
+    try:
+        cfg = parse_cli(argv, DEFAULT_CONFIG, cls=RetrievalExperimentConfig)
+    except ConfigError as err:
+        raise SystemExit(f"config error: {err}") from None
     metrics = run_retrieval(cfg, "image")
     from multimodal.build import process_state
 
