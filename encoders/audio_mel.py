@@ -19,7 +19,12 @@ from torch import nn
 
 from encoders.audio import load_waveforms
 from encoders.base import Encoder, EncoderError, EncoderOutput
-from encoders.image import create_timm_backbone, resolve_timm_source, tokens_from_features
+from encoders.image import (
+    create_timm_backbone,
+    resolve_timm_source,
+    set_timm_checkpointing,
+    tokens_from_features,
+)
 
 
 class MelPreprocessor:
@@ -171,10 +176,7 @@ class MelAudioEncoder(Encoder):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """timm's set_grad_checkpointing."""
-        try:
-            self.backbone.set_grad_checkpointing(enable)
-        except (AttributeError, NotImplementedError, AssertionError) as exc:
-            raise EncoderError(f"{self.spec}: backbone has no gradient checkpointing ({exc})") from exc
+        set_timm_checkpointing(self.backbone, self.spec, enable)
 
     def get_config(self) -> dict[str, Any]:
         """JSON description: timm name, mel parameters, max_seconds."""

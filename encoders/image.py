@@ -233,6 +233,14 @@ def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
         raise EncoderError(f"{source} does not match the architecture (strict load): {exc}") from exc
 
 
+
+def set_timm_checkpointing(backbone: torch.nn.Module, spec: str, enable: bool) -> None:
+    """Switch a timm backbone's gradient checkpointing, or raise EncoderError if it has none."""
+    try:
+        backbone.set_grad_checkpointing(enable)
+    except (AttributeError, NotImplementedError, AssertionError) as exc:
+        raise EncoderError(f"{spec}: backbone has no gradient checkpointing ({exc})") from exc
+
 def tokens_from_features(features: torch.Tensor) -> torch.Tensor:
     """forward_features output -> [B, T, C]: CNN maps flattened over H*W; ViT-style sequences kept."""
     if features.ndim == 4:
@@ -323,10 +331,7 @@ class ImageEncoder(Encoder):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """timm's set_grad_checkpointing."""
-        try:
-            self.backbone.set_grad_checkpointing(enable)
-        except (AttributeError, NotImplementedError, AssertionError) as exc:
-            raise EncoderError(f"{self.spec}: backbone has no gradient checkpointing ({exc})") from exc
+        set_timm_checkpointing(self.backbone, self.spec, enable)
 
     def get_config(self) -> dict[str, Any]:
         """JSON description: timm name, img_size, timm kwargs, data-config overrides."""
