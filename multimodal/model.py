@@ -136,10 +136,10 @@ class MultimodalModel(nn.Module):
         keep = torch.stack([present[m] for m in mods], dim=1)  # [B, M]
         dropped = keep & (torch.rand(keep.shape, device=keep.device) >= self.modality_dropout)
         emptied = keep.any(dim=1) & ~dropped.any(dim=1)
-        if emptied.any():
-            scores = torch.rand(keep.shape, device=keep.device).masked_fill(~keep, -1.0)
-            restore = F.one_hot(scores.argmax(dim=1), len(mods)).bool() & emptied.unsqueeze(1)
-            dropped = dropped | restore
+        # Restore one random present modality where all were dropped; branch-free, so no host sync.
+        scores = torch.rand(keep.shape, device=keep.device).masked_fill(~keep, -1.0)
+        restore = F.one_hot(scores.argmax(dim=1), len(mods)).bool() & emptied.unsqueeze(1)
+        dropped = dropped | restore
         return {m: dropped[:, i] for i, m in enumerate(mods)}
 
     def forward(
