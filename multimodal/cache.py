@@ -359,9 +359,11 @@ class FeatureCache:
         self.add(tensors_keys, EncoderOutput(torch.stack(pooled), padded_tokens, padded_mask))
 
     # -- reading ----------------------------------------------------------------------------------
-    def _handle(self, shard: str) -> Any:
+    def _handle(self, shard: str) -> tuple[Any, frozenset]:
+        """Open handle of a shard and its tensor names (read once: shards are never modified)."""
         if shard not in self._handles:
-            self._handles[shard] = safe_open(str(self.directory / shard), framework="pt", device="cpu")
+            f = safe_open(str(self.directory / shard), framework="pt", device="cpu")
+            self._handles[shard] = (f, frozenset(f.keys()))
         return self._handles[shard]
 
     def get(self, key: str) -> dict[str, torch.Tensor]:
@@ -369,8 +371,7 @@ class FeatureCache:
         if not self.has(key):
             raise KeyError(f"feature cache {self.directory}: no entry for content key {key[:16]}…; run build() first")
         shard, with_tokens = self._index[key]
-        f = self._handle(shard)
-        names = set(f.keys())
+        f, names = self._handle(shard)
         entry = {"pooled": f.get_tensor(f"{key}/pooled")}
         if with_tokens and self.store_tokens:
             entry["tokens"] = f.get_tensor(f"{key}/tokens")

@@ -517,8 +517,8 @@ class Collator:
         aug_seed = samples[0].get("aug_seed") if samples else None
         context = (
             _seeded_rngs([int(aug_seed)] + [int(s["index"]) for s in samples])
-            if aug_seed is not None
-            else contextlib.nullcontext()
+            if aug_seed is not None and self.preprocessors
+            else contextlib.nullcontext()  # nothing to augment (e.g. every modality read from the feature cache)
         )
         with context:
             for modality, preprocess in self.preprocessors.items():
