@@ -1,7 +1,7 @@
 """Data pipeline headroom: examples/s of the data loader alone vs examples/s of training steps.
 
-For each classification recipe's YAML defaults, and again with the encoders fine-tuned (no feature
-cache, so every epoch decodes files and runs the encoders' preprocessing in the loader workers).
+For each recipe's YAML defaults, and again with every encoder fine-tuned (no feature cache, so every
+epoch decodes files and runs the encoders' preprocessing in the loader workers).
 The loader is measured by iterating the recipe's own train DataLoader; training by running the
 framework Trainer's step loop over batches the same loader produced (held in memory). The two
 measurements alternate in one process. Target: loader / training >= 3.
@@ -22,32 +22,44 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import alternate, list_loader, machine_info, print_table, timed, trainer_epoch_runner, write_json  # noqa: E402, I001
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETTINGS = {
-    "default": [],
-    "fine-tune": ["model.freeze_encoders=false", "data.feature_cache=null", "data.num_workers=2"],
-}
+RETRIEVAL = {"image_text_retrieval": "image", "audio_text_retrieval": "audio"}
+ALL_RECIPES = "text_image_classification,text_audio_classification,image_text_retrieval,audio_text_retrieval"
+
+
+def overrides_for(recipe: str, setting: str) -> list[str]:
+    """`default`: the recipe's YAML as is. `fine-tune`: every encoder trains, no feature cache, 2 workers."""
+    if setting == "default":
+        return []
+    if recipe in RETRIEVAL:
+        unlock = ["retrieval.lock_text=false", f"retrieval.lock_{RETRIEVAL[recipe]}=false"]
+    else:
+        unlock = ["model.freeze_encoders=false"]
+    return unlock + ["data.feature_cache=null", "data.num_workers=2"]
 
 
 def setup(recipe: str, overrides: list[str], out_dir: str):
     """Model and train loader exactly as the recipe builds them for its config plus `overrides`."""
-    from multimodal.build import build_loaders, build_model, build_splits_for, num_outputs_for
+    from multimodal.build import build_loaders, build_model, build_splits_for, num_outputs_for, process_state
     from multimodal.config import load_config
+    from multimodal.retrieval import RetrievalExperimentConfig, prepare_retrieval
 
-    cfg = load_config(os.path.join(ROOT, "recipes", "configs", f"{recipe}.yaml"), overrides)
+    path = os.path.join(ROOT, "recipes", "configs", f"{recipe}.yaml")
+    cfg = load_config(path, overrides, cls=RetrievalExperimentConfig) if recipe in RETRIEVAL else load_config(path, overrides)
     cfg.train.output_dir = out_dir
     if cfg.data.feature_cache == "auto":
         cfg.data.feature_cache = os.path.join(out_dir, "features")
-    modalities = sorted(cfg.model.encoders)
-    splits = build_splits_for(cfg, modalities, progress=False)
+    if recipe in RETRIEVAL:
+        prepared = prepare_retrieval(cfg, RETRIEVAL[recipe], process_state())
+        return cfg, prepared.model, prepared.loaders["train"]
+    splits = build_splits_for(cfg, sorted(cfg.model.encoders), progress=False)
     model = build_model(cfg, num_outputs_for(cfg, splits))
-    loaders = build_loaders(cfg, model, splits)
-    return cfg, model, loaders["train"]
+    return cfg, model, build_loaders(cfg, model, splits)["train"]
 
 
 def measure(recipe: str, setting: str, batches: int, repeats: int) -> dict:
     """One recipe/setting row."""
     with tempfile.TemporaryDirectory() as tmp:
-        cfg, model, loader = setup(recipe, SETTINGS[setting], tmp)
+        cfg, model, loader = setup(recipe, overrides_for(recipe, setting), tmp)
         n = min(batches, len(loader))
         held = list(itertools.islice(iter(loader), n))
         examples = sum(len(b["index"]) for b in held)
@@ -79,7 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--recipes", default="text_image_classification,text_audio_classification")
+    parser.add_argument("--recipes", default=ALL_RECIPES)
     parser.add_argument("--settings", default="default,fine-tune")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()

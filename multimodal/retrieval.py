@@ -351,32 +351,29 @@ def _item_keys(dataset: Any, column: str) -> list[str]:
     return [str(dataset.rows[i][column]) for i in dataset.indices]
 
 
-def run_retrieval(cfg: RetrievalExperimentConfig, item_modality: str) -> dict[str, Any]:
-    """Contrastive fine-tuning of a text/`item_modality` dual encoder, then test-set retrieval evaluation.
+@dataclass
+class RetrievalSetup:
+    """What `prepare_retrieval` builds: the model (locked towers frozen), the splits and the loaders."""
 
-    Writes ``model/``, ``metrics.json``, ``report.md`` (+ PNGs, ``report.html``) and ``config.yaml``
-    to ``cfg.train.output_dir``; returns the metrics.
+    model: Any
+    splits: Any
+    loaders: dict[str, Any]
+    modalities: list[str]
+    locked: list[str]
+    key_column: str
+    demo_used: bool
+
+
+def prepare_retrieval(cfg: RetrievalExperimentConfig, item_modality: str, state: Any) -> RetrievalSetup:
+    """Check the config, make the demo or split the manifest by item, and build model, splits and loaders.
+
+    The train loader draws one caption per item per epoch when `retrieval.one_caption_per_item` is set.
     """
-    import json
-    import time
-
     from torch.utils.data import DataLoader
 
-    from multimodal.build import (
-        build_loaders,
-        build_model,
-        build_splits_for,
-        build_trainer,
-        load_weights,
-        process_state,
-    )
+    from multimodal.build import build_loaders, build_model, build_splits_for
     from multimodal.config import save_config
-    from multimodal.evaluate import evaluate_retrieval, evaluate_zero_shot
-    from multimodal.plots import plot_training_curves
-    from multimodal.report import write_report
 
-    t0 = time.time()
-    state = process_state()
     rcfg, mcfg, out = cfg.retrieval, cfg.model, cfg.train.output_dir
     if mcfg.fusion != "contrastive" or mcfg.task != "contrastive":
         raise ValueError("retrieval recipes need model.fusion=contrastive and model.task=contrastive")
@@ -428,6 +425,30 @@ def run_retrieval(cfg: RetrievalExperimentConfig, item_modality: str) -> dict[st
             collate_fn=base.collate_fn, num_workers=base.num_workers, persistent_workers=base.num_workers > 0,
             generator=torch.Generator().manual_seed(cfg.train.seed),
         )
+    return RetrievalSetup(model, splits, loaders, modalities, locked, key_column, demo_used)
+
+
+def run_retrieval(cfg: RetrievalExperimentConfig, item_modality: str) -> dict[str, Any]:
+    """Contrastive fine-tuning of a text/`item_modality` dual encoder, then test-set retrieval evaluation.
+
+    Writes ``model/``, ``metrics.json``, ``report.md`` (+ PNGs, ``report.html``) and ``config.yaml``
+    to ``cfg.train.output_dir``; returns the metrics.
+    """
+    import json
+    import time
+
+    from multimodal.build import build_trainer, load_weights, process_state
+    from multimodal.evaluate import evaluate_retrieval, evaluate_zero_shot
+    from multimodal.plots import plot_training_curves
+    from multimodal.report import write_report
+
+    t0 = time.time()
+    state = process_state()
+    setup = prepare_retrieval(cfg, item_modality, state)
+    model, splits, loaders = setup.model, setup.splits, setup.loaders
+    locked, key_column, demo_used = setup.locked, setup.key_column, setup.demo_used
+    rcfg, mcfg, out = cfg.retrieval, cfg.model, cfg.train.output_dir
+    column = getattr(cfg.data, f"{item_modality}_column")
     metrics_fn = None
     if splits.validation is not None:
         metrics_fn = RetrievalMetricsFn(_item_keys(splits.validation, key_column), item_modality, cfg.eval.recall_at)
