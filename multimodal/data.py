@@ -67,7 +67,10 @@ def read_manifest(path: str) -> list[dict]:
         raise FileNotFoundError(f"manifest {path!r} does not exist")
     lower = path.lower()
     if lower.endswith((".csv", ".tsv")):
-        frame = pd.read_csv(path, sep="\t" if lower.endswith(".tsv") else ",", keep_default_na=True, dtype=object)
+        # Only empty cells are missing: "NA", "None", "null" or "nan" are real text/labels, not NaN.
+        frame = pd.read_csv(
+            path, sep="\t" if lower.endswith(".tsv") else ",", keep_default_na=False, na_values=[""], dtype=object
+        )
     elif lower.endswith((".jsonl", ".ndjson", ".json")):
         frame = pd.read_json(path, lines=not lower.endswith(".json") or _looks_like_jsonl(path), dtype=False)
     elif lower.endswith((".parquet", ".pq")):
@@ -370,6 +373,8 @@ class MultimodalDataset(Dataset):
 
     def _raw_label(self, i: int) -> Any:
         value = _to_list(self.rows[i][self.label_column])
+        if self.task == "multi_label" and is_missing(value):
+            return []  # an empty cell means no positive labels, as [] does in JSONL/Parquet
         if self.task == "multi_label" and isinstance(value, str):
             value = [v.strip() for v in value.split(self.separator) if v.strip()]
         return value
@@ -625,11 +630,13 @@ def _split_indices(
         str_labels = np.array([str(v) for v in labels])
         rest, test = (idx, np.array([], dtype=int))
         if n_test:
-            rest, test = train_test_split(idx, test_size=n_test, random_state=seed, stratify=str_labels)
+            strat = str_labels if n_test >= len(counts) else None  # too small a split to hold every class
+            rest, test = train_test_split(idx, test_size=n_test, random_state=seed, stratify=strat)
         val = np.array([], dtype=int)
         if n_val:
             sub = str_labels[rest]
-            strat = sub if min(Counter(sub).values()) >= 2 else None
+            sub_counts = Counter(sub)
+            strat = sub if min(sub_counts.values()) >= 2 and n_val >= len(sub_counts) else None
             rest, val = train_test_split(rest, test_size=n_val, random_state=seed, stratify=strat)
         return {"train": sorted(rest.tolist()), "validation": sorted(val.tolist()), "test": sorted(test.tolist())}
     perm = rng.permutation(idx)
@@ -690,12 +697,21 @@ def build_splits(
 
             dataset = hfds.load_from_disk(cfg.hf_dataset)
         source = cfg.hf_dataset or "<datasets>"
+        wanted = [c for c in (*columns.values(), label_column, cfg.split_column) if c is not None]
+
+        def only_needed(ds: Any) -> Any:
+            # Rows of a `datasets.Dataset` decode every column (images, audio): keep just the ones used.
+            keep = [c for c in dict.fromkeys(wanted) if c in getattr(ds, "column_names", [])]
+            return ds.select_columns(keep) if keep and hasattr(ds, "select_columns") else ds
+
         if _is_dataset_dict(dataset):
             for key in dataset.keys():
                 name = _normalise_split_name(key, source)
-                tables[name] = (dataset[key], None, f"{source}[{key}]", None)
+                tables[name] = (only_needed(dataset[key]), None, f"{source}[{key}]", None)
+            if list(tables) == ["train"]:  # only a train split: make validation/test from it, as for one manifest
+                tables["all"] = tables.pop("train")
         else:
-            tables["all"] = (dataset, None, source, None)
+            tables["all"] = (only_needed(dataset), None, source, None)
     else:
         if not cfg.train:
             raise ValueError("no data: set data.train (a manifest), data.hf_dataset or data.demo")
@@ -713,8 +729,8 @@ def build_splits(
                 raise KeyError(f"{source}: split column {cfg.split_column!r} not found")
             grouped = {}
             for i in range(len(rows)):
-                name = _normalise_split_name(rows[i][cfg.split_column], source)
-                grouped.setdefault(name, []).append(i)
+                where = f"{source}: row {i + 1}, split column {cfg.split_column!r}"
+                grouped.setdefault(_normalise_split_name(rows[i][cfg.split_column], where), []).append(i)
         else:
             labels = None
             if task == "single_label" and label_column is not None:
@@ -733,8 +749,10 @@ def build_splits(
         rows, base, source, ids = tables[name]
         limit = cfg.max_train_samples if name == "train" else None
         if limit is not None and len(rows) > limit:
-            ids = (ids or list(range(len(rows))))[:limit]
-            rows = _Subset(rows, list(range(limit)))
+            # A seeded random subset, not the first rows (a manifest sorted by class would lose classes).
+            keep = sorted(np.random.default_rng(cfg.split_seed).choice(len(rows), limit, replace=False).tolist())
+            ids = [ids[k] for k in keep] if ids is not None else keep
+            rows = _Subset(rows, keep)
         return MultimodalDataset(
             rows,
             columns,

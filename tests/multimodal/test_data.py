@@ -171,3 +171,57 @@ def test_audio_files_validated(tmp_path):
     wave, sr = splits.train[0]["audio"]
     assert sr == 16000 and wave.dtype == np.float32 and wave.shape == (400,)
     assert splits.train[1]["audio"] is None
+
+
+def test_csv_na_like_strings_are_text_not_missing(tmp_path):
+    paths = _images(tmp_path, 6)
+    texts = ["NA", "None", "null", "n/a", "nan", "fine"]
+    pd.DataFrame({"text": texts, "image": paths, "label": ["a", "b"] * 3}).to_csv(tmp_path / "m.csv", index=False)
+    splits = build_splits(_cfg(tmp_path / "m.csv", val_fraction=0.0, test_fraction=0.0), ["image", "text"])
+    assert splits.train.skipped.total == 0
+    assert sorted(splits.train[i]["text"] for i in range(len(splits.train))) == sorted(texts)
+
+
+def test_max_train_samples_is_a_seeded_random_subset(tmp_path):
+    paths = _images(tmp_path, 30)
+    labels = ["cat"] * 10 + ["dog"] * 10 + ["owl"] * 10  # sorted by class: the first 12 rows hold two classes
+    pd.DataFrame({"text": [f"t{i}" for i in range(30)], "image": paths, "label": labels}).to_csv(tmp_path / "m.csv", index=False)
+    cfg = _cfg(tmp_path / "m.csv", val_fraction=0.0, test_fraction=0.0, max_train_samples=12)
+    first, again = build_splits(cfg, ["image", "text"]), build_splits(cfg, ["image", "text"])
+    assert len(first.train) == 12 and first.vocab.names == ["cat", "dog", "owl"]
+    assert [first.train[i]["text"] for i in range(12)] == [again.train[i]["text"] for i in range(12)]
+
+
+def test_small_stratified_split_falls_back_instead_of_crashing(tmp_path):
+    paths = _images(tmp_path, 20)
+    labels = [f"c{i % 5}" for i in range(20)]  # 5 classes; 10% of 20 rows = 2 rows per held-out split
+    pd.DataFrame({"text": [f"t{i}" for i in range(20)], "image": paths, "label": labels}).to_csv(tmp_path / "m.csv", index=False)
+    splits = build_splits(_cfg(tmp_path / "m.csv"), ["image", "text"])
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (16, 2, 2)
+
+
+def test_datasets_dict_with_only_train_is_split(tmp_path):
+    import datasets as hfds
+
+    n = 20
+    ds = hfds.Dataset.from_dict({"text": [f"t{i}" for i in range(n)], "label": ["a", "b"] * (n // 2), "unused": list(range(n))})
+    cfg = DataConfig(image_column=None, audio_column=None, num_workers=0, val_fraction=0.2, test_fraction=0.2)
+    splits = build_splits(cfg, ["text"], dataset=hfds.DatasetDict({"train": ds}))
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (12, 4, 4)
+
+
+def test_split_column_error_names_the_row(tmp_path):
+    paths = _images(tmp_path, 4)
+    frame = pd.DataFrame({"text": list("abcd"), "image": paths, "label": ["x", "y"] * 2, "split": ["train", "train", "", "test"]})
+    frame.to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(ValueError, match=r"row 3, split column 'split'"):
+        build_splits(_cfg(tmp_path / "m.csv", split_column="split"), ["image", "text"])
+
+
+def test_multi_label_empty_csv_cell_is_all_negative(tmp_path):
+    paths = _images(tmp_path, 4)
+    pd.DataFrame({"text": list("abcd"), "image": paths, "label": ["x|y", "y", "", "x"]}).to_csv(tmp_path / "m.csv", index=False)
+    cfg = _cfg(tmp_path / "m.csv", val_fraction=0.0, test_fraction=0.0)
+    splits = build_splits(cfg, ["image", "text"], task="multi_label")
+    targets = {splits.train[i]["text"]: splits.train[i]["label"].tolist() for i in range(4)}
+    assert targets == {"a": [1.0, 1.0], "b": [0.0, 1.0], "c": [0.0, 0.0], "d": [1.0, 0.0]}
