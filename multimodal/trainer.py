@@ -127,6 +127,7 @@ class Trainer:
         set_seed(config.seed)
         self.compute_metrics_fn = compute_metrics_fn
         self.state = TrainerState()
+        self._epoch_loss: Optional[float] = None
         self._tracker_config = tracker_config or {}
         self._run_name = run_name
 
@@ -295,7 +296,11 @@ class Trainer:
                 parts.setdefault(k, []).append(v.cpu())
         result = {k: torch.cat(v) for k, v in parts.items()}
         totals = acc.reduce(torch.stack([loss_sum, loss_count]), reduction="sum")
-        if totals[1] > 0:
+        head = getattr(self.unwrapped_model, "head", None)
+        if head is not None and hasattr(head, "loss") and "logits" in result and "labels" in result:
+            # Exact: over the gathered examples, without the duplicates DDP pads into the last batch.
+            result["loss"] = head.loss(result["logits"], result["labels"]).detach()
+        elif totals[1] > 0:  # e.g. contrastive: the loss depends on the batch, so batch means are averaged
             result["loss"] = totals[0] / totals[1]
         self.model.train()
         return result
@@ -350,6 +355,9 @@ class Trainer:
         cfg, acc = self.config, self.accelerator
         if cfg.resume_from:
             self.load_checkpoint(cfg.resume_from)
+            if self.state.stopped_early:
+                acc.print(f"{cfg.resume_from}: that run had already stopped early; nothing left to train")
+                return self.state
         if acc.trackers == [] and acc.log_with:
             acc.init_trackers(self._run_name, config=_flat(self._tracker_config))
         best_dir = os.path.join(self.output_dir, "model")
@@ -370,8 +378,8 @@ class Trainer:
                 break
             metrics = self.evaluate() if self.eval_loader is not None else {}
             record = {"epoch": epoch + 1, "step": self.state.global_step, **metrics}
-            if self.state.train_log:
-                record["train_loss"] = self.state.train_log[-1]["loss"]
+            if self._epoch_loss is not None:
+                record["train_loss"] = self._epoch_loss
             self.state.history.append(record)
             acc.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.state.global_step)
             value = metrics.get(self.metric_for_best) if metrics else None
@@ -416,6 +424,8 @@ class Trainer:
         device = acc.device
         loss_sum = torch.zeros((), device=device)
         loss_n = 0
+        epoch_sum = torch.zeros((), device=device)  # not reset at logging steps: the epoch's mean train loss
+        epoch_n = 0
         first_bad = torch.full((), -1, dtype=torch.long, device=device)
         step_on_device = torch.full((), self.state.global_step, dtype=torch.long, device=device)  # no per-step H2D
         bar = None
@@ -437,6 +447,8 @@ class Trainer:
                 )
                 loss_sum += accelerator_loss
                 loss_n += 1
+                epoch_sum += accelerator_loss
+                epoch_n += 1
                 acc.backward(loss)
                 if acc.sync_gradients and cfg.max_grad_norm:
                     acc.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -479,6 +491,8 @@ class Trainer:
         self._check_finite(first_bad)
         if bar is not None:
             bar.close()
+        # Mean over this epoch's batches (those run since a mid-epoch resume), averaged across processes.
+        self._epoch_loss = float(acc.reduce(epoch_sum, reduction="mean")) / epoch_n if epoch_n else None
         acc.print(f"epoch {epoch + 1}: {len(self.train_loader) - skip} batches in {time.time() - start:.1f}s")
         return False
 

@@ -186,6 +186,15 @@ def test_early_stopping_and_bf16(tmp_path, tiny_text_dir):
     # "min" mode: the best epoch is the first with the lowest accuracy; stopped `patience` epochs after it
     assert state.best_epoch == 1 + int(np.argmin(accs)) and state.epoch == state.best_epoch + 2
     assert all(np.isfinite(e["loss"]) for e in state.train_log)
+    # history's train_loss is the whole epoch's mean (log_every=1: one train_log entry per batch)
+    for h in state.history:
+        batch_losses = [e["loss"] for e in state.train_log if h["epoch"] - 1 < e["epoch"] <= h["epoch"]]
+        assert h["train_loss"] == pytest.approx(np.mean(batch_losses), rel=1e-5)
+    # resuming a run that already stopped early trains nothing more
+    cfg.train.resume_from = "latest"
+    resumed = _run(cfg)
+    assert resumed.state.epoch == state.epoch and resumed.state.global_step == state.global_step
+    assert resumed.state.stopped_early
 
 
 @pytest.mark.parametrize("task", ["multi_label", "regression"])
