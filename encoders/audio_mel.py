@@ -20,6 +20,7 @@ from torch import nn
 from encoders.audio import load_waveforms
 from encoders.base import Encoder, EncoderError, EncoderOutput
 from encoders.image import (
+    channels_last,
     create_timm_backbone,
     resolve_timm_source,
     set_timm_checkpointing,
@@ -159,13 +160,14 @@ class MelAudioEncoder(Encoder):
         spec, real_frames = self.frontend(waveform, lengths.to(waveform.device))
         features = self.backbone.forward_features(spec)
         pooled = self.backbone.forward_head(features, pre_logits=True)
-        tokens = tokens_from_features(features)
+        nhwc = channels_last(self.backbone)
+        tokens = tokens_from_features(features, nhwc)
         if features.ndim == 4:
             frames = spec.shape[-1]
-            cols = features.shape[-1]
+            rows, cols = (features.shape[1], features.shape[2]) if nhwc else (features.shape[-2], features.shape[-1])
             real_cols = torch.clamp(torch.ceil(real_frames.float() * cols / frames).long(), min=1, max=cols)
             col_mask = torch.arange(cols, device=tokens.device)[None] < real_cols[:, None]  # [B, W]
-            mask = col_mask[:, None, :].expand(-1, features.shape[-2], -1).reshape(tokens.shape[0], -1)
+            mask = col_mask[:, None, :].expand(-1, rows, -1).reshape(tokens.shape[0], -1)
         else:
             mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return EncoderOutput(pooled=pooled, tokens=tokens, mask=mask)

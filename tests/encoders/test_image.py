@@ -217,3 +217,25 @@ def test_packaged_weights_map_onto_timm_names_exactly():
     assert torch.equal(mapped["blocks.0.0.conv_pw.weight"], raw["_blocks.0._project_conv.weight"])
     with pytest.raises(EncoderError, match="no mapping"):
         map_efficientnet_pytorch_to_timm({"foo.weight": torch.zeros(1)})
+
+
+def test_channels_last_backbone_tokens_are_spatial_positions():
+    enc = create_encoder("image:swin_tiny_patch4_window7_224", pretrained=False, img_size=64).eval()
+    x = enc.preprocess([np.full((64, 64, 3), 90, np.uint8)])
+    with torch.no_grad():
+        out = enc(x)
+        fmap = enc.backbone.forward_features(x["pixel_values"].float() * enc.pixel_scale + enc.pixel_shift)
+    assert fmap.shape == (1, 2, 2, 768)  # NHWC
+    assert out.tokens.shape == (1, 4, 768) and torch.equal(out.tokens, fmap.reshape(1, 4, 768))
+
+
+def test_vit_checkpoint_file_loads_at_another_img_size(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    src = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
+    path = tmp_path / "vit_tiny_patch16_224.safetensors"
+    save_file(src.state_dict(), str(path))
+    enc = create_encoder(f"image:{path}", pretrained=True, img_size=112)
+    assert enc.backbone.pos_embed.shape == (1, 50, 192)  # 7x7 patches + class token, resized from 14x14
+    assert torch.equal(enc.backbone.patch_embed.proj.weight, src.patch_embed.proj.weight)
