@@ -136,8 +136,12 @@ def content_key(modality: str, source: Any) -> str:
         from PIL import Image
 
         if isinstance(source, Image.Image):
-            h.update(f"pil\0{source.mode}\0{source.size}\0".encode())
-            h.update(source.tobytes())
+            from encoders.image import to_rgb
+
+            # The pixels the encoder sees: palette, transparency and CMYK are resolved by the conversion.
+            rgb = to_rgb(source)
+            h.update(f"pil\0{rgb.mode}\0{rgb.size}\0".encode())
+            h.update(rgb.tobytes())
             return h.hexdigest()
     except ImportError:  # pragma: no cover - pillow is a dependency
         pass

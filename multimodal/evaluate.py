@@ -365,7 +365,11 @@ def run_evaluation(
         notes.append(f"{metrics['num_samples']} items, {metrics['num_classes']} classes (chance top-1 = "
                      f"{metrics['chance/top1']:.4f}); templates: " + "; ".join(repr(t) for t in metrics["templates"]))
     else:
-        metrics = evaluate_classification(model, data, batch_size, label_column, labels=class_names)
+        others = [m for m in model.encoders if m != "text"]
+        columns = {m: text_column if m == "text" else m for m in model.encoders}
+        if item_column and len(others) == 1:  # --item-column names the one non-text modality's column
+            columns[others[0]] = item_column
+        metrics = evaluate_classification(model, data, batch_size, label_column, columns=columns, labels=class_names)
         confusion, names = metrics.get("confusion_matrix"), metrics.get("class_names")
     metrics = {"task": task, "data": os.path.abspath(data), **metrics, **(extra or {})}
     with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as f:

@@ -283,11 +283,18 @@ class RetrievalExperimentConfig(ExperimentConfig):
 
 
 def split_manifest_by_item(
-    manifest: str, item_column: str, out_dir: str, val_fraction: float, test_fraction: float, seed: int
+    manifest: str,
+    item_column: str,
+    out_dir: str,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    path_columns: Sequence[str] = (),
 ) -> dict[str, str]:
     """Split one pair manifest into train/validation/test *by item* (all captions of an item together).
 
-    Writes CSVs with absolute paths into `out_dir`; returns split -> path.
+    Items are grouped by `item_column`; the file columns in `path_columns` (by default `item_column`) are
+    rewritten as absolute paths, since the split CSVs are written to `out_dir`. Returns split -> path.
     """
     import pandas as pd
 
@@ -298,7 +305,10 @@ def split_manifest_by_item(
         raise KeyError(f"{manifest}: item column {item_column!r} not found")
     base = os.path.dirname(os.path.abspath(manifest))
     frame = pd.DataFrame(rows)
-    frame[item_column] = [resolve_path(v, base) if isinstance(v, str) else v for v in frame[item_column]]
+    for column in path_columns or (item_column,):
+        if column not in frame:
+            raise KeyError(f"{manifest}: file column {column!r} not found")
+        frame[column] = [resolve_path(v, base) if isinstance(v, str) and v else v for v in frame[column]]
     items = list(OrderedDict.fromkeys(str(v) for v in frame[item_column]))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(items))
@@ -406,7 +416,8 @@ def prepare_retrieval(cfg: RetrievalExperimentConfig, item_modality: str, state:
             cfg.data.text_column, key_column = "text", column
         elif not cfg.data.validation and not cfg.data.test and not cfg.data.split_column:
             paths = split_manifest_by_item(cfg.data.train, key_column, os.path.join(out, "splits"),
-                                           cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
+                                           cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed,
+                                           path_columns=[column])
             cfg.data.train, cfg.data.validation, cfg.data.test = paths["train"], paths.get("validation"), paths.get("test")
     if state.is_main_process:
         save_config(cfg, os.path.join(out, "config.yaml"))

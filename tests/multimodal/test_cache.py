@@ -231,3 +231,16 @@ def test_two_ranks_split_the_work_and_see_every_entry(tmp_path, images):
     assert results[0][1] and results[1][1]
     assert encoders[0].calls + encoders[1].calls == len(images) and encoders[1].calls > 0
     assert torch.equal(results[0][2], results[1][2])
+
+
+def test_palette_image_keys_follow_the_colours_the_encoder_sees():
+    from PIL import Image
+
+    from multimodal.cache import content_key
+
+    red, blue = Image.new("P", (8, 8), 0), Image.new("P", (8, 8), 0)
+    red.putpalette([255, 0, 0] * 256)
+    blue.putpalette([0, 0, 255] * 256)
+    assert red.tobytes() == blue.tobytes()  # same indices, different colours
+    assert content_key("image", red) != content_key("image", blue)
+    assert content_key("image", red) == content_key("image", red.convert("RGB"))

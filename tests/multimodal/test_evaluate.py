@@ -170,6 +170,13 @@ def test_classification_task_uses_training_metrics_and_saved_labels(tmp_path, ti
     assert metrics["num_examples"] == 6 and 0 <= metrics["accuracy"] <= 1 and "macro_f1" in metrics
     assert metrics["class_names"] == ["blue", "green", "red"] and np.array(metrics["confusion_matrix"]).sum() == 6
     assert (tmp_path / "eval" / "confusion_matrix.png").exists()
+    # other column names: --text-column / --item-column apply to classification too
+    renamed = _write_csv(tmp_path / "data" / "renamed.csv",
+                         [{"img": r["image"], "caption": r["text"], "label": r["label"]} for r in rows])
+    assert main(["--model", str(tmp_path / "model"), "--data", renamed, "--task", "classification",
+                 "--text-column", "caption", "--item-column", "img", "--output", str(tmp_path / "eval_renamed")]) == 0
+    renamed_metrics = json.loads((tmp_path / "eval_renamed" / "metrics.json").read_text())
+    assert renamed_metrics["confusion_matrix"] == metrics["confusion_matrix"]
     (tmp_path / "model" / "labels.json").unlink()
     two = _write_csv(tmp_path / "data" / "two.csv", [r for r in rows if r["label"] != "red"])
     with pytest.raises(ValueError, match="2 labels.*3 outputs"):

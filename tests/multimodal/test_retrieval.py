@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -134,3 +136,25 @@ def test_group_captions_and_sampler():
     sampler.set_epoch(7)
     first = list(sampler)
     assert list(sampler) == first  # deterministic per epoch
+
+
+def test_split_by_item_id_keeps_file_paths_valid(tmp_path):
+    import pandas as pd
+
+    from multimodal.retrieval import split_manifest_by_item
+
+    (tmp_path / "imgs").mkdir()
+    rows = []
+    for i in range(10):
+        (tmp_path / "imgs" / f"{i}.png").write_bytes(b"png")
+        rows += [{"image": f"imgs/{i}.png", "image_id": f"id{i}", "text": f"caption {i} {j}"} for j in range(2)]
+    pd.DataFrame(rows).to_csv(tmp_path / "pairs.csv", index=False)
+    paths = split_manifest_by_item(str(tmp_path / "pairs.csv"), "image_id", str(tmp_path / "out" / "splits"),
+                                   0.2, 0.2, seed=0, path_columns=["image"])
+    seen = []
+    for split_path in paths.values():
+        part = pd.read_csv(split_path)
+        assert all(os.path.isfile(p) for p in part["image"])  # resolved against the original manifest's folder
+        assert all(v.startswith("id") for v in part["image_id"])  # the grouping key is left as it is
+        seen.append(set(part["image_id"]))
+    assert sum(len(s) for s in seen) == len(set().union(*seen)) == 10  # no item in two splits
