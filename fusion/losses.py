@@ -96,11 +96,12 @@ def clip_loss(
     if gather:
         _, world = _distributed()
         if world > 1:
-            all_a, offset = gather_features(emb_a)
-            all_b, _ = gather_features(emb_b)
-            with torch.no_grad():
-                all_valid, _ = gather_features(valid.to(torch.uint8))
-            all_valid = all_valid.bool()
+            # One size exchange and one all-gather per step for both embeddings and the validity flags.
+            dtype, d = torch.promote_types(emb_a.dtype, emb_b.dtype), emb_a.shape[1]
+            packed = torch.cat([emb_a.to(dtype), emb_b.to(dtype), valid.to(dtype).unsqueeze(1)], dim=1)
+            everything, offset = gather_features(packed)
+            all_a, all_b = everything[:, :d].to(emb_a.dtype), everything[:, d : 2 * d].to(emb_b.dtype)
+            all_valid = everything[:, 2 * d].detach() > 0.5
 
     scale = logit_scale.exp()
     labels = torch.arange(n, device=emb_a.device) + offset
