@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -34,7 +36,10 @@ class AttentionFusion(Fusion):
         num_heads: int = 4,
         ffn_mult: int = 4,
         dropout: float = 0.1,
+        token_dims: Optional[dict[str, int]] = None,
     ) -> None:
+        """`token_dims` gives a modality's token width where it differs from its pooled width (`input_dims`),
+        e.g. timm MobileNetV3 (pooled 1024, tokens 288): pass ``{m: encoder.token_dim}``."""
         super().__init__(input_dims, output_dim)
         if hidden_dim % num_heads:
             raise ValueError(
@@ -48,7 +53,18 @@ class AttentionFusion(Fusion):
             "ffn_mult": int(ffn_mult),
             "dropout": float(dropout),
         }
-        self.proj = nn.ModuleDict({m: nn.Linear(d, hidden_dim) for m, d in self.input_dims.items()})
+        unknown = sorted(set(token_dims or {}) - set(self.input_dims))
+        if unknown:
+            raise ValueError(f"attention fusion: token_dims names unknown modalities {unknown}")
+        self.token_dims = {**self.input_dims, **{m: int(d) for m, d in (token_dims or {}).items()}}
+        if token_dims:
+            self.config_kwargs["token_dims"] = {m: int(d) for m, d in sorted(token_dims.items())}
+        self.proj = nn.ModuleDict({m: nn.Linear(d, hidden_dim) for m, d in self.token_dims.items()})
+        # A pooled vector used as a one-token sequence (encoder gave no tokens) needs its own projection
+        # where its width differs from the token width.
+        self.pooled_proj = nn.ModuleDict(
+            {m: nn.Linear(d, hidden_dim) for m, d in self.input_dims.items() if d != self.token_dims[m]}
+        )
         self.modality_embed = nn.Parameter(torch.randn(len(self.modalities), hidden_dim) * 0.02)
         self.cls_token = nn.Parameter(torch.randn(1, 1, hidden_dim) * 0.02)
         layer = nn.TransformerEncoderLayer(
@@ -75,12 +91,17 @@ class AttentionFusion(Fusion):
             tokens = out.tokens
             if (
                 tokens.dim() != 3
-                or tokens.shape[-1] != self.input_dims[m]
+                or tokens.shape[-1] != self.token_dims[m]
                 or tokens.shape[0] != out.pooled.shape[0]
             ):
+                hint = (
+                    f"; if the encoder's tokens are narrower or wider than its pooled output, pass "
+                    f"token_dims={{{m!r}: {tokens.shape[-1]}}} (encoder.token_dim)"
+                    if tokens.dim() == 3 and tokens.shape[-1] != self.token_dims[m] else ""
+                )
                 raise ValueError(
                     f"attention fusion: modality {m!r} tokens have shape {tuple(tokens.shape)}, "
-                    f"expected [{out.pooled.shape[0]}, T, {self.input_dims[m]}]"
+                    f"expected [{out.pooled.shape[0]}, T, {self.token_dims[m]}]{hint}"
                 )
             if out.mask is None:
                 keep = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
@@ -106,7 +127,8 @@ class AttentionFusion(Fusion):
         keeps = [torch.ones(batch, 1, dtype=torch.bool, device=cls.device)]
         for i, m in enumerate(self.modalities):
             tokens, keep = self._sequence(m, features[m], present[m])
-            seqs.append(self.proj[m](tokens.to(cls.dtype)) + self.modality_embed[i])
+            proj = self.pooled_proj[m] if features[m].tokens is None and m in self.pooled_proj else self.proj[m]
+            seqs.append(proj(tokens.to(cls.dtype)) + self.modality_embed[i])
             keeps.append(keep)
         x = torch.cat(seqs, dim=1)
         keep = torch.cat(keeps, dim=1)

@@ -65,9 +65,12 @@ def build_model(cfg: ExperimentConfig, num_outputs: Optional[int], modalities: O
     if mcfg.grad_checkpointing:
         for enc in encoders.values():
             enc.set_grad_checkpointing(True)
-    fusion = create_fusion(
-        mcfg.fusion, {m: e.output_dim for m, e in encoders.items()}, mcfg.fusion_dim, **dict(mcfg.fusion_kwargs)
-    )
+    fusion_kwargs = dict(mcfg.fusion_kwargs)
+    if mcfg.fusion == "attention":  # token widths that differ from pooled widths (e.g. MobileNetV3)
+        token_dims = {m: e.token_dim for m, e in encoders.items() if getattr(e, "token_dim", e.output_dim) != e.output_dim}
+        if token_dims:
+            fusion_kwargs.setdefault("token_dims", token_dims)
+    fusion = create_fusion(mcfg.fusion, {m: e.output_dim for m, e in encoders.items()}, mcfg.fusion_dim, **fusion_kwargs)
     head = None
     if mcfg.task != "contrastive":
         if not num_outputs:

@@ -320,3 +320,26 @@ def test_from_pretrained_errors_name_the_file(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="format_version 99"):
         MultimodalModel.from_pretrained(tmp_path)
+
+
+def test_attention_fusion_with_tokens_narrower_than_pooled(tiny_text_dir, tmp_path):
+    import numpy as np
+
+    image = create_encoder("image:mobilenetv3_small_050", pretrained=False, img_size=32)
+    assert image.token_dim != image.output_dim  # 288-wide tokens, 1024-wide pooled output
+    text = create_encoder(f"text:{tiny_text_dir}")
+    encs = {"text": text, "image": image}
+    dims = {m: e.output_dim for m, e in encs.items()}
+    with pytest.raises(ValueError, match="token_dims"):
+        MultimodalModel(encs, create_fusion("attention", dims, 16, hidden_dim=16, num_heads=2), TaskHead(16, 2)).eval()(
+            inputs={"text": text.preprocess(["a"]), "image": image.preprocess([np.zeros((8, 8, 3), np.uint8)])}
+        )
+    fusion = create_fusion("attention", dims, 16, hidden_dim=16, num_heads=2, token_dims={"image": image.token_dim})
+    model = MultimodalModel(encs, fusion, TaskHead(16, 2)).eval()
+    inputs = {"text": text.preprocess(["a cat", "a dog"]), "image": image.preprocess([np.zeros((8, 8, 3), np.uint8)] * 2)}
+    with torch.no_grad():
+        before = model(inputs=inputs).logits
+    model.save_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        after = MultimodalModel.from_pretrained(tmp_path / "m")(inputs=inputs).logits
+    assert before.shape == (2, 2) and torch.equal(before, after)
