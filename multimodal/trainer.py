@@ -276,6 +276,10 @@ class Trainer:
         self.model.eval()
         acc = self.accelerator
         parts: dict[str, list[torch.Tensor]] = {}
+        # With a task head the loss is recomputed exactly from the gathered logits below; otherwise (e.g.
+        # contrastive) batch means are accumulated. The choice is the same on every rank.
+        head = getattr(self.unwrapped_model, "head", None)
+        head_loss = head is not None and hasattr(head, "loss")
         loss_sum = torch.zeros((), device=acc.device)
         loss_count = torch.zeros((), device=acc.device)
         for batch in loader:
@@ -287,7 +291,7 @@ class Trainer:
                 local["labels"] = batch["labels"]
             for m, emb in (getattr(out, "embeddings", None) or {}).items():
                 local[f"embeddings.{m}"] = emb.float()
-            if getattr(out, "loss", None) is not None:
+            if not head_loss and getattr(out, "loss", None) is not None:
                 n = batch["index"].shape[0]
                 loss_sum += out.loss.detach().float() * n
                 loss_count += n
@@ -295,13 +299,14 @@ class Trainer:
             for k, v in gathered.items():
                 parts.setdefault(k, []).append(v.cpu())
         result = {k: torch.cat(v) for k, v in parts.items()}
-        totals = acc.reduce(torch.stack([loss_sum, loss_count]), reduction="sum")
-        head = getattr(self.unwrapped_model, "head", None)
-        if head is not None and hasattr(head, "loss") and "logits" in result and "labels" in result:
-            # Exact: over the gathered examples, without the duplicates DDP pads into the last batch.
-            result["loss"] = head.loss(result["logits"], result["labels"]).detach()
-        elif totals[1] > 0:  # e.g. contrastive: the loss depends on the batch, so batch means are averaged
-            result["loss"] = totals[0] / totals[1]
+        if head_loss:
+            if "logits" in result and "labels" in result:
+                # Exact: over the gathered examples, without the duplicates DDP pads into the last batch.
+                result["loss"] = head.loss(result["logits"], result["labels"]).detach()
+        else:
+            totals = acc.reduce(torch.stack([loss_sum, loss_count]), reduction="sum")
+            if totals[1] > 0:  # the contrastive loss depends on the batch, so batch means are averaged
+                result["loss"] = totals[0] / totals[1]
         self.model.train()
         return result
 
