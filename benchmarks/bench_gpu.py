@@ -104,14 +104,19 @@ def step_flops(model, batch, device) -> int:
     return counter.get_total_flops()
 
 
-def plain_runner(model, batches, device, compile_: bool, ckpt: bool):
-    """A plain PyTorch loop: autocast bf16, AdamW, no framework code on the hot path."""
-    model = model.to(device)
+def _configure(model, compile_: bool, ckpt: bool) -> None:
+    """Gradient checkpointing in every encoder and/or torch.compile, the same for both loops."""
     if ckpt:
         for enc in model.encoders.values():
             enc.set_grad_checkpointing(True)
     if compile_:
         model.compile()
+
+
+def plain_runner(model, batches, device, compile_: bool, ckpt: bool):
+    """A plain PyTorch loop: autocast bf16, AdamW, no framework code on the hot path."""
+    model = model.to(device)
+    _configure(model, compile_, ckpt)
     opt = torch.optim.AdamW(model.parameter_groups(2e-5, 1e-3, 0.01), lr=1e-3)
     batches = [_to(b, device) for b in batches]
     model.train()
@@ -132,11 +137,7 @@ def plain_runner(model, batches, device, compile_: bool, ckpt: bool):
 
 def framework_runner(model, batches, device, compile_: bool, ckpt: bool, out_dir: str):
     """The framework's Trainer step loop (Accelerate, bf16) over the same batches."""
-    if ckpt:
-        for enc in model.encoders.values():
-            enc.set_grad_checkpointing(True)
-    if compile_:
-        model.compile()
+    _configure(model, compile_, ckpt)
     return trainer_epoch_runner(
         model, list_loader(batches), out_dir, progress_bar=False,
         mixed_precision="bf16" if device.type == "cuda" else "no",
