@@ -17,15 +17,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from encoders.audio import load_waveforms
-from encoders.base import Encoder, EncoderError, EncoderOutput
-from encoders.image import (
+from encoders._timm import (
     channels_last,
     create_timm_backbone,
     resolve_timm_source,
     set_timm_checkpointing,
     tokens_from_features,
 )
+from encoders.audio import load_waveforms
+from encoders.base import Encoder, EncoderError, EncoderOutput
 
 
 class MelPreprocessor:
