@@ -18,7 +18,7 @@ from encoders._timm import (
     set_timm_checkpointing,
     tokens_from_features,
 )
-from encoders.base import Encoder, EncoderOutput
+from encoders.base import Encoder, EncoderOutput, jsonable
 
 
 def to_rgb(image: Union[Image.Image, np.ndarray]) -> Image.Image:
@@ -218,17 +218,9 @@ class ImageEncoder(Encoder):
 
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, "data_config.json"), "w") as f:
-            json.dump(_jsonable(self.data_config), f, indent=2)
+            json.dump(jsonable(self.data_config), f, indent=2)
 
     def preprocess_config(self) -> dict[str, Any]:
         """What changes the pixel values."""
-        return {"kind": "image", "model_name": self.model_name, "data_config": _jsonable(self.data_config),
+        return {"kind": "image", "model_name": self.model_name, "data_config": jsonable(self.data_config),
                 "pixel_format": "uint8"}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value

@@ -15,7 +15,7 @@ from encoders._hf import (
     resolve_hf_source,
     set_hf_checkpointing,
 )
-from encoders.base import Encoder, EncoderError, EncoderOutput
+from encoders.base import Encoder, EncoderError, EncoderOutput, masked_mean
 from encoders.weights import packaged_default_pooling
 
 POOLINGS = ("mean", "cls")
@@ -159,11 +159,7 @@ class TextEncoder(Encoder):
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
         hidden = out.last_hidden_state
         mask = attention_mask.bool()
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        pooled = hidden[:, 0] if self.pooling == "cls" else masked_mean(hidden, mask)
         return EncoderOutput(pooled=pooled, tokens=hidden, mask=mask)
 
     def get_preprocessor(self, train: bool = False) -> TextPreprocessor:
