@@ -189,6 +189,7 @@ class HFAudioEncoder(Encoder):
             chunk = float(feature_extractor.chunk_length)
             self.max_seconds = min(self.max_seconds, chunk) if self.max_seconds else chunk
         self.output_dim = int(getattr(backbone.config, "hidden_size", None) or backbone.config.d_model)
+        self.token_dim = self.output_dim  # tokens are the last hidden states
         self.pass_attention_mask = bool(getattr(feature_extractor, "return_attention_mask", False))
 
     @classmethod

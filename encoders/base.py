@@ -41,14 +41,24 @@ class EncoderInfo:
 class Encoder(nn.Module):
     """Base class: a backbone plus the preprocessing that feeds it.
 
-    Subclasses set `modality`, `output_dim` and `spec`, and implement `forward`,
-    `get_preprocessor`, `get_config` and `save_assets`.
+    Subclasses set `modality`, `output_dim` and `spec` (and `token_dim` when tokens are not
+    `output_dim` wide), and implement `forward`, `get_preprocessor`, `get_config` and `save_assets`.
     """
 
     modality: str = ""
     output_dim: int = 0
     spec: str = ""
     backbone: nn.Module
+    _token_dim: int = 0
+
+    @property
+    def token_dim(self) -> int:
+        """Width of `EncoderOutput.tokens` (`output_dim` unless a subclass sets another)."""
+        return self._token_dim or self.output_dim
+
+    @token_dim.setter
+    def token_dim(self, value: int) -> None:
+        self._token_dim = int(value)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:  # pragma: no cover - abstract
         """Encode a batch of preprocessed inputs."""

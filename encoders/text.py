@@ -76,6 +76,7 @@ class TextEncoder(Encoder):
         self.max_length = int(min(max_length, limit)) if limit else int(max_length)
         self.trust_remote_code = bool(trust_remote_code)
         self.output_dim = int(backbone.config.hidden_size)
+        self.token_dim = self.output_dim  # tokens are the last hidden states
         # The HF pooler head (dense + tanh on [CLS]) is unused: drop it so DDP sees no unused params.
         if getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None
