@@ -43,6 +43,8 @@ class Encoder(nn.Module):
 
     Subclasses set `modality`, `output_dim` and `spec` (and `token_dim` when tokens are not
     `output_dim` wide), and implement `forward`, `get_preprocessor`, `get_config` and `save_assets`.
+    To be created from a spec they also provide the classmethods `create(name, pretrained=True, **kwargs)`
+    and `from_config(config, assets_dir)`, and are registered with `encoders.register_encoder(kind, cls)`.
     """
 
     modality: str = ""
