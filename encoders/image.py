@@ -145,15 +145,17 @@ class ImageEncoder(Encoder):
         model_name: Optional[str] = None,
         **kwargs: Any,
     ) -> ImageEncoder:
-        """Build `image:<timm name, checkpoint file or timm-style dir>`; extra kwargs go to timm.create_model."""
-        model_name, checkpoint, data_overrides = resolve_timm_source("image", name, model_name)
-        data_overrides.update({k: kwargs.pop(k) for k in DATA_CONFIG_KEYS if k in kwargs})
-        timm_kwargs = dict(kwargs)
+        """Build `image:<timm name, hf-hub:repo, checkpoint file or timm-style dir>`; extra kwargs go to timm."""
+        source = resolve_timm_source("image", name, model_name)
+        data_overrides = {**source.data, **{k: kwargs.pop(k) for k in DATA_CONFIG_KEYS if k in kwargs}}
+        timm_kwargs = {**source.model_args, **kwargs}
         build_kwargs = dict(timm_kwargs)
-        if img_size is not None and fixed_input_size(model_name):
+        if img_size is not None and fixed_input_size(source.arch):
             build_kwargs["img_size"] = int(img_size)
-        backbone = create_timm_backbone(model_name, pretrained, "image", name, checkpoint=checkpoint, **build_kwargs)
-        return cls(backbone, f"image:{name}", model_name, img_size, timm_kwargs, data_overrides)
+        backbone = create_timm_backbone(
+            source.arch, pretrained, "image", name, checkpoint=source.checkpoint, hub_id=source.hub_id, **build_kwargs
+        )
+        return cls(backbone, f"image:{name}", source.arch, img_size, timm_kwargs, data_overrides)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], assets_dir: Optional[str] = None) -> ImageEncoder:
