@@ -114,16 +114,6 @@ def test_rebuild_matches(any_encoder, tmp_path):
     assert torch.equal(a.pooled, b.pooled) and torch.equal(a.tokens, b.tokens) and torch.equal(a.mask, b.mask)
 
 
-def test_grad_checkpointing_supported(any_encoder):
-    enc = any_encoder
-    enc.unfreeze().train()
-    enc.set_grad_checkpointing(True)
-    enc(enc.preprocess(_raw(enc.modality))).pooled.sum().backward()
-    assert any(p.grad is not None for p in enc.parameters())
-    enc.set_grad_checkpointing(False)
-    enc.zero_grad(set_to_none=True)
-
-
 def test_list_encoders_describes_every_kind():
     rows = list_encoders()
     assert [r.kind for r in rows] == ["text", "image", "audio", "audio-mel"]
