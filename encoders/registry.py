@@ -25,15 +25,15 @@ class _Entry:
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def normalize_kind(kind: str) -> str:
-    """The registry key for `kind`: stripped and lower-cased."""
-    if not isinstance(kind, str):
-        raise EncoderError(f"encoder kind must be a string, got {type(kind).__name__}")
+def _key(kind: str) -> str:
+    """The registry key for `kind`: stripped and lower-cased (specs are matched case-insensitively)."""
     return kind.strip().lower()
 
 
 def _check_kind(kind: str) -> str:
-    key = normalize_kind(kind)
+    if not isinstance(kind, str):
+        raise TypeError(f"encoder kind must be a string, got {type(kind).__name__}")
+    key = _key(kind)
     if not key or ":" in key or any(c.isspace() for c in key):
         raise ValueError(f"encoder kind must be a non-empty name without ':' or spaces, got {kind!r}")
     return key
@@ -101,17 +101,16 @@ def known_kinds() -> list[str]:
     return list(_REGISTRY)
 
 
-def is_registered(kind: str) -> bool:
+def is_registered(kind: object) -> bool:
     """True when `kind` names a registered encoder kind."""
-    return isinstance(kind, str) and normalize_kind(kind) in _REGISTRY
+    return isinstance(kind, str) and _key(kind) in _REGISTRY
 
 
 def get_encoder_class(kind: str) -> type:
     """The class registered under `kind`; EncoderError (listing the known kinds) if there is none."""
-    key = normalize_kind(kind)
-    if key not in _REGISTRY:
+    if not is_registered(kind):
         raise EncoderError(f"unknown encoder kind {kind!r}; known kinds: {known_kinds()}")
-    return _REGISTRY[key].cls
+    return _REGISTRY[_key(kind)].cls
 
 
 def list_encoders() -> list[EncoderInfo]:

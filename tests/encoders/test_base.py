@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+import encoders.audio
+import encoders.text
+from encoders import create_encoder
 from encoders.base import jsonable, masked_mean
 
 
@@ -47,10 +50,6 @@ def test_masked_mean_rejects_mismatched_shapes():
 
 
 def test_encoders_pool_with_masked_mean(monkeypatch, tiny_text_dir, tiny_audio_dir):
-    import encoders.audio
-    import encoders.text
-    from encoders import create_encoder
-
     calls = []
 
     def spy(hidden, mask):
@@ -123,8 +122,6 @@ def test_jsonable_turns_everything_into_plain_json():
 
 
 def test_jsonable_is_what_encoders_write(tmp_path):
-    from encoders import create_encoder
-
     enc = create_encoder("image:test_efficientnet", pretrained=False, img_size=32)
     enc.save_assets(str(tmp_path))
     saved = json.loads((tmp_path / "data_config.json").read_text())

@@ -130,6 +130,8 @@ def test_builtins_are_in_the_one_registry():
     assert get_encoder_class(" Image ") is ImageEncoder
     with pytest.raises(EncoderError, match="unknown encoder kind 'video'.*audio-mel"):
         get_encoder_class("video")
+    with pytest.raises(EncoderError, match="unknown encoder kind None"):
+        get_encoder_class(None)
 
 
 def test_user_kind_as_decorator_works_everywhere(tmp_path):
@@ -196,6 +198,8 @@ def test_registration_is_checked():
         register_encoder("bag", BagOfBytes, example="bytes:tiny")
     with pytest.raises(TypeError, match="expected a class"):
         register_encoder("thing", BagOfBytes(spec="x"))
+    with pytest.raises(TypeError, match="must be a string"):
+        register_encoder(None, BagOfBytes)
 
     class NoFactory(Encoder):
         """Has neither create nor from_config."""
