@@ -1,7 +1,16 @@
-"""Pluggable text, image and audio encoders behind one factory."""
+"""Pluggable text, image and audio encoders behind one factory and an open registry of kinds."""
 
-from encoders.base import Encoder, EncoderError, EncoderInfo, EncoderOutput, Preprocessor
-from encoders.factory import create_encoder, encoder_from_config, list_encoders, parse_spec
+from encoders.base import (
+    Encoder,
+    EncoderError,
+    EncoderInfo,
+    EncoderOutput,
+    Preprocessor,
+    jsonable,
+    masked_mean,
+)
+from encoders.factory import create_encoder, encoder_from_config, parse_spec
+from encoders.registry import get_encoder_class, list_encoders, register_encoder
 
 __all__ = [
     "Encoder",
@@ -11,6 +20,10 @@ __all__ = [
     "Preprocessor",
     "create_encoder",
     "encoder_from_config",
+    "get_encoder_class",
+    "jsonable",
     "list_encoders",
+    "masked_mean",
     "parse_spec",
+    "register_encoder",
 ]

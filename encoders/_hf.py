@@ -38,6 +38,12 @@ def unavailable_message(kind: str, name: str, what: str, exc: Optional[BaseExcep
     )
 
 
+def is_hub_error(exc: BaseException) -> bool:
+    """True for failures to fetch from the hub or find a file in the HF cache (not-found, offline, network)."""
+    # huggingface_hub raises its own error types (subclasses vary by version); cache misses are OSErrors
+    return isinstance(exc, OSError) or type(exc).__module__.startswith(("huggingface_hub", "requests", "urllib3", "httpx"))
+
+
 def hf_call(kind: str, name: str, what: str, fn: Callable[[], Any]) -> Any:
     """Run a from_pretrained call, turning hub/offline failures into an EncoderError with advice."""
     try:
@@ -47,8 +53,8 @@ def hf_call(kind: str, name: str, what: str, fn: Callable[[], Any]) -> Any:
         raise
     except (OSError, ValueError, ImportError) as exc:
         raise EncoderError(unavailable_message(kind, name, what, exc)) from exc
-    except Exception as exc:  # huggingface_hub raises its own error types (subclasses vary by version)
-        if type(exc).__module__.startswith(("huggingface_hub", "requests", "urllib3", "httpx")):
+    except Exception as exc:
+        if is_hub_error(exc):
             raise EncoderError(unavailable_message(kind, name, what, exc)) from exc
         raise
 

@@ -21,7 +21,7 @@ from encoders._hf import (
     resolve_hf_source,
     set_hf_checkpointing,
 )
-from encoders.base import Encoder, EncoderError, EncoderOutput
+from encoders.base import Encoder, EncoderError, EncoderOutput, jsonable, masked_mean
 
 # model_type -> how its output tokens relate to the inputs.
 WAVEFORM_MODELS = ("wav2vec2", "hubert", "wavlm", "wav2vec2-conformer", "unispeech", "unispeech-sat", "data2vec-audio", "sew", "sew-d")
@@ -189,6 +189,7 @@ class HFAudioEncoder(Encoder):
             chunk = float(feature_extractor.chunk_length)
             self.max_seconds = min(self.max_seconds, chunk) if self.max_seconds else chunk
         self.output_dim = int(getattr(backbone.config, "hidden_size", None) or backbone.config.d_model)
+        self.token_dim = self.output_dim  # tokens are the last hidden states
         self.pass_attention_mask = bool(getattr(feature_extractor, "return_attention_mask", False))
 
     @classmethod
@@ -252,7 +253,7 @@ class HFAudioEncoder(Encoder):
             else:
                 # two convs, the second with stride 2: token t covers mel frames 2t, 2t+1
                 mask = frame_mask[:, ::2][:, : hidden.shape[1]].bool()
-            return EncoderOutput(pooled=_masked_mean(hidden, mask), tokens=hidden, mask=mask)
+            return EncoderOutput(pooled=masked_mean(hidden, mask), tokens=hidden, mask=mask)
         if mt == "audio-spectrogram-transformer":
             out = self.backbone(input_values=inputs["input_values"])
             hidden = out.last_hidden_state
@@ -268,7 +269,7 @@ class HFAudioEncoder(Encoder):
             mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
         else:
             mask = self._feature_mask(hidden.shape[1], sample_mask)
-        return EncoderOutput(pooled=_masked_mean(hidden, mask), tokens=hidden, mask=mask)
+        return EncoderOutput(pooled=masked_mean(hidden, mask), tokens=hidden, mask=mask)
 
     def _feature_mask(self, length: int, sample_mask: torch.Tensor) -> torch.Tensor:
         """Sample-level mask -> token-level mask via the conv feature extractor's output lengths."""
@@ -313,21 +314,4 @@ class HFAudioEncoder(Encoder):
         fe.pop("mel_filters", None)
         fe.pop("window", None)
         return {"kind": "audio", "model_type": self.model_type, "max_seconds": self.max_seconds,
-                "feature_extractor": _jsonable(fe)}
-
-
-def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    return value
+                "feature_extractor": jsonable(fe)}

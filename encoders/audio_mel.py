@@ -17,15 +17,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from encoders.audio import load_waveforms
-from encoders.base import Encoder, EncoderError, EncoderOutput
-from encoders.image import (
+from encoders._timm import (
     channels_last,
     create_timm_backbone,
     resolve_timm_source,
     set_timm_checkpointing,
     tokens_from_features,
 )
+from encoders.audio import load_waveforms
+from encoders.base import Encoder, EncoderError, EncoderOutput
 
 
 class MelPreprocessor:
@@ -128,15 +128,20 @@ class MelAudioEncoder(Encoder):
         model_name: Optional[str] = None,
         **timm_kwargs: Any,
     ) -> MelAudioEncoder:
-        """Build `audio-mel:<timm name, checkpoint file or dir>`; extra kwargs go to timm.create_model."""
+        """Build `audio-mel:<timm name, hf-hub:repo, checkpoint file or dir>`; extra kwargs go to timm."""
         if max_seconds is None or float(max_seconds) <= 0:
             raise EncoderError("audio-mel needs a positive max_seconds (clips are padded/cropped to it)")
         if "in_chans" in timm_kwargs and int(timm_kwargs["in_chans"]) != 1:
             raise EncoderError("audio-mel backbones take one input channel; do not pass in_chans")
         timm_kwargs.pop("in_chans", None)
-        arch, checkpoint, _ = resolve_timm_source("audio-mel", name, model_name)
-        backbone = create_timm_backbone(arch, pretrained, "audio-mel", name, checkpoint=checkpoint, in_chans=1, **timm_kwargs)
-        return cls(backbone, f"audio-mel:{name}", arch, sample_rate, n_mels, max_seconds, n_fft, hop_length,
+        source = resolve_timm_source("audio-mel", name, model_name)
+        # a hub config's stored args are kept (so from_config rebuilds the same net), except its RGB in_chans
+        timm_kwargs = {**{k: v for k, v in source.model_args.items() if k != "in_chans"}, **timm_kwargs}
+        backbone = create_timm_backbone(
+            source.arch, pretrained, "audio-mel", name, checkpoint=source.checkpoint, hub_id=source.hub_id,
+            in_chans=1, **timm_kwargs,
+        )
+        return cls(backbone, f"audio-mel:{name}", source.arch, sample_rate, n_mels, max_seconds, n_fft, hop_length,
                    f_min, f_max, timm_kwargs)
 
     @classmethod

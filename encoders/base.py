@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any, NamedTuple, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -38,14 +41,26 @@ class EncoderInfo:
 class Encoder(nn.Module):
     """Base class: a backbone plus the preprocessing that feeds it.
 
-    Subclasses set `modality`, `output_dim` and `spec`, and implement `forward`,
-    `get_preprocessor`, `get_config` and `save_assets`.
+    Subclasses set `modality`, `output_dim` and `spec` (and `token_dim` when tokens are not
+    `output_dim` wide), and implement `forward`, `get_preprocessor`, `get_config` and `save_assets`.
+    To be created from a spec they also provide the classmethods `create(name, pretrained=True, **kwargs)`
+    and `from_config(config, assets_dir)`, and are registered with `encoders.register_encoder(kind, cls)`.
     """
 
     modality: str = ""
     output_dim: int = 0
     spec: str = ""
     backbone: nn.Module
+    _token_dim: int = 0
+
+    @property
+    def token_dim(self) -> int:
+        """Width of `EncoderOutput.tokens` (`output_dim` unless a subclass sets another)."""
+        return self._token_dim or self.output_dim
+
+    @token_dim.setter
+    def token_dim(self, value: int) -> None:
+        self._token_dim = int(value)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:  # pragma: no cover - abstract
         """Encode a batch of preprocessed inputs."""
@@ -109,3 +124,45 @@ class Encoder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"spec={self.spec!r}, modality={self.modality!r}, output_dim={self.output_dim}"
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `hidden` [B, T, D] over the positions where `mask` [B, T] is true; rows with none give zeros."""
+    if hidden.dim() != 3 or mask.shape != hidden.shape[:2]:
+        raise ValueError(f"masked_mean: expected hidden [B, T, D] and mask [B, T], got {tuple(hidden.shape)} "
+                         f"and {tuple(mask.shape)}")
+    keep = mask.to(torch.bool).unsqueeze(-1)
+    # select rather than multiply, so inf/NaN at padded positions cannot leak in (inf * 0 is NaN)
+    total = torch.where(keep, hidden, torch.zeros((), dtype=hidden.dtype, device=hidden.device)).sum(1)
+    count = keep.sum(1).clamp_min(1).to(hidden.dtype)
+    return total / count
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-ready copy of `value`: containers to dicts (str keys) and lists, numpy/torch to Python values.
+
+    Tuples and sets become lists (sets sorted, so the result is stable); numpy scalars and arrays and torch
+    tensors become numbers and nested lists; paths become strings; NaN and infinite floats become None
+    (strict JSON has neither); anything else becomes its repr().
+    """
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):  # also numpy float64, a float subclass
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        items = [jsonable(v) for v in value]
+        try:
+            return sorted(items)
+        except TypeError:  # mixed or unorderable types
+            return sorted(items, key=lambda v: (type(v).__name__, repr(v)))
+    if isinstance(value, (np.ndarray, np.generic)):
+        return jsonable(value.tolist())
+    if isinstance(value, torch.Tensor):
+        return jsonable(value.detach().cpu().tolist())
+    if isinstance(value, PurePath):
+        return str(value)
+    return repr(value)

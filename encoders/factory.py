@@ -1,4 +1,8 @@
-"""The single entry point: `create_encoder("kind:name", pretrained, **kwargs)`, plus listing and rebuilding."""
+"""The single entry point: `create_encoder("kind:name", pretrained, **kwargs)`, plus rebuilding from a config.
+
+The built-in kinds are registered here, in `list_encoders()` order, through the same `register_encoder`
+that user code calls; every function below reads that one registry.
+"""
 
 from __future__ import annotations
 
@@ -6,42 +10,49 @@ from typing import Any, Optional
 
 from encoders.audio import HFAudioEncoder
 from encoders.audio_mel import MelAudioEncoder
-from encoders.base import Encoder, EncoderError, EncoderInfo
+from encoders.base import Encoder, EncoderError
 from encoders.image import ImageEncoder
+from encoders.registry import get_encoder_class, is_registered, known_kinds, list_encoders, register_encoder
 from encoders.text import TextEncoder
 
-_REGISTRY: dict[str, tuple[type, str, str]] = {
-    "text": (
-        TextEncoder,
-        "transformers AutoModel + AutoTokenizer; pooling 'mean' (mask-aware) or 'cls'; kwargs pooling, max_length",
-        "text:sentence-transformers/all-MiniLM-L6-v2",
-    ),
-    "image": (
-        ImageEncoder,
-        "timm backbone (num_classes=0) with timm train/eval transforms; a timm name or a local checkpoint file",
-        "image:tf_efficientnet_lite0",
-    ),
-    "audio": (
-        HFAudioEncoder,
-        "transformers audio model (wav2vec2, HuBERT, WavLM, Whisper encoder, AST) + its feature extractor",
-        "audio:facebook/wav2vec2-base",
-    ),
-    "audio-mel": (
-        MelAudioEncoder,
-        "log-mel spectrogram (computed in forward) into a 1-channel timm backbone; kwargs sample_rate, n_mels, max_seconds",
-        "audio-mel:tf_efficientnet_lite0",
-    ),
-}
+__all__ = ["create_encoder", "encoder_from_config", "list_encoders", "parse_spec"]
+
+register_encoder(
+    "text",
+    TextEncoder,
+    description="transformers AutoModel + AutoTokenizer; pooling 'mean' (mask-aware) or 'cls'; kwargs pooling, max_length",
+    example="text:sentence-transformers/all-MiniLM-L6-v2",
+)
+register_encoder(
+    "image",
+    ImageEncoder,
+    description="timm backbone (num_classes=0) with timm train/eval transforms; a timm name, 'hf-hub:<repo>', "
+    "a local checkpoint file or a timm-style directory",
+    example="image:tf_efficientnet_lite0",
+)
+register_encoder(
+    "audio",
+    HFAudioEncoder,
+    description="transformers audio model (wav2vec2, HuBERT, WavLM, Whisper encoder, AST) + its feature extractor",
+    example="audio:facebook/wav2vec2-base",
+)
+register_encoder(
+    "audio-mel",
+    MelAudioEncoder,
+    description="log-mel spectrogram (computed in forward) into a 1-channel timm backbone; kwargs sample_rate, "
+    "n_mels, max_seconds",
+    example="audio-mel:tf_efficientnet_lite0",
+)
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
-    """Split 'kind:name' (the name may itself contain ':')."""
+    """Split 'kind:name' (the name may itself contain ':') and check the kind is registered."""
     if not isinstance(spec, str) or ":" not in spec:
-        raise EncoderError(f"encoder spec must look like 'kind:name' with kind in {sorted(_REGISTRY)}; got {spec!r}")
+        raise EncoderError(f"encoder spec must look like 'kind:name' with kind in {known_kinds()}; got {spec!r}")
     kind, name = spec.split(":", 1)
     kind = kind.strip().lower()
-    if kind not in _REGISTRY:
-        raise EncoderError(f"unknown encoder kind {kind!r} in {spec!r}; known kinds: {sorted(_REGISTRY)}")
+    if not is_registered(kind):
+        raise EncoderError(f"unknown encoder kind {kind!r} in {spec!r}; known kinds: {known_kinds()}")
     if not name.strip():
         raise EncoderError(f"encoder spec {spec!r} names no model")
     return kind, name.strip()
@@ -50,7 +61,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
 def create_encoder(spec: str, pretrained: bool = True, **kwargs: Any) -> Encoder:
     """Build an encoder from a spec string such as 'text:<hub id or dir>' or 'image:<timm name or file>'."""
     kind, name = parse_spec(spec)
-    cls = _REGISTRY[kind][0]
+    cls = get_encoder_class(kind)
     try:
         return cls.create(name, pretrained=pretrained, **kwargs)
     except TypeError as exc:
@@ -59,14 +70,12 @@ def create_encoder(spec: str, pretrained: bool = True, **kwargs: Any) -> Encoder
         raise
 
 
-def list_encoders() -> list[EncoderInfo]:
-    """The encoder kinds with a description and an example spec."""
-    return [EncoderInfo(kind, desc, example) for kind, (_, desc, example) in _REGISTRY.items()]
-
-
 def encoder_from_config(config: dict[str, Any], assets_dir: Optional[str] = None) -> Encoder:
     """Rebuild an encoder's architecture (random weights, no network) from `get_config()` + `save_assets` files."""
-    kind = config.get("kind")
-    if kind not in _REGISTRY:
-        raise EncoderError(f"encoder config has unknown kind {kind!r}; expected one of {sorted(_REGISTRY)}")
-    return _REGISTRY[kind][0].from_config(config, assets_dir)
+    kind = config.get("kind") if isinstance(config, dict) else None
+    if not is_registered(kind):
+        raise EncoderError(
+            f"encoder config has unknown kind {kind!r}; expected one of {known_kinds()} "
+            "(a user-defined kind must be registered, i.e. its module imported, before loading)"
+        )
+    return get_encoder_class(kind).from_config(config, assets_dir)

@@ -15,7 +15,7 @@ from encoders._hf import (
     resolve_hf_source,
     set_hf_checkpointing,
 )
-from encoders.base import Encoder, EncoderError, EncoderOutput
+from encoders.base import Encoder, EncoderError, EncoderOutput, masked_mean
 from encoders.weights import packaged_default_pooling
 
 POOLINGS = ("mean", "cls")
@@ -76,6 +76,7 @@ class TextEncoder(Encoder):
         self.max_length = int(min(max_length, limit)) if limit else int(max_length)
         self.trust_remote_code = bool(trust_remote_code)
         self.output_dim = int(backbone.config.hidden_size)
+        self.token_dim = self.output_dim  # tokens are the last hidden states
         # The HF pooler head (dense + tanh on [CLS]) is unused: drop it so DDP sees no unused params.
         if getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None
@@ -159,11 +160,7 @@ class TextEncoder(Encoder):
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
         hidden = out.last_hidden_state
         mask = attention_mask.bool()
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        pooled = hidden[:, 0] if self.pooling == "cls" else masked_mean(hidden, mask)
         return EncoderOutput(pooled=pooled, tokens=hidden, mask=mask)
 
     def get_preprocessor(self, train: bool = False) -> TextPreprocessor:

@@ -129,6 +129,7 @@ def test_whisper_encoder_from_tiny_config(tmp_path):
     assert batch["input_features"].shape == (3, 16, 100)
     out = enc.train()(batch)
     assert out.tokens.shape == (3, 50, 32) and out.mask.shape == (3, 50)
+    assert enc.token_dim == 32
     assert out.mask[1].all() and 20 <= int(out.mask[0].sum()) <= 30  # half a second of 1 s
     out.pooled.sum().backward()
     assert enc.backbone.conv1.weight.grad is not None
@@ -163,7 +164,7 @@ def test_ast_from_tiny_config():
     batch = enc.preprocess([_tone(0.3, 16000), _tone(1.0, 8000), None])
     assert batch["input_values"].shape == (3, 64, 32)
     out = enc.train()(batch)
-    assert out.pooled.shape == (3, 32) and out.tokens.shape[0] == 3 and out.tokens.shape[2] == 32
+    assert out.pooled.shape == (3, 32) and out.tokens.shape[0] == 3 and out.tokens.shape[2] == 32 == enc.token_dim
     out.pooled.sum().backward()
     assert enc.backbone.embeddings.patch_embeddings.projection.weight.grad is not None
 
