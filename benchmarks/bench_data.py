@@ -40,8 +40,9 @@ def overrides_for(recipe: str, setting: str) -> list[str]:
 def setup(recipe: str, overrides: list[str], out_dir: str):
     """Model and train loader exactly as the recipe builds them for its config plus `overrides`."""
     from multimodal.build import build_loaders, build_model, build_splits_for, num_outputs_for, process_state
-    from multimodal.config import load_config
     from multimodal.retrieval import RetrievalExperimentConfig, prepare_retrieval
+
+    from multimodal.config import load_config
 
     path = os.path.join(ROOT, "recipes", "configs", f"{recipe}.yaml")
     cfg = load_config(path, overrides, cls=RetrievalExperimentConfig) if recipe in RETRIEVAL else load_config(path, overrides)

@@ -9,7 +9,7 @@ from torch import nn
 
 from encoders.base import EncoderOutput
 
-from .base import Fusion, Presence
+from .base import Features, Fusion, Presence
 from .registry import register_fusion
 
 
@@ -118,9 +118,9 @@ class AttentionFusion(Fusion):
         )
         return tokens, keep
 
-    def forward(self, features: dict[str, EncoderOutput], present: Presence = None) -> torch.Tensor:
+    def forward(self, features: Features, present: Presence = None) -> torch.Tensor:
         """Run the joint transformer and return the projected [CLS] output, `[B, output_dim]`."""
-        present = self.presence(features, present)
+        features, present = self.prepare(features, present)
         batch = features[self.modalities[0]].pooled.shape[0]
         cls = self.cls_token.expand(batch, -1, -1)
         seqs = [cls]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from collections.abc import Mapping
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
@@ -11,6 +12,18 @@ from encoders.base import EncoderOutput
 
 Presence = Optional[dict[str, torch.Tensor]]
 """Per-modality bool tensors [B]: True where the sample has that modality. None means all present."""
+
+Features = Mapping[str, Union[EncoderOutput, torch.Tensor]]
+"""Per-modality encoder outputs, or plain pooled tensors [B, D] (research code without encoders)."""
+
+
+def as_encoder_output(value: Union[EncoderOutput, torch.Tensor], modality: str = "?") -> EncoderOutput:
+    """An `EncoderOutput` as is; a plain pooled tensor [B, D] wrapped as one (no tokens)."""
+    if isinstance(value, EncoderOutput):
+        return value
+    if isinstance(value, torch.Tensor):
+        return EncoderOutput(pooled=value)
+    raise TypeError(f"features[{modality!r}] must be an EncoderOutput or a [B, D] tensor, got {type(value).__name__}")
 
 
 class Fusion(nn.Module):
@@ -38,14 +51,18 @@ class Fusion(nn.Module):
             raise ValueError(f"output_dim must be positive, got {output_dim}")
         self.config_kwargs: dict[str, Any] = {}
 
-    def forward(
-        self, features: dict[str, EncoderOutput], present: Presence = None
-    ) -> torch.Tensor:  # pragma: no cover - abstract
+    def forward(self, features: Features, present: Presence = None) -> torch.Tensor:  # pragma: no cover - abstract
         """Fuse the modalities into `[B, output_dim]`."""
         raise NotImplementedError
 
-    def presence(self, features: dict[str, EncoderOutput], present: Presence) -> dict[str, torch.Tensor]:
+    def prepare(self, features: Features, present: Presence) -> tuple[dict[str, EncoderOutput], dict[str, torch.Tensor]]:
+        """Features as `EncoderOutput`s (plain tensors wrapped) and complete, checked presence masks."""
+        feats = {m: as_encoder_output(v, m) for m, v in features.items()}
+        return feats, self.presence(feats, present)
+
+    def presence(self, features: Features, present: Presence) -> dict[str, torch.Tensor]:
         """Fill in all-True masks for modalities the caller did not mask; check keys, widths and batch sizes."""
+        features = {m: as_encoder_output(v, m) for m, v in features.items()}
         missing = [m for m in self.modalities if m not in features]
         if missing:
             raise KeyError(f"{type(self).__name__} expects modalities {self.modalities}; missing {missing}")

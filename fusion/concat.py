@@ -7,9 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from encoders.base import EncoderOutput
-
-from .base import Fusion, Presence, stack_presence, zero_absent
+from .base import Features, Fusion, Presence, stack_presence, zero_absent
 from .registry import register_fusion
 
 
@@ -43,9 +41,9 @@ class ConcatFusion(Fusion):
             nn.Linear(hidden_dim, output_dim),
         )
 
-    def forward(self, features: dict[str, EncoderOutput], present: Presence = None) -> torch.Tensor:
+    def forward(self, features: Features, present: Presence = None) -> torch.Tensor:
         """Fuse pooled features into `[B, output_dim]`."""
-        present = self.presence(features, present)
+        features, present = self.prepare(features, present)
         parts = []
         for m in self.modalities:
             x = zero_absent(features[m].pooled, present[m])

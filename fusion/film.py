@@ -7,9 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from encoders.base import EncoderOutput
-
-from .base import Fusion, Presence, stack_presence, zero_absent
+from .base import Features, Fusion, Presence, stack_presence, zero_absent
 from .registry import register_fusion
 
 
@@ -64,9 +62,9 @@ class FiLMFusion(Fusion):
             nn.Linear(hidden_dim, output_dim),
         )
 
-    def forward(self, features: dict[str, EncoderOutput], present: Presence = None) -> torch.Tensor:
+    def forward(self, features: Features, present: Presence = None) -> torch.Tensor:
         """Modulate the targets by the conditioner and fuse into `[B, output_dim]`."""
-        present = self.presence(features, present)
+        features, present = self.prepare(features, present)
         c_present = present[self.conditioner]
         x_c = zero_absent(features[self.conditioner].pooled, c_present)
         params = self.film_generator(x_c).view(x_c.shape[0], len(self.targets), 2, self.hidden_dim)

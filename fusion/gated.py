@@ -5,9 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from encoders.base import EncoderOutput
-
-from .base import Fusion, Presence, masked_softmax, stack_presence, zero_absent
+from .base import Features, Fusion, Presence, masked_softmax, stack_presence, zero_absent
 from .registry import register_fusion
 
 
@@ -27,9 +25,9 @@ class GatedFusion(Fusion):
         self.gate = nn.Linear(sum(self.input_dims.values()) + n, n * output_dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, features: dict[str, EncoderOutput], present: Presence = None) -> torch.Tensor:
+    def forward(self, features: Features, present: Presence = None) -> torch.Tensor:
         """Gate-weighted sum of per-modality tanh features, `[B, output_dim]`."""
-        present = self.presence(features, present)
+        features, present = self.prepare(features, present)
         xs = [zero_absent(features[m].pooled, present[m]) for m in self.modalities]
         keep = stack_presence(present, self.modalities)  # [B, M]
         h = torch.stack(

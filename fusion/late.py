@@ -7,9 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from encoders.base import EncoderOutput
-
-from .base import Fusion, Presence, masked_softmax, mlp, stack_presence, zero_absent
+from .base import Features, Fusion, Presence, masked_softmax, mlp, stack_presence, zero_absent
 from .registry import register_fusion
 
 
@@ -41,9 +39,9 @@ class LateFusion(Fusion):
         else:
             self.register_buffer("modality_logits", torch.zeros(n), persistent=False)
 
-    def forward(self, features: dict[str, EncoderOutput], present: Presence = None) -> torch.Tensor:
+    def forward(self, features: Features, present: Presence = None) -> torch.Tensor:
         """Weighted mean of the present modalities' head outputs, `[B, output_dim]` (zeros if none present)."""
-        present = self.presence(features, present)
+        features, present = self.prepare(features, present)
         outs = torch.stack(
             [
                 zero_absent(self.heads[m](zero_absent(features[m].pooled, present[m])), present[m])

@@ -7,9 +7,7 @@ import math
 import torch
 from torch import nn
 
-from encoders.base import EncoderOutput
-
-from .base import Fusion, Presence, zero_absent
+from .base import Features, Fusion, Presence, zero_absent
 from .registry import register_fusion
 
 
@@ -52,9 +50,9 @@ class LowRankTensorFusion(Fusion):
         self.fusion_bias = nn.Parameter(torch.zeros(output_dim))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, features: dict[str, EncoderOutput], present: Presence = None) -> torch.Tensor:
+    def forward(self, features: Features, present: Presence = None) -> torch.Tensor:
         """Fuse pooled features into `[B, output_dim]`."""
-        present = self.presence(features, present)
+        features, present = self.prepare(features, present)
         product = None
         for m in self.modalities:
             x = zero_absent(self.norms[m](zero_absent(features[m].pooled, present[m])), present[m])

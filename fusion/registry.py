@@ -23,15 +23,21 @@ class FusionInfo:
     requires_tokens: bool
 
 
-def register_fusion(name: str, description: str) -> Callable[[F], F]:
-    """Class decorator adding a `Fusion` subclass to the registry under `name`."""
+def register_fusion(name: str, description: str = "") -> Callable[[F], F]:
+    """Class decorator adding a `Fusion` subclass to the registry under `name` (user fusions too).
+
+    Registering is what `create_fusion`, the config checks and `from_pretrained` look up, so a model built
+    with a user fusion reloads once the module that registers it has been imported.
+    """
 
     def decorator(cls: F) -> F:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"fusion name {name!r} is already registered to {_REGISTRY[name].__name__}")
+        if not (isinstance(cls, type) and issubclass(cls, Fusion)):
+            raise TypeError(f"register_fusion({name!r}): {cls!r} is not a subclass of fusion.Fusion")
         cls.name = name
         _REGISTRY[name] = cls
-        _DESCRIPTIONS[name] = description
+        _DESCRIPTIONS[name] = description or (cls.__doc__ or "").strip().split("\n")[0]
         return cls
 
     return decorator

@@ -1,6 +1,38 @@
-"""Model assembly, data, training on Accelerate, evaluation and config."""
+"""Multimodal fine-tuning: models, data, config, Accelerate training, tasks, evaluation.
 
-from .heads import TaskHead
-from .model import ModelOutput, MultimodalModel
+The names most code needs are here: ``from multimodal import run, load_config, MultimodalModel, DualEncoder``.
+"""
 
-__all__ = ["ModelOutput", "MultimodalModel", "TaskHead"]
+from multimodal.config import ConfigError, ExperimentConfig, load_config
+from multimodal.data import DataError, MultimodalDataset, make_demo
+from multimodal.models import DualEncoder, ModelOutput, MultimodalModel, TaskHead, load_model
+from multimodal.registry import get_task, list_tasks, register_task
+from multimodal.tasks import ClassificationTask, EvalResult, RetrievalTask, Task, run, summarize
+from multimodal.training import Trainer, predict
+from multimodal.utils import to_device
+
+__all__ = [
+    "ClassificationTask",
+    "ConfigError",
+    "DataError",
+    "DualEncoder",
+    "EvalResult",
+    "ExperimentConfig",
+    "ModelOutput",
+    "MultimodalDataset",
+    "MultimodalModel",
+    "RetrievalTask",
+    "Task",
+    "TaskHead",
+    "Trainer",
+    "get_task",
+    "list_tasks",
+    "load_config",
+    "load_model",
+    "make_demo",
+    "predict",
+    "register_task",
+    "run",
+    "summarize",
+    "to_device",
+]

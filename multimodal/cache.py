@@ -21,7 +21,6 @@ Tokens are stored trimmed to the last real position (per the encoder's mask) and
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -35,9 +34,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import Dataset
 
-from encoders.base import Encoder, EncoderOutput
+from encoders.base import Encoder, EncoderOutput, jsonable
+from multimodal.data.media import load_sample
 
 ABSENT = "__absent__"
 """Content key of a missing sample; its features are the encoder's output on its neutral placeholder."""
@@ -59,14 +58,6 @@ def weights_hash(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return repr(obj)
-
-
 def encoder_key_parts(encoder: Encoder) -> dict[str, Any]:
     """Everything that decides what the encoder outputs for an item: spec, configs, weights hash."""
     return {
@@ -81,7 +72,7 @@ def encoder_key_parts(encoder: Encoder) -> dict[str, Any]:
 def encoder_fingerprint(encoder: Encoder, parts: Optional[dict[str, Any]] = None) -> str:
     """SHA-256 of `encoder_key_parts` (canonical JSON)."""
     parts = encoder_key_parts(encoder) if parts is None else parts
-    blob = json.dumps(parts, sort_keys=True, default=_json_default).encode()
+    blob = json.dumps(jsonable(parts), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
 
 
@@ -148,24 +139,6 @@ def content_key(modality: str, source: Any) -> str:
     raise TypeError(f"cannot compute a content key for a {type(source).__name__} {modality} item")
 
 
-def load_raw(modality: str, source: Any) -> Any:
-    """Turn a path into the raw sample the encoder's preprocessor takes; other sources pass through."""
-    if modality == "text" or not isinstance(source, (str, os.PathLike)):
-        return source
-    if modality == "image":
-        from PIL import Image
-
-        with Image.open(source) as img:
-            img.load()
-            return img.copy()
-    if modality == "audio":
-        import soundfile as sf
-
-        wave, sr = sf.read(os.fspath(source), dtype="float32", always_2d=True)
-        return (np.ascontiguousarray(wave.T if wave.shape[1] > 1 else wave[:, 0]), int(sr))
-    raise ValueError(f"unknown modality {modality!r}")
-
-
 def _trim(out: EncoderOutput, i: int) -> dict[str, torch.Tensor]:
     entry = {"pooled": out.pooled[i]}
     if out.tokens is not None:
@@ -203,7 +176,7 @@ class FeatureCache:
         meta = self.directory / "meta.json"
         if not meta.exists():
             tmp = meta.with_suffix(f".{uuid.uuid4().hex}.tmp")
-            tmp.write_text(json.dumps({"fingerprint": self.fingerprint, **self.key_parts}, indent=1, default=_json_default))
+            tmp.write_text(json.dumps(jsonable({"fingerprint": self.fingerprint, **self.key_parts}), indent=1))
             os.replace(tmp, meta)
         self._index: dict[str, tuple[str, bool]] = {}
         self._handles: dict[str, Any] = {}
@@ -282,7 +255,7 @@ class FeatureCache:
         `sources` are texts, file paths or raw samples (None = absent). With an `accelerator`, each
         process encodes its share of the missing items and all processes wait for each other.
         """
-        loader = loader or load_raw
+        loader = loader or load_sample
         keys = [content_key(self.modality, s) for s in sources]
         rank, world = 0, 1
         if accelerator is not None:
@@ -402,134 +375,3 @@ class FeatureCache:
             tokens[i, :n] = e["tokens"]
             mask[i, :n] = e["mask"] if "mask" in e else True
         return EncoderOutput(pooled, tokens, mask)
-
-
-# --------------------------------------------------------------------------------------------------
-# Plugging the cache into the data pipeline (`multimodal.data`)
-
-
-def _row_source(dataset: Any, idx: int, modality: str) -> Any:
-    """The un-loaded source of one modality of dataset item `idx`: an absolute path, a text, or a raw cell."""
-    from multimodal.data import _to_list, is_missing, resolve_path
-
-    row = dataset.rows[dataset.indices[idx]]
-    value = _to_list(row[dataset.columns[modality]])
-    if is_missing(value):
-        return None
-    if modality == "text":
-        return str(value)
-    if isinstance(value, (str, os.PathLike)):
-        return resolve_path(value, dataset.base_dir)
-    if isinstance(value, dict) and value.get("path") and not value.get("bytes") and value.get("array") is None:
-        return resolve_path(value["path"], dataset.base_dir)
-    return value
-
-
-def _data_loader(base_dir: Optional[str]) -> Callable[[str, Any], Any]:
-    from multimodal.data import load_audio, load_image
-
-    def load(modality: str, source: Any) -> Any:
-        if modality == "image":
-            return load_image(source, base_dir)
-        if modality == "audio":
-            return load_audio(source, base_dir)
-        return source
-
-    return load
-
-
-class CachedFeatureDataset(Dataset):
-    """Wraps a `multimodal.data.MultimodalDataset`: cached modalities are not loaded, only their keys.
-
-    Items are the base items minus the cached modalities, plus ``"feature_keys": {modality: key}``;
-    `CachedFeatureCollator` turns those keys into ``batch["features"]``.
-    """
-
-    def __init__(self, base: Any, keys: dict[str, list[str]]) -> None:
-        self.base = base
-        self.keys = keys
-        self.view = copy.copy(base)  # same rows/indices; loads only the modalities that are not cached
-        self.view.columns = {m: c for m, c in base.columns.items() if m not in keys}
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getattr__(self, name: str) -> Any:
-        if name in ("base", "keys", "view"):
-            raise AttributeError(name)
-        return getattr(self.base, name)
-
-    def __getitem__(self, idx: int) -> dict:
-        item = self.view[idx]
-        item["feature_keys"] = {m: k[idx] for m, k in self.keys.items()}
-        return item
-
-
-class CachedFeatureCollator:
-    """Picklable collate wrapper: the base collator handles the uncached modalities and labels, cached
-    modalities come from disk as ``batch["features"] = {modality: EncoderOutput}``."""
-
-    def __init__(self, collator: Callable[[list], dict], caches: dict[str, FeatureCache]) -> None:
-        self.collator = collator
-        self.caches = caches
-
-    def __call__(self, samples: list[dict]) -> dict:
-        batch = self.collator(samples)
-        batch.setdefault("inputs", {})
-        batch.setdefault("present", {})
-        features = {}
-        for m, cache in self.caches.items():
-            keys = [s["feature_keys"][m] for s in samples]
-            features[m] = cache.load(keys)
-            batch["present"][m] = torch.tensor([k != ABSENT for k in keys], dtype=torch.bool)
-            batch["inputs"].pop(m, None)
-        batch["features"] = features
-        return batch
-
-
-def frozen_modalities(model: Any) -> list[str]:
-    """Modalities whose encoder has no trainable parameter (candidates for caching)."""
-    return [m for m, enc in model.encoders.items() if not any(p.requires_grad for p in enc.parameters())]
-
-
-def cache_datasets(
-    model: Any,
-    datasets: dict[str, Any],
-    cache_dir: str | os.PathLike,
-    modalities: Optional[Sequence[str]] = None,
-    batch_size: int = 32,
-    accelerator: Any = None,
-    store_tokens: Optional[bool] = None,
-    show_progress: bool = True,
-) -> tuple[dict[str, Any], dict[str, FeatureCache]]:
-    """Encode the frozen modalities of every dataset once (cached on disk) and wrap the datasets.
-
-    `datasets` maps a name (e.g. "train") to a `MultimodalDataset` (None entries pass through).
-    Returns the wrapped datasets and the caches; build the collate function with
-    ``CachedFeatureCollator(Collator(uncached preprocessors, task), caches)``. Modalities default to
-    the frozen ones; tokens are stored only when the fusion needs them, unless `store_tokens` says.
-    Features use eval-mode preprocessing: cached modalities get no training augmentation.
-    """
-    modalities = frozen_modalities(model) if modalities is None else list(modalities)
-    for m in modalities:
-        if any(p.requires_grad for p in model.encoders[m].parameters()):
-            raise ValueError(f"cannot cache {m} features: its encoder is trainable (freeze it first)")
-    if store_tokens is None:
-        store_tokens = bool(getattr(model.fusion, "requires_tokens", False))
-    caches = {m: FeatureCache(model.encoders[m], cache_dir, store_tokens=store_tokens) for m in modalities}
-    wrapped: dict[str, Any] = {}
-    for name, ds in datasets.items():
-        if ds is None or not modalities:
-            wrapped[name] = ds
-            continue
-        keys = {}
-        for m in modalities:
-            if m not in ds.columns:
-                continue
-            sources = [_row_source(ds, i, m) for i in range(len(ds))]
-            keys[m] = caches[m].build(
-                sources, batch_size=batch_size, loader=_data_loader(ds.base_dir),
-                accelerator=accelerator, show_progress=show_progress,
-            )
-        wrapped[name] = CachedFeatureDataset(ds, keys)
-    return wrapped, caches

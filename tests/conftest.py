@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Demo data and the "auto" feature cache go to a throwaway folder, never the user's ~/.cache.
+os.environ.setdefault("MULTIMODAL_CACHE", tempfile.mkdtemp(prefix="multimodal-tests-"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

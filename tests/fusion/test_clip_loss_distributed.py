@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from encoders.base import EncoderOutput
-from fusion import create_fusion
+from fusion import ContrastiveHead
 
 DIMS = {"image": 10, "text": 6}
 WORLD = 2
@@ -25,14 +25,22 @@ def _global_batch(n: int) -> tuple[dict[str, EncoderOutput], dict[str, torch.Ten
     return feats, present
 
 
+def _head(gather: bool = True) -> ContrastiveHead:
+    return ContrastiveHead(DIMS, 8, projection="mlp", hidden_dim=12, gather=gather)
+
+
+def _loss(head: ContrastiveHead, feats: dict, present: dict) -> torch.Tensor:
+    return head.loss({m: head.embed(m, f.pooled) for m, f in feats.items()}, present)
+
+
 def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in module.named_parameters()}
 
 
 def _check(rank: int, out_dir: str, splits: list[int]) -> None:
     torch.manual_seed(0)  # identical initial weights on every rank, as DDP guarantees
-    fusion = create_fusion("contrastive", DIMS, 8, projection="mlp", hidden_dim=12)
-    reference = create_fusion("contrastive", DIMS, 8, projection="mlp", hidden_dim=12, gather=False)
+    fusion = _head()
+    reference = _head(gather=False)
     reference.load_state_dict(fusion.state_dict())
 
     feats, present = _global_batch(sum(splits))
@@ -40,7 +48,7 @@ def _check(rank: int, out_dir: str, splits: list[int]) -> None:
     local = {m: EncoderOutput(f.pooled[start:stop]) for m, f in feats.items()}
     local_present = {m: p[start:stop] for m, p in present.items()}
 
-    loss = fusion.contrastive_loss(local, local_present)
+    loss = _loss(fusion, local, local_present)
     loss.backward()
     mean_loss = loss.detach().clone()
     dist.all_reduce(mean_loss)
@@ -50,7 +58,7 @@ def _check(rank: int, out_dir: str, splits: list[int]) -> None:
         dist.all_reduce(g)
         g /= WORLD
 
-    ref_loss = reference.contrastive_loss(feats, present)  # single process, whole global batch
+    ref_loss = _loss(reference, feats, present)  # single process, whole global batch
     ref_loss.backward()
     ref_grads = _grads(reference)
 
@@ -71,21 +79,21 @@ class _LossModule(torch.nn.Module):
         self.fusion = fusion
 
     def forward(self, features: dict, present: dict) -> torch.Tensor:
-        return self.fusion.contrastive_loss(features, present)
+        return _loss(self.fusion, features, present)
 
 
 def _check_real_ddp(rank: int, out_dir: str, splits: list[int]) -> None:
     """The same equality through torch's DistributedDataParallel (its gradient all-reduce, not ours)."""
     torch.manual_seed(0)
-    fusion = create_fusion("contrastive", DIMS, 8, projection="mlp", hidden_dim=12)
-    reference = create_fusion("contrastive", DIMS, 8, projection="mlp", hidden_dim=12, gather=False)
+    fusion = _head()
+    reference = _head(gather=False)
     reference.load_state_dict(fusion.state_dict())
     ddp = torch.nn.parallel.DistributedDataParallel(_LossModule(fusion))
     feats, present = _global_batch(sum(splits))
     start, stop = sum(splits[:rank]), sum(splits[: rank + 1])
     local = {m: EncoderOutput(f.pooled[start:stop]) for m, f in feats.items()}
     ddp(local, {m: p[start:stop] for m, p in present.items()}).backward()
-    reference.contrastive_loss(feats, present).backward()
+    _loss(reference, feats, present).backward()
     ref_grads = _grads(reference)
     for name, g in _grads(fusion).items():
         torch.testing.assert_close(g, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)

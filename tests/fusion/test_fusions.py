@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from encoders.base import EncoderOutput
-from fusion import ContrastiveFusion, create_fusion, fusion_from_config, list_fusions
+from fusion import Fusion, create_fusion, fusion_from_config, list_fusions, register_fusion
 from fusion.base import masked_softmax
 
-ALL = ["concat", "late", "gated", "attention", "lowrank_tensor", "film", "contrastive"]
+ALL = ["concat", "late", "gated", "attention", "lowrank_tensor", "film"]
 DIMS3 = {"text": 12, "image": 20, "audio": 8}
 BATCH, TOKENS = 5, 4
 
@@ -26,8 +26,6 @@ CASES = [
     ("lowrank_tensor", {"rank": 3}),
     ("film", {}),
     ("film", {"conditioner": "image"}),
-    ("contrastive", {"projection": "linear"}),
-    ("contrastive", {"projection": "mlp"}),
 ]
 
 
@@ -58,7 +56,7 @@ def _features(dims: dict[str, int], tokens: bool, seed: int = 0, requires_grad: 
 
 
 def _modality_counts(name: str) -> list[int]:
-    return [2] if name == "contrastive" else [2, 3]
+    return [2, 3]
 
 
 def _build(name: str, kwargs: dict, dims: dict[str, int], seed: int = 0):
@@ -90,10 +88,7 @@ def test_forward_backward_reaches_every_input(case):
         out = fusion(feats)
         assert out.shape == (BATCH, 6)
         assert torch.isfinite(out).all()
-        if isinstance(fusion, ContrastiveFusion):
-            loss = fusion.contrastive_loss(feats) + out.square().sum()
-        else:
-            loss = (out * torch.randn_like(out)).sum()
+        loss = (out * torch.randn_like(out)).sum()
         loss.backward()
         for m, f in feats.items():
             x = f.tokens if tokens else f.pooled
@@ -247,35 +242,52 @@ def test_bad_inputs_raise_clear_errors():
         fusion({"image": EncoderOutput(torch.randn(2, 6))})
     with pytest.raises(ValueError, match="'text'.*expected \\[B, 4\\]"):
         fusion({"image": EncoderOutput(torch.randn(2, 6)), "text": EncoderOutput(torch.randn(2, 5))})
-    with pytest.raises(ValueError, match="exactly two"):
-        create_fusion("contrastive", DIMS3, 4)
+    with pytest.raises(ValueError, match="unknown fusion 'contrastive'"):
+        create_fusion("contrastive", DIMS3, 4)  # the two-tower head is not a fusion (see ContrastiveHead)
     with pytest.raises(ValueError, match="combine"):
         create_fusion("late", {"text": 4}, 2, combine="max")
     with pytest.raises(TypeError, match="create_fusion\\('gated'\\)"):
         create_fusion("gated", {"text": 4}, 2, rank=3)
 
 
-def test_contrastive_embeddings_scale_and_forward():
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_plain_pooled_tensors_work_like_encoder_outputs(case):
+    name, kwargs = case
     dims = _dims(2)
-    fusion = _build("contrastive", {}, dims)
-    assert fusion.logit_scale.item() == pytest.approx(torch.log(torch.tensor(1 / 0.07)).item())
+    fusion = _build(name, kwargs, dims).eval()
     feats = _features(dims, tokens=False)
-    emb = fusion.embed(feats)
-    for e in emb.values():
-        torch.testing.assert_close(e.norm(dim=-1), torch.ones(BATCH))
-    present = {
-        "image": torch.tensor([True, False, True, False, True]),
-        "text": torch.tensor([True, True, False, False, True]),
-    }
-    out = fusion(feats, present)
-    torch.testing.assert_close(out[0], (emb["image"][0] + emb["text"][0]) / 2)
-    torch.testing.assert_close(out[1], emb["text"][1])
-    torch.testing.assert_close(out[2], emb["image"][2])
-    assert torch.equal(out[3], torch.zeros(6))
+    present = _present(dims)
     with torch.no_grad():
-        fusion.logit_scale.fill_(10.0)
-    assert fusion.clamped_logit_scale().item() == pytest.approx(torch.log(torch.tensor(100.0)).item())
-    assert fusion.no_weight_decay() == {"logit_scale"}
+        wrapped = fusion(feats, present)
+        plain = fusion({m: f.pooled for m, f in feats.items()}, present)
+    assert torch.equal(plain, wrapped)
+    with pytest.raises(TypeError, match="features\\['image'\\] must be an EncoderOutput or a \\[B, D\\] tensor"):
+        fusion({"image": [1.0], "text": feats["text"]})
+
+
+def test_user_fusion_registers_builds_and_round_trips():
+    @register_fusion("test_sum_of_projections", "sum of per-modality projections")
+    class SumFusion(Fusion):
+        def __init__(self, input_dims, output_dim, bias: bool = True):
+            super().__init__(input_dims, output_dim)
+            self.config_kwargs = {"bias": bias}
+            self.proj = torch.nn.ModuleDict({m: torch.nn.Linear(d, output_dim, bias=bias) for m, d in self.input_dims.items()})
+
+        def forward(self, features, present=None):
+            features, present = self.prepare(features, present)
+            return sum(self.proj[m](features[m].pooled) * present[m][:, None] for m in self.modalities)
+
+    dims = _dims(2)
+    fusion = create_fusion("test_sum_of_projections", dims, 6, bias=False)
+    assert {i.name for i in list_fusions()} >= {"test_sum_of_projections"}
+    rebuilt = fusion_from_config(json.loads(json.dumps(fusion.get_config())))
+    rebuilt.load_state_dict(fusion.state_dict())
+    feats = _features(dims, tokens=False)
+    assert torch.equal(rebuilt(feats), fusion(feats)) and rebuilt.proj["text"].bias is None
+    with pytest.raises(ValueError, match="already registered"):
+        register_fusion("concat", "clash")(SumFusion)
+    with pytest.raises(TypeError, match="not a subclass of fusion.Fusion"):
+        register_fusion("test_not_a_fusion")(dict)
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
@@ -290,8 +302,6 @@ def test_bf16_autocast_forward_backward(case):
     present = _present(dims)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = fusion(feats, present)
-        loss = (
-            fusion.contrastive_loss(feats, present) if name == "contrastive" else out.float().square().mean()
-        )
+        loss = out.float().square().mean()
     loss.backward()
     assert out.shape == (BATCH, 6) and torch.isfinite(out.float()).all() and torch.isfinite(loss)

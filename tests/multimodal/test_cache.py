@@ -155,8 +155,8 @@ class _Lengths:
 
 
 def test_dataset_and_collator_yield_features_without_loading(tmp_path, images):
-    from multimodal.cache import CachedFeatureCollator, CachedFeatureDataset
     from multimodal.data import Collator, MultimodalDataset
+    from multimodal.data.cached import CachedFeatureCollator, CachedFeatureDataset
 
     rows = [{"image": os.path.basename(p), "text": f"caption {i}", "label": str(i % 2)} for i, p in enumerate(images)]
     rows.append({"image": None, "text": "no image", "label": "0"})

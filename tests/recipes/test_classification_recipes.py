@@ -53,7 +53,7 @@ def _write_config(tmp_path, data: dict, encoders: dict, **train) -> str:
 
 def _check_outputs(out) -> dict:
     for name in ("metrics.json", "config.yaml", "labels.json", "training_curves.png", "model/config.json",
-                 "model/model.safetensors"):
+                 "model/model.safetensors", "model/labels.json", "report.md", "splits/train.csv"):
         assert os.path.exists(os.path.join(out, name)), name
     with open(os.path.join(out, "metrics.json")) as f:
         return json.load(f)
@@ -84,6 +84,17 @@ def test_text_image_recipe_with_user_manifest(tmp_path, tiny_text_dir):
     assert json.load(open(tmp_path / "out" / "labels.json"))["labels"] == ["day", "night"]
     resolved = yaml.safe_load(open(tmp_path / "out" / "config.yaml"))
     assert resolved["train"]["epochs"] == 3 and resolved["data"]["on_bad_sample"] == "skip"
+    # the summary compares fused and single-modality models on the metric that selected the model
+    assert metrics["comparison"]["metric"] == metrics["metric_for_best"] == "macro_f1"
+    # the written test split, evaluated by the CLI, reproduces the run's own test metrics exactly
+    from multimodal.evaluation.cli import main as evaluate
+
+    assert evaluate(["--model", str(tmp_path / "out" / "model"), "--data", str(tmp_path / "out" / "splits" / "test.csv"),
+                     "--task", "classification", "--output", str(tmp_path / "eval")]) == 0
+    again = json.load(open(tmp_path / "eval" / "metrics.json"))
+    for key in ("num_examples", "accuracy", "macro_f1", "confusion_matrix", "class_names"):
+        assert again[key] == metrics["test"][key], key
+    assert again["loss"] == pytest.approx(metrics["test"]["loss"], rel=1e-5)
 
 
 def test_text_audio_recipe(tmp_path, tiny_text_dir):
@@ -105,13 +116,16 @@ def test_text_audio_recipe(tmp_path, tiny_text_dir):
         {"text": f"text:{tiny_text_dir}", "audio": "audio-mel:test_efficientnet"},
     )
     cmd = [sys.executable, os.path.join(ROOT, "recipes", "text_audio_classification.py"), "--config", config,
-           "model.encoder_kwargs={audio: {max_seconds: 0.5}}", "data.num_workers=2"]
+           "model.encoder_kwargs={audio: {max_seconds: 0.5}}", "data.num_workers=2", "train.mixed_precision=bf16",
+           "train.metric_for_best=accuracy", "eval.baselines=true"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = _check_outputs(tmp_path / "out")
     assert metrics["modalities"] == ["audio", "text"]
     assert metrics["split_sizes"] == {"train": 8, "validation": 4}
     assert metrics["validation"]["num_examples"] == 4
+    assert all(np.isfinite(e["loss"]) for e in metrics["history"])  # trained in bf16 autocast
+    assert metrics["comparison"]["metric"] == "accuracy"  # not macro-F1 when accuracy selects the model
 
 
 def _free_port() -> int:

@@ -1,0 +1,41 @@
+"""The experiment config: dataclass schema, YAML + ``key=value`` loading in layers, registry checks."""
+
+from multimodal.config.checks import check_config
+from multimodal.config.loading import (
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    parse_cli,
+    parse_overrides,
+    parse_value,
+    read_config_file,
+    save_config,
+)
+from multimodal.config.schema import (
+    ConfigError,
+    DataConfig,
+    EvalConfig,
+    ExperimentConfig,
+    ModelConfig,
+    RetrievalConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "ExperimentConfig",
+    "ModelConfig",
+    "RetrievalConfig",
+    "TrainConfig",
+    "check_config",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "parse_cli",
+    "parse_overrides",
+    "parse_value",
+    "read_config_file",
+    "save_config",
+]

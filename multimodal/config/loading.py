@@ -1,0 +1,219 @@
+"""Loading configs: YAML files plus dotted ``key=value`` overrides, typed and checked, in layers.
+
+``load_config(path, overrides)`` reads YAML, applies overrides such as ``train.epochs=3`` or
+``model.fusion=gated`` (values parsed with YAML typing, so ``3`` is an int, ``[1,5]`` a list and
+``null`` None), puts the chosen task's and demo's defaults underneath, builds the dataclass tree and
+checks it (`multimodal.config.checks`): an unknown key gets a "did you mean" suggestion; a wrong type, an
+invalid choice or a name missing from a registry (task, fusion, encoder kind, demo) names the key.
+
+Other experiments extend the tree by subclassing: any dataclass works as ``cls`` in ``load_config``
+and ``config_from_dict``, and ``dict``-typed fields accept free-form sub-keys
+(``model.encoders.text=text:bert-base-uncased``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from typing import Any, Literal, Optional, TypeVar, Union
+
+import yaml
+
+from multimodal.config.checks import check_config, layered_defaults
+from multimodal.config.schema import ConfigError, ExperimentConfig
+from multimodal.utils import deep_merge, write_text
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing and validation
+
+
+def parse_value(text: str) -> Any:
+    """Parse one override value with YAML typing (``3`` -> int, ``null`` -> None, ``[a, b]`` -> list)."""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ``["train.epochs=3", ...]`` into a nested dict."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.epochs=3)")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r} has an empty key part")
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override of {part!r}")
+            node = child
+        node[parts[-1]] = parse_value(value)
+    return nested
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is not None:
+        return repr(tp).replace("typing.", "")
+    return getattr(tp, "__name__", repr(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against type `tp`, converting only where lossless (int -> float); raise naming `key`."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(err)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(
+                f"{key}: invalid choice {value!r}; choose one of {', '.join(map(repr, choices))}{extra}"
+            )
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build_dataclass(tp, value, key)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        (item_tp,) = typing.get_args(tp)[:1] or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        k_tp, v_tp = typing.get_args(tp) or (Any, Any)
+        return {str(k): _coerce(v, v_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {type(value).__name__} {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # PyYAML reads "3e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build_dataclass(cls: type[T], values: dict, prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            hint = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            extra = f"; did you mean {(prefix + '.' if prefix else '') + hint[0]!r}?" if hint else ""
+            where = f"section {prefix!r}" if prefix else "the top level"
+            raise ConfigError(f"unknown config key {full!r} in {where}{extra} (valid: {', '.join(names)})")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def config_from_dict(values: Optional[dict], cls: type[T] = ExperimentConfig, check: bool = True) -> T:
+    """Build a config dataclass tree from a nested dict: task and demo defaults underneath, then checked."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a mapping at the top level, got {type(values).__name__}")
+    values = deep_merge(layered_defaults(values), values)
+    config = _build_dataclass(cls, values)
+    if check:
+        check_config(config)
+    return config
+
+
+def config_to_dict(config: Any) -> dict:
+    """The config as plain nested dicts/lists (what `save_config` writes)."""
+    return dataclasses.asdict(config)
+
+
+def read_config_file(path: str) -> dict:
+    """The mapping in a YAML config file; every failure is a `ConfigError` naming the file."""
+    if not os.path.exists(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    with open(path, encoding="utf-8") as f:
+        try:
+            values = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path!r} is not valid YAML: {err}") from err
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path!r} must hold a mapping at the top level")
+    return values
+
+
+def load_config(
+    path: Optional[str] = None, overrides: Optional[list[str]] = None, cls: type[T] = ExperimentConfig
+) -> T:
+    """Read a YAML config (or start from defaults when `path` is None), apply ``key=value`` overrides, check."""
+    values: dict = read_config_file(path) if path is not None else {}
+    if overrides:
+        values = deep_merge(values, parse_overrides(list(overrides)))
+    return config_from_dict(values, cls)
+
+
+def save_config(config: Any, path: str) -> None:
+    """Write the resolved config as YAML (loadable again with `load_config`), atomically."""
+    write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def parse_cli(
+    argv: Optional[list[str]] = None, default_config: Optional[str] = None, cls: type[T] = ExperimentConfig
+) -> T:
+    """Recipe command line: ``[--config FILE] [key=value ...]``; without --config, `default_config` is used."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run a recipe from a YAML config with key=value overrides.")
+    parser.add_argument("--config", default=None, help=f"YAML config (default: {default_config})")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 model.fusion=gated")
+    args = parser.parse_args(argv)
+    return load_config(args.config or default_config, args.overrides, cls)

@@ -1,0 +1,167 @@
+"""The experiment config: a tree of dataclasses, one section per concern.
+
+Defaults live here, except the few a task or a built-in demo sets for itself (`Task.config_defaults`,
+`multimodal.data.demos`): values resolve as dataclass default < task default < demo default < YAML file
+< ``key=value`` override, and the resolved config is written next to every run's outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, its value has the wrong type or range, or it names something not registered."""
+
+
+@dataclass
+class DataConfig:
+    """Where the paired data comes from and how rows map to modalities and labels."""
+
+    # Manifests (CSV, TSV, JSONL or Parquet); relative file paths inside them resolve against the manifest's folder.
+    train: Optional[str] = None
+    validation: Optional[str] = None
+    test: Optional[str] = None
+    # A `datasets` directory saved with `save_to_disk` (Dataset or DatasetDict), instead of manifests.
+    hf_dataset: Optional[str] = None
+    # A built-in demo generated locally (see `multimodal.data.list_demos()`); ignores the manifests above.
+    demo: Optional[str] = None
+    demo_size: Optional[int] = None  # None: the demo's own size
+    demo_dir: Optional[str] = None  # None: $MULTIMODAL_CACHE/demo or ~/.cache/multimodal-finetune/demo
+    # Column names; a modality whose column is null is not read.
+    text_column: Optional[str] = "text"
+    image_column: Optional[str] = "image"
+    audio_column: Optional[str] = "audio"
+    label_column: Optional[str] = "label"
+    # Columns of modalities other than text/image/audio (e.g. a user encoder's "tabular": its column).
+    columns: dict[str, str] = field(default_factory=dict)
+    # Column holding "train"/"validation"/"test" per row, if the table carries its own split.
+    split_column: Optional[str] = None
+    # Rows sharing this column's value stay in one split (retrieval default: the item's file column).
+    group_column: Optional[str] = None
+    multi_label_separator: str = "|"
+    # Fixed label vocabulary (its order is the model's output order); by default built from the training split.
+    labels: Optional[list[str]] = None
+    # Held-out fractions of the rows (or groups) when the data does not name a validation/test split.
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0
+    stratify: bool = True
+    # Modalities that must be present in every row; an absent one elsewhere becomes present=False.
+    required_modalities: list[str] = field(default_factory=list)
+    on_bad_sample: Literal["error", "skip"] = "error"
+    # Open/verify every file once when the dataset is built, so errors and skip counts come before training.
+    validate: bool = True
+    num_workers: int = 2
+    # Frozen-encoder feature cache: "auto" ($MULTIMODAL_CACHE/features), a directory, or null (off). Only
+    # encoders that stay frozen for the whole run are cached (eval preprocessing, so no augmentation).
+    feature_cache: Optional[str] = "auto"
+    max_train_samples: Optional[int] = None
+
+
+@dataclass
+class ModelConfig:
+    """Encoders (by spec string), fusion and head, or the towers of a two-tower model."""
+
+    # modality -> encoder spec, e.g. {text: "text:sentence-transformers/all-MiniLM-L6-v2"}.
+    encoders: dict[str, str] = field(
+        default_factory=lambda: {
+            "text": "text:sentence-transformers/all-MiniLM-L6-v2",
+            "image": "image:tf_efficientnet_lite0",
+        }
+    )
+    # modality -> extra kwargs for `create_encoder` (e.g. {image: {img_size: 288}}).
+    encoder_kwargs: dict[str, dict] = field(default_factory=dict)
+    pretrained: bool = True
+    # A registered fusion (`fusion.list_fusions()`); classification tasks only.
+    fusion: str = "concat"
+    # Width of the fused vector (classification) or of the shared embedding space (retrieval).
+    fusion_dim: int = 256
+    fusion_kwargs: dict[str, Any] = field(default_factory=dict)
+    # A registered task (`multimodal.list_tasks()`): single_label, multi_label, regression, retrieval, ...
+    task: str = "single_label"
+    head_hidden_dim: Optional[int] = None
+    head_dropout: float = 0.1
+    modality_dropout: float = 0.0
+    # true: freeze every encoder; a list: freeze those modalities (e.g. [image] for LiT); false: train all.
+    freeze_encoders: Union[bool, list[str]] = False
+    # Frozen encoders train again from this epoch on.
+    unfreeze_after_epochs: Optional[int] = None
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, checkpointing and early stopping."""
+
+    output_dir: str = "outputs/run"
+    epochs: int = 3
+    batch_size: int = 32
+    encoder_lr: float = 2e-5
+    head_lr: float = 1e-3
+    weight_decay: float = 0.01
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = 0.1
+    warmup_steps: Optional[int] = None
+    grad_accum_steps: int = 1
+    max_grad_norm: Optional[float] = 1.0
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    seed: int = 42
+    log_every: int = 10
+    log_with: Literal["auto", "tensorboard", "none"] = "auto"
+    # Checkpoints (accelerator.save_state) go to output_dir/checkpoints/.
+    save_checkpoints: bool = True
+    save_every_steps: Optional[int] = None
+    keep_checkpoints: Optional[int] = 2
+    # A checkpoint directory, or "latest" for the newest one under output_dir/checkpoints.
+    resume_from: Optional[str] = None
+    # Stop the run (after checkpointing) once this many optimizer steps are done; the schedule is unchanged.
+    stop_after_steps: Optional[int] = None
+    early_stopping_patience: Optional[int] = None
+    # "auto": the task's own (macro_f1, micro_f1, mse, rsum); any key of the task's validation metrics.
+    metric_for_best: str = "auto"
+    metric_mode: Literal["auto", "max", "min"] = "auto"
+    progress_bar: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation and reporting."""
+
+    batch_size: Optional[int] = None
+    # Also train one single-modality model per modality (same settings) and record their test metrics.
+    baselines: bool = False
+    # Recall@K cut-offs for retrieval tasks.
+    recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])
+    # report.md (and report.html) for the test split, with plots.
+    html_report: bool = True
+    num_examples: int = 5
+
+
+@dataclass
+class RetrievalConfig:
+    """Two-tower (contrastive) options, used by the retrieval task."""
+
+    # Each epoch draws one row per item (group), so an item never appears twice in a (global) batch and
+    # its other captions are never its negatives. False: every row, plain shuffling.
+    one_caption_per_item: bool = True
+    projection: Literal["linear", "mlp"] = "linear"
+    projection_hidden_dim: Optional[int] = None
+    # Contrast against the global batch across processes (all-gather) rather than the local one.
+    gather: bool = True
+    # Zero-shot classification of each non-text modality from the label column, when there is one.
+    zero_shot: bool = True
+    # Prompt templates with {} for the class name (default: per-modality templates).
+    templates: Optional[list[str]] = None
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment: data, model, training, evaluation and the retrieval task's options."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)

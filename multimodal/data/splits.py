@@ -1,0 +1,244 @@
+"""Train / validation / test splits: read where the data names them, carved with one seeded function otherwise.
+
+Where the splits come from, in order: a built-in demo (its ``split`` column), a `datasets` DatasetDict's keys
+or a single `datasets` table, the manifests ``data.train`` / ``data.validation`` / ``data.test``, and a split
+column. A split the data does not name is carved out of the training rows by `assign_splits`: validation
+whenever it is missing (``val_fraction``), test only when neither is given (``test_fraction``). Rows that
+share ``group_column`` (retrieval: the item) stay together; single-label rows are stratified by class where
+a class has enough rows, and every class keeps at least one row in train. What was done is recorded in
+`DataSplits.notes`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from multimodal.data.dataset import DataError, MultimodalDataset
+from multimodal.data.demos import make_demo
+from multimodal.data.labels import LabelVocab
+from multimodal.data.manifest import SPLITS, cell, is_missing, read_manifest, split_name
+from multimodal.data.media import FILE_MODALITIES, cell_path
+from multimodal.data.partition import assign_splits
+from multimodal.utils import write_json
+
+
+@dataclass
+class DataSplits:
+    """The train/validation/test datasets of one experiment, the label vocabulary and notes on the split."""
+
+    train: MultimodalDataset
+    validation: Optional[MultimodalDataset]
+    test: Optional[MultimodalDataset]
+    vocab: Optional[LabelVocab]
+    notes: list[str] = field(default_factory=list)
+
+    def items(self) -> list[tuple[str, MultimodalDataset]]:
+        """(name, dataset) for the splits that exist."""
+        return [(n, d) for n, d in (("train", self.train), ("validation", self.validation), ("test", self.test))
+                if d is not None]
+
+    def sizes(self) -> dict[str, int]:
+        """Rows per split."""
+        return {n: len(d) for n, d in self.items()}
+
+    def skip_report(self) -> dict:
+        """Skip counts per split (JSON-ready)."""
+        return {n: d.skipped.to_dict() for n, d in self.items()}
+
+
+class _Rows(Sequence):
+    """Row view of a table (list or `datasets.Dataset`) restricted to some row ids."""
+
+    def __init__(self, rows: Any, ids: list[int]) -> None:
+        self.rows, self.ids = rows, list(ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:  # type: ignore[override]
+        return self.rows[self.ids[i]]
+
+
+@dataclass
+class _Table:
+    rows: Any
+    base_dir: Optional[str]
+    source: str
+    ids: Optional[list[int]] = None  # row numbers in `source` (for messages); None: 0..n-1
+
+    def subset(self, positions: list[int]) -> _Table:
+        ids = self.ids if self.ids is not None else list(range(len(self.rows)))
+        return _Table(_Rows(self.rows, positions), self.base_dir, self.source, [ids[p] for p in positions])
+
+
+def _is_dataset_dict(obj: Any) -> bool:
+    try:
+        import datasets as hfds
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        return isinstance(obj, dict)
+    return isinstance(obj, (hfds.DatasetDict, dict))
+
+
+def _tables(cfg: Any, wanted_columns: list[str], dataset: Any) -> tuple[dict[str, _Table], Optional[str]]:
+    """The named tables of the data (split -> table; "all" for one unsplit table) and the split column."""
+    split_column = cfg.split_column
+    if cfg.demo:
+        manifest = make_demo(cfg.demo, size=cfg.demo_size, root=cfg.demo_dir, seed=cfg.split_seed)
+        return {"all": _Table(read_manifest(manifest), os.path.dirname(manifest), manifest)}, "split"
+    if dataset is not None or cfg.hf_dataset:
+        if dataset is None:
+            import datasets as hfds
+
+            dataset = hfds.load_from_disk(cfg.hf_dataset)
+        source = cfg.hf_dataset or "<datasets>"
+        keep = [c for c in (*wanted_columns, split_column) if c]
+
+        def only_needed(ds: Any) -> Any:
+            # Rows of a `datasets.Dataset` decode every column (images, audio): keep just the ones used.
+            cols = [c for c in dict.fromkeys(keep) if c in getattr(ds, "column_names", [])]
+            return ds.select_columns(cols) if cols and hasattr(ds, "select_columns") else ds
+
+        if _is_dataset_dict(dataset):
+            tables = {split_name(k, source): _Table(only_needed(dataset[k]), None, f"{source}[{k}]") for k in dataset}
+            return (tables if list(tables) != ["train"] else {"all": tables["train"]}), split_column
+        return {"all": _Table(only_needed(dataset), None, source)}, split_column
+    if not cfg.train:
+        raise DataError("no data: set data.train (a manifest), data.hf_dataset or data.demo")
+    tables = {}
+    for name in SPLITS:
+        path = getattr(cfg, name)
+        if path:
+            tables[name] = _Table(read_manifest(path), os.path.dirname(os.path.abspath(path)), path)
+    return (tables if list(tables) != ["train"] else {"all": tables["train"]}), split_column
+
+
+def _by_split_column(table: _Table, column: str) -> dict[str, _Table]:
+    if not len(table.rows) or column not in table.rows[0]:
+        raise DataError(f"{table.source}: split column {column!r} not found")
+    grouped: dict[str, list[int]] = {}
+    for i in range(len(table.rows)):
+        where = f"{table.source}: row {i + 1}, split column {column!r}"
+        grouped.setdefault(split_name(table.rows[i][column], where), []).append(i)
+    return {name: table.subset(ids) for name, ids in grouped.items()}
+
+
+def _carve(table: _Table, val_fraction: float, test_fraction: float, seed: int, group_column: Optional[str],
+           strat_column: Optional[str]) -> tuple[dict[str, _Table], list[str]]:
+    """Split one table's rows (by group) into train/validation/test with `assign_splits`."""
+    n = len(table.rows)
+    if group_column:
+        if n and group_column not in table.rows[0]:
+            raise DataError(f"{table.source}: group column {group_column!r} not found")
+        keys = [str(cell(table.rows[i][group_column])) for i in range(n)]
+    else:
+        keys = [str(i) for i in range(n)]
+    units: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        units.setdefault(key, []).append(i)
+    unit_rows = list(units.values())
+    labels = None
+    if strat_column and n and strat_column in table.rows[0]:
+        labels = [cell(table.rows[rows[0]][strat_column]) for rows in unit_rows]
+        labels = None if any(is_missing(v) or isinstance(v, (list, dict)) for v in labels) else labels
+    assignment, notes = assign_splits(len(unit_rows), labels, val_fraction, test_fraction, seed)
+    picked: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for rows, split in zip(unit_rows, assignment):
+        picked[split].extend(rows)
+    if group_column:
+        notes.append(f"split by {group_column!r}: {len(unit_rows)} groups, each in one split")
+    return {s: table.subset(sorted(ids)) for s, ids in picked.items() if ids}, notes
+
+
+def build_splits(
+    cfg: Any,
+    columns: dict[str, str],
+    label_column: Optional[str] = None,
+    label_type: Optional[str] = "single_label",
+    group_column: Optional[str] = None,
+    dataset: Any = None,
+    progress: bool = True,
+) -> DataSplits:
+    """Validated train/validation/test datasets from a `DataConfig` (or an in-memory `datasets` object).
+
+    `columns` maps modality -> column; `group_column` keeps rows together (defaults to ``cfg.group_column``);
+    single-label data is stratified by `label_column` when ``cfg.stratify``.
+    """
+    group_column = cfg.group_column or group_column
+    wanted = [*columns.values(), label_column, group_column]
+    tables, split_column = _tables(cfg, [c for c in wanted if c], dataset)
+    notes: list[str] = []
+    if "all" in tables and split_column:
+        tables = _by_split_column(tables.pop("all"), split_column)
+    if "all" in tables:
+        tables["train"] = tables.pop("all")
+    if "train" not in tables:
+        raise DataError("no training split found (give data.train, a 'train' split or a single table to split)")
+    carve_val = "validation" not in tables and cfg.val_fraction > 0
+    carve_test = "validation" not in tables and "test" not in tables and cfg.test_fraction > 0
+    if carve_val or carve_test:
+        strat = label_column if (cfg.stratify and label_type == "single_label") else None
+        parts, carve_notes = _carve(tables["train"], cfg.val_fraction if carve_val else 0.0,
+                                    cfg.test_fraction if carve_test else 0.0, cfg.split_seed, group_column, strat)
+        made = [s for s in ("validation", "test") if s in parts]
+        notes.append(f"{' and '.join(made) or 'no split'} carved out of {tables['train'].source} (seed {cfg.split_seed})")
+        notes.extend(carve_notes)
+        tables.update(parts)
+
+    def make(name: str, vocab: Optional[LabelVocab]) -> MultimodalDataset:
+        table = tables[name]
+        limit = cfg.max_train_samples if name == "train" else None
+        if limit is not None and len(table.rows) > limit:
+            # A seeded random subset, not the first rows (a manifest sorted by class would lose classes).
+            keep = sorted(np.random.default_rng(cfg.split_seed).choice(len(table.rows), limit, replace=False).tolist())
+            table = table.subset(keep)
+            notes.append(f"train limited to {limit} random rows (data.max_train_samples)")
+        return MultimodalDataset(
+            table.rows, columns, label_column=label_column, label_type=label_type, vocab=vocab,
+            base_dir=table.base_dir, source=table.source, on_bad_sample=cfg.on_bad_sample,
+            required_modalities=cfg.required_modalities, multi_label_separator=cfg.multi_label_separator,
+            validate=cfg.validate, row_ids=table.ids, progress=progress,
+        )
+
+    fixed = LabelVocab(cfg.labels, label_type or "single_label") if cfg.labels else None
+    train = make("train", fixed)
+    if len(train) == 0:
+        raise DataError(f"{tables['train'].source}: training split is empty after validation "
+                        f"(skipped: {train.skipped.to_dict()})")
+    if label_type == "single_label" and train.vocab is not None and len(train.vocab) < 2:
+        raise DataError(f"{tables['train'].source}: label column {label_column!r} has {len(train.vocab)} class "
+                        f"({train.vocab.names}) in the training split; single-label classification needs at least 2")
+    validation = make("validation", train.vocab) if "validation" in tables else None
+    test = make("test", train.vocab) if "test" in tables else None
+    return DataSplits(train, validation, test, train.vocab, notes)
+
+
+def write_splits(splits: DataSplits, directory: str) -> dict[str, str]:
+    """Write the rows each split used (after skips) as ``<split>.csv`` with absolute file paths; returns paths.
+
+    Tables of in-memory `datasets` samples are written as ``<split>.rows.json`` (their source and row ids).
+    """
+    import pandas as pd
+
+    os.makedirs(directory, exist_ok=True)
+    paths = {}
+    for name, ds in splits.items():
+        rows = [dict(ds.row(i)) for i in range(len(ds))]
+        file_columns = [c for m, c in ds.columns.items() if m in FILE_MODALITIES]
+        in_memory = any(not isinstance(r.get(c), (str, type(None), float)) for r in rows for c in file_columns)
+        if in_memory:
+            paths[name] = write_json(os.path.join(directory, f"{name}.rows.json"),
+                                     {"source": ds.source, "row_ids": [ds.row_ids[i] for i in ds.indices]})
+            continue
+        for r in rows:
+            for c in file_columns:
+                path = cell_path(cell(r.get(c)), ds.base_dir) if not is_missing(cell(r.get(c))) else None
+                if path is not None:
+                    r[c] = path
+        paths[name] = os.path.join(directory, f"{name}.csv")
+        pd.DataFrame(rows).to_csv(paths[name], index=False)
+    return paths

@@ -1,0 +1,168 @@
+"""Evaluate a saved model on a manifest, through the same task and prediction code as training::
+
+    multimodal-evaluate --model DIR --data MANIFEST --task classification|retrieval|zero_shot \\
+        [--output DIR] [--templates "a photo of a {}." ...|FILE] [--classes ...] [--batch-size 64] [--html]
+
+The manifest is read into the task's dataset (same decoding and checks as training), the model runs
+through `multimodal.training.predict` (under ``accelerate launch`` each process takes a shard and every
+example is counted once) and the task scores it: classification with the metrics of the training run,
+retrieval in both directions, zero-shot classification of the non-text modality from prompt templates.
+Writes ``metrics.json`` and ``report.md`` (+ PNG plots, + ``report.html`` with ``--html``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import torch
+
+from encoders import EncoderError
+from multimodal.config.schema import ConfigError, ExperimentConfig
+from multimodal.data.cached import CachedFeatureCollator, cache_datasets, frozen_modalities
+from multimodal.data.dataset import DataError
+from multimodal.data.loading import Collator, make_dataloader
+from multimodal.data.manifest import read_manifest
+from multimodal.evaluation.report import EvalResult, write_result
+from multimodal.models.base import load_model
+from multimodal.registry import get_task
+from multimodal.tasks.base import Task
+from multimodal.training.predict import predict
+from multimodal.utils import write_json
+
+TASKS = ("classification", "retrieval", "zero_shot")
+
+
+def saved_labels(model_dir: str) -> Optional[list[str]]:
+    """The training label order from ``labels.json`` in the model folder or next to it, if there is one."""
+    for path in (os.path.join(model_dir, "labels.json"), os.path.join(os.path.dirname(os.path.abspath(model_dir)), "labels.json")):
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            return list(data["labels"] if isinstance(data, dict) else data)
+    return None
+
+
+def task_for(model: Any, task: str, columns: dict[str, Optional[str]], label_column: Optional[str],
+             templates: Optional[Sequence[str]] = None, class_names: Optional[Sequence[str]] = None,
+             batch_size: int = 64) -> Task:
+    """The task object that scores `model` for an evaluate `task` (classification, retrieval, zero_shot)."""
+    cfg = ExperimentConfig()
+    cfg.model.encoders = {m: enc.spec for m, enc in model.encoders.items()}
+    for m, column in columns.items():
+        if column is not None and m in ("text", "image", "audio"):
+            setattr(cfg.data, f"{m}_column", column)
+        elif column is not None:
+            cfg.data.columns[m] = column
+    cfg.data.label_column = label_column
+    cfg.eval.batch_size = batch_size
+    if task == "classification":
+        head = getattr(model, "head", None)
+        if head is None or not hasattr(head, "num_outputs"):
+            raise ConfigError("--task classification needs a model with a task head (this one is a two-tower model)")
+        cfg.model.task = head.task
+    else:
+        if not hasattr(model, "encode") or "head" not in dict(model.named_children()) or not hasattr(model.head, "pairs"):
+            raise ConfigError(f"--task {task} needs a two-tower (retrieval) model; this one is a {type(model).__name__}")
+        cfg.model.task = "retrieval"
+        cfg.retrieval.templates = list(templates) if templates else None
+        cfg.retrieval.zero_shot = True
+    out = get_task(cfg.model.task)(cfg)
+    if task != "classification":
+        out.class_names = list(class_names) if class_names else None
+    return out
+
+
+def evaluate_manifest(model: Any, data: str, task: str = "classification", columns: Optional[dict[str, str]] = None,
+                      label_column: Optional[str] = "label", templates: Optional[Sequence[str]] = None,
+                      class_names: Optional[Sequence[str]] = None, batch_size: int = 64, cache_dir: Optional[str] = None,
+                      num_workers: int = 0, accelerator: Any = None, show_progress: bool = True) -> EvalResult:
+    """Score `model` on the rows of manifest `data` for `task`; returns the task's `EvalResult`."""
+    if task not in TASKS:
+        raise ConfigError(f"unknown evaluation task {task!r}; choose one of {TASKS}")
+    from accelerate import Accelerator
+
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    columns = {m: (columns or {}).get(m, m) for m in model.encoders}
+    label = label_column if task != "retrieval" or label_column else None
+    runner = task_for(model, task, columns, label, templates, class_names, batch_size)
+    labels = list(class_names) if (class_names and task == "classification") else None
+    dataset = runner.dataset_from_rows(read_manifest(data), os.path.dirname(os.path.abspath(data)), data, labels,
+                                       progress=show_progress)
+    if task == "classification" and dataset.vocab is not None and len(dataset.vocab) != model.head.num_outputs:
+        raise DataError(f"{data}: {len(dataset.vocab)} labels {dataset.vocab.names} but the model has "
+                        f"{model.head.num_outputs} outputs; pass the training label list (--classes, or labels.json "
+                        "in/next to the model dir)")
+    model = model.to(accelerator.device).eval()
+    cached: dict[str, Any] = {}
+    datasets: dict[str, Any] = {"eval": dataset}
+    if cache_dir and frozen_modalities(model):
+        datasets, cached = cache_datasets(model, datasets, cache_dir, show_progress=show_progress)
+    collate = Collator({m: p for m, p in model.get_preprocessors(False).items() if m not in cached}, runner.label_type)
+    loader = make_dataloader(datasets["eval"], CachedFeatureCollator(collate, cached) if cached else collate,
+                             batch_size, num_workers=num_workers)
+    preds = predict(model, accelerator.prepare(loader), accelerator, batch_loss=runner.batch_loss)
+    result = runner.evaluate(preds, dataset, model, full=True)
+    if task == "zero_shot":
+        zero_shot = result.metrics.get("zero_shot") or {}
+        if not zero_shot:
+            raise DataError(f"{data}: zero-shot evaluation needs a text tower and a label column ({label_column!r})")
+        (modality, metrics), = list(zero_shot.items())[:1]
+        result = EvalResult({"modality": modality, **metrics}, confusion=metrics["confusion_matrix"],
+                            class_names=metrics["class_names"], notes=[n for n in result.notes if n.startswith("Zero-shot")])
+    result.metrics["num_examples"] = int(preds["index"].shape[0])
+    return result
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """CLI: evaluate a saved model on a manifest and write metrics.json + report."""
+    parser = argparse.ArgumentParser(prog="multimodal-evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="saved model directory (config.json + model.safetensors)")
+    parser.add_argument("--data", required=True, help="manifest (CSV/TSV/JSONL/Parquet)")
+    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--output", default=None, help="output directory (default: <model>/eval-<task>)")
+    parser.add_argument("--templates", nargs="+", default=None,
+                        help="zero-shot prompt templates with {} for the class name, or one file with a template per line")
+    parser.add_argument("--classes", nargs="+", default=None,
+                        help="class names (zero-shot: default = distinct labels; classification: the training label order)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--image-column", default="image")
+    parser.add_argument("--audio-column", default="audio")
+    parser.add_argument("--item-column", default=None, help="column of the one non-text modality (overrides its default)")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--cache-dir", default=None, help="reuse/store the features of frozen (locked) encoders here")
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--html", action="store_true", help="also write report.html")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        if not os.path.exists(os.path.join(args.model, "config.json")):
+            raise DataError(f"{args.model!r} is not a saved model directory (no config.json); point --model at the "
+                            "'model' folder a recipe writes")
+        model = load_model(args.model)
+        columns = {"text": args.text_column, "image": args.image_column, "audio": args.audio_column}
+        others = [m for m in model.encoders if m != "text"]
+        if args.item_column and len(others) == 1:
+            columns[others[0]] = args.item_column
+        classes = args.classes or (saved_labels(args.model) if args.task == "classification" else None)
+        result = evaluate_manifest(model, args.data, args.task, columns, args.label_column, args.templates, classes,
+                                   args.batch_size, args.cache_dir, args.num_workers)
+    except (ConfigError, DataError, EncoderError, FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    output = args.output or os.path.join(args.model, f"eval-{args.task}")
+    metrics = {"task": args.task, "data": os.path.abspath(args.data), **result.metrics}
+    write_json(os.path.join(output, "metrics.json"), metrics)
+    write_result(output, result, title=f"{args.task.replace('_', '-')} evaluation: {os.path.basename(args.data)}",
+                 html=args.html)
+    headline = {k: v for k, v in metrics.items() if isinstance(v, float) and ("/" not in k or k.endswith(("R@1", "R@5", "R@10")))}
+    print(json.dumps(headline, indent=1))
+    print(f"wrote {os.path.join(output, 'metrics.json')} and {os.path.join(output, 'report.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,25 @@
+"""Models: the fused classifier (`MultimodalModel`), the two-tower `DualEncoder`, task heads, save/load."""
+
+from multimodal.models.base import (
+    EncoderModel,
+    ModelOutput,
+    load_model,
+    load_weights,
+    read_model_config,
+    register_model_type,
+)
+from multimodal.models.dual import DualEncoder
+from multimodal.models.fused import MultimodalModel
+from multimodal.models.heads import TaskHead
+
+__all__ = [
+    "DualEncoder",
+    "EncoderModel",
+    "ModelOutput",
+    "MultimodalModel",
+    "TaskHead",
+    "load_model",
+    "load_weights",
+    "read_model_config",
+    "register_model_type",
+]

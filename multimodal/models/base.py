@@ -1,0 +1,297 @@
+"""What the fused model and the two-tower model share: encoders by modality, parameter groups, freezing,
+preprocessors, and save/load as safetensors + JSON that rebuilds offline without running code from the folder.
+
+A saved folder holds ``model.safetensors`` (tied tensors stored once), ``config.json`` (``model_type``,
+``format_version``, every part's config) and ``encoders/<modality>/`` (tokenizer, HF config, feature
+extractor). `load_model(dir)` picks the class from ``model_type``; user encoder kinds and fusions reload
+once the module that registers them has been imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from encoders import Encoder, encoder_from_config
+from encoders.base import EncoderOutput, Preprocessor
+from multimodal.utils import write_text
+
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+ENCODER_ASSETS_DIR = "encoders"
+
+_MODEL_TYPES: dict[str, type] = {}
+
+
+@dataclass
+class ModelOutput:
+    """What the models' `forward` returns (fields a model does not produce stay None)."""
+
+    loss: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+    fused: Optional[torch.Tensor] = None
+    embeddings: Optional[dict[str, torch.Tensor]] = None
+    features: Optional[dict[str, EncoderOutput]] = None
+
+
+def register_model_type(name: str) -> Any:
+    """Class decorator: `load_model` rebuilds folders whose config.json says ``"model_type": name`` with it."""
+
+    def add(cls: type) -> type:
+        cls.model_type = name
+        _MODEL_TYPES[name] = cls
+        return cls
+
+    return add
+
+
+class EncoderModel(nn.Module):
+    """Base of models built from per-modality encoders (see module docstring); subclasses add the rest."""
+
+    model_type = ""
+    requires_tokens = False  # whether forward reads EncoderOutput.tokens (the feature cache stores them then)
+
+    def __init__(self, encoders: dict[str, Encoder]) -> None:
+        super().__init__()
+        if not encoders:
+            raise ValueError(f"{type(self).__name__} needs at least one encoder")
+        self.encoders = nn.ModuleDict(dict(sorted(encoders.items())))
+
+    @property
+    def modalities(self) -> list[str]:
+        """Modality names, sorted."""
+        return list(self.encoders.keys())
+
+    # ------------------------------------------------------------------ encoding
+    def _run_encoder(self, modality: str, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
+        encoder = self.encoders[modality]
+        if getattr(encoder, "frozen", False):
+            with torch.no_grad():
+                return encoder(inputs)
+        return encoder(inputs)
+
+    def encode_inputs(self, inputs: dict[str, dict[str, torch.Tensor]]) -> dict[str, EncoderOutput]:
+        """Run the encoders of the modalities found in `inputs` (frozen ones without autograd)."""
+        unknown = [m for m in inputs if m not in self.encoders]
+        if unknown:
+            raise KeyError(f"inputs for unknown modalities {unknown}; the model has {self.modalities}")
+        return {m: self._run_encoder(m, inputs[m]) for m in self.modalities if m in inputs}
+
+    def _features(
+        self, inputs: dict[str, dict[str, torch.Tensor]], features: Optional[dict[str, EncoderOutput]],
+        required: Optional[Iterable[str]] = None,
+    ) -> dict[str, EncoderOutput]:
+        """EncoderOutputs for the modalities given: precomputed where given, else from the encoders; every
+        modality in `required` must be there."""
+        features = dict(features or {})
+        out: dict[str, EncoderOutput] = {}
+        for m in self.modalities:
+            if m in features:
+                out[m] = features[m] if isinstance(features[m], EncoderOutput) else EncoderOutput(features[m])
+            elif m in inputs:
+                out[m] = self._run_encoder(m, inputs[m])
+        missing = [m for m in (required or []) if m not in out]
+        if missing:
+            raise KeyError(f"no inputs or precomputed features for modalities {missing} (got {sorted(out)})")
+        return out
+
+    # ------------------------------------------------------------------ training helpers
+    def _no_decay_names(self) -> set[str]:
+        names: set[str] = set()
+        for prefix, module in self.named_modules():
+            hook = getattr(module, "no_weight_decay", None)
+            if callable(hook):
+                for n in hook():
+                    names.add(f"{prefix}.{n}" if prefix else n)
+        return names
+
+    def parameter_groups(self, encoder_lr: float, head_lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups: encoders vs everything else, each split into decay / no-decay; frozen params left out.
+
+        No weight decay for biases, norm weights and every other 1-d parameter, `logit_scale`, and names that
+        a module lists in its `no_weight_decay()` (learned tokens, timm position embeddings).
+        """
+        no_decay_names = self._no_decay_names()
+        buckets: dict[tuple[str, bool], list[nn.Parameter]] = {
+            ("encoders", True): [], ("encoders", False): [], ("head", True): [], ("head", False): [],
+        }
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            part = "encoders" if name.startswith("encoders.") else "head"
+            leaf = name.rsplit(".", 1)[-1]
+            no_decay = p.ndim <= 1 or leaf in ("bias", "logit_scale") or name in no_decay_names
+            buckets[(part, not no_decay)].append(p)
+        return [
+            {"params": params, "lr": encoder_lr if part == "encoders" else head_lr,
+             "weight_decay": weight_decay if decay else 0.0, "name": f"{part}.{'decay' if decay else 'no_decay'}"}
+            for (part, decay), params in buckets.items() if params
+        ]
+
+    def _select(self, names: Optional[Iterable[str]]) -> list[str]:
+        names = self.modalities if names is None else ([names] if isinstance(names, str) else list(names))
+        unknown = [n for n in names if n not in self.encoders]
+        if unknown:
+            raise KeyError(f"unknown encoder(s) {unknown}; the model has {self.modalities}")
+        return names
+
+    def freeze_encoders(self, names: Optional[Iterable[str]] = None) -> EncoderModel:
+        """Freeze the named encoders (all by default)."""
+        for m in self._select(names):
+            self.encoders[m].freeze()
+        return self
+
+    def unfreeze_encoders(self, names: Optional[Iterable[str]] = None) -> EncoderModel:
+        """Unfreeze the named encoders (all by default)."""
+        for m in self._select(names):
+            self.encoders[m].unfreeze()
+        return self
+
+    def get_preprocessors(self, train: bool = False) -> dict[str, Preprocessor]:
+        """Each encoder's picklable preprocessor, by modality."""
+        return {m: enc.get_preprocessor(train) for m, enc in self.encoders.items()}
+
+    # ------------------------------------------------------------------ save / load
+    def get_config(self) -> dict[str, Any]:
+        """JSON-serialisable description that `from_pretrained` rebuilds with no network."""
+        return {
+            "model_type": self.model_type,
+            "format_version": FORMAT_VERSION,
+            "encoders": {m: enc.get_config() for m, enc in self.encoders.items()},
+            "frozen": [m for m, enc in self.encoders.items() if getattr(enc, "frozen", False)],
+        }
+
+    @classmethod
+    def _from_config(cls, config: dict[str, Any], encoders: dict[str, Encoder]) -> EncoderModel:  # pragma: no cover
+        """Build the model's architecture (fresh weights) from its config and rebuilt encoders."""
+        raise NotImplementedError
+
+    def save_pretrained(self, directory: Union[str, os.PathLike]) -> None:
+        """Write `model.safetensors`, `config.json` and each encoder's assets under `encoders/<modality>/`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors, tied = untie_state_dict(self.state_dict())
+        tmp = directory / f".{WEIGHTS_NAME}.tmp"
+        save_file(tensors, str(tmp), metadata={"format": "pt", "format_version": str(FORMAT_VERSION)})
+        os.replace(tmp, directory / WEIGHTS_NAME)
+        for m, enc in self.encoders.items():
+            assets = directory / ENCODER_ASSETS_DIR / m
+            assets.mkdir(parents=True, exist_ok=True)
+            enc.save_assets(str(assets))
+        config = {**self.get_config(), "tied_weights": tied}
+        write_text(directory / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True))
+
+    @classmethod
+    def from_pretrained(cls, directory: Union[str, os.PathLike]) -> EncoderModel:
+        """Rebuild a model saved by `save_pretrained`, offline; returns it in eval mode."""
+        model = load_model(directory)
+        if not isinstance(model, cls):
+            raise TypeError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}; use multimodal.load_model")
+        return model
+
+
+def read_model_config(directory: Union[str, os.PathLike]) -> dict[str, Any]:
+    """The checked ``config.json`` of a saved model folder."""
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: not a directory written by save_pretrained")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path}: invalid JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
+    version = config.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{config_path}: format_version {version!r} is not supported (this code reads {FORMAT_VERSION})")
+    if not isinstance(config.get("encoders"), dict) or not config["encoders"]:
+        raise ValueError(f"{config_path}: field 'encoders' must be a non-empty object (modality -> encoder config)")
+    return config
+
+
+def load_model(directory: Union[str, os.PathLike]) -> EncoderModel:
+    """Rebuild any model saved by `save_pretrained` (class from ``model_type``), offline, in eval mode."""
+    directory = Path(directory)
+    config = read_model_config(directory)
+    model_type = config.get("model_type") or ("dual_encoder" if (config.get("fusion") or {}).get("name") == "contrastive"
+                                              else "fused")  # folders written before model_type existed
+    if model_type not in _MODEL_TYPES:
+        raise ValueError(f"{directory / CONFIG_NAME}: unknown model_type {model_type!r}; known: {sorted(_MODEL_TYPES)}")
+    cls = _MODEL_TYPES[model_type]
+    encoders = {}
+    for m, enc_config in config["encoders"].items():
+        assets = directory / ENCODER_ASSETS_DIR / m
+        encoders[m] = encoder_from_config(enc_config, str(assets) if assets.is_dir() else None)
+    model = cls._from_config(config, encoders)
+    load_weights(model, directory, config)
+    for m in config.get("frozen", []):
+        model.encoders[m].freeze()
+    return model.eval()
+
+
+def load_weights(model: nn.Module, directory: Union[str, os.PathLike], config: Optional[dict] = None) -> None:
+    """Load ``model.safetensors`` written by `save_pretrained` into an existing model of the same architecture."""
+    directory = Path(directory)
+    weights_path = directory / WEIGHTS_NAME
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{weights_path} not found: was the model saved?")
+    config = read_model_config(directory) if config is None else config
+    state = load_file(str(weights_path))
+    for alias, canonical in config.get("tied_weights", {}).items():
+        if canonical not in state:
+            raise ValueError(f"{weights_path}: tied weight {alias!r} points to missing tensor {canonical!r}")
+        state[alias] = state[canonical]
+    rename = getattr(model, "legacy_state_names", None)
+    if callable(rename):
+        state = rename(state, config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{weights_path} does not match the architecture in {directory / CONFIG_NAME}: {err}") from err
+
+
+def untie_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Make a state dict safetensors can write: one copy per tied tensor (aliases returned), no shared storage.
+
+    Entries that are the same tensor (same storage, offset, shape and strides) are saved once under the first
+    name and recorded as `{alias: canonical}`; entries that only partly overlap are saved as copies.
+    """
+    by_storage: dict[tuple[str, int], list[str]] = {}
+    for name, t in state.items():
+        if t.numel() == 0:
+            continue
+        by_storage.setdefault((str(t.device), t.untyped_storage().data_ptr()), []).append(name)
+    tied: dict[str, str] = {}
+    copy_names: set[str] = set()
+    for names in by_storage.values():
+        if len(names) < 2:
+            continue
+        first = state[names[0]]
+        signature = (first.data_ptr(), tuple(first.shape), first.stride(), first.dtype)
+        if all((state[n].data_ptr(), tuple(state[n].shape), state[n].stride(), state[n].dtype) == signature
+               for n in names):
+            for alias in names[1:]:
+                tied[alias] = names[0]
+        else:
+            copy_names.update(names)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, t in state.items():
+        if name in tied:
+            continue
+        t = t.detach()
+        whole = t.untyped_storage().nbytes() == t.numel() * t.element_size()
+        if name in copy_names or not t.is_contiguous() or not whole:
+            t = t.contiguous().clone()
+        tensors[name] = t.cpu()
+    return tensors, tied

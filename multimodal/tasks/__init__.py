@@ -1,0 +1,22 @@
+"""Tasks: the protocol (`Task`), the built-in classification and retrieval tasks, and the one runner."""
+
+from multimodal.evaluation.report import EvalResult
+from multimodal.tasks.base import Task, apply_freezing, create_encoders, modality_columns
+from multimodal.tasks.classification import ClassificationTask
+from multimodal.tasks.retrieval import RetrievalTask
+from multimodal.tasks.runner import build_loaders, recipe_main, run, summarize, train_and_evaluate
+
+__all__ = [
+    "ClassificationTask",
+    "EvalResult",
+    "RetrievalTask",
+    "Task",
+    "apply_freezing",
+    "build_loaders",
+    "create_encoders",
+    "modality_columns",
+    "recipe_main",
+    "run",
+    "summarize",
+    "train_and_evaluate",
+]

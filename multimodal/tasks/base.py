@@ -1,0 +1,151 @@
+"""The task protocol: what the runner, the evaluate CLI (and search, export) ask of a kind of problem.
+
+A task reads its data (`build_splits`), builds its model (`build_model`), scores gathered predictions
+(`evaluate`, from `multimodal.training.predict`, the same DDP-aware path for validation, test and the
+evaluate CLI) and writes its report (`write_report`). Subclass `Task`, then register it:
+``multimodal.register_task("my_task", MyTask)``; ``model.task: my_task`` in a config selects it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from encoders import Encoder, create_encoder
+from multimodal.config.schema import ConfigError, ExperimentConfig
+from multimodal.data.dataset import MultimodalDataset
+from multimodal.data.labels import LabelVocab
+from multimodal.data.splits import DataSplits, build_splits
+from multimodal.evaluation.report import EvalResult, write_result
+
+BUILTIN_COLUMNS = ("text", "image", "audio")
+
+
+def modality_columns(cfg: ExperimentConfig, modalities: list[str]) -> dict[str, str]:
+    """modality -> table column: ``data.<modality>_column`` for text/image/audio, ``data.columns`` for others."""
+    columns = {}
+    for m in modalities:
+        column = cfg.data.columns.get(m) if m in cfg.data.columns else (
+            getattr(cfg.data, f"{m}_column") if m in BUILTIN_COLUMNS else m)
+        if column is None:
+            raise ConfigError(f"the model has a {m} encoder but data.{m}_column is null")
+        columns[m] = column
+    return columns
+
+
+def create_encoders(cfg: ExperimentConfig, modalities: Optional[list[str]] = None) -> dict[str, Encoder]:
+    """The configured encoders (all, or those of `modalities`), seeded, with gradient checkpointing as asked."""
+    from accelerate.utils import set_seed
+
+    mcfg = cfg.model
+    set_seed(cfg.train.seed)
+    names = sorted(m for m in mcfg.encoders if modalities is None or m in modalities)
+    if not names:
+        raise ConfigError(f"model.encoders has none of the modalities {modalities}")
+    encoders = {m: create_encoder(mcfg.encoders[m], pretrained=mcfg.pretrained, **dict(mcfg.encoder_kwargs.get(m, {})))
+                for m in names}
+    if mcfg.grad_checkpointing:
+        for enc in encoders.values():
+            enc.set_grad_checkpointing(True)
+    return encoders
+
+
+def apply_freezing(model: Any, cfg: ExperimentConfig) -> Any:
+    """Freeze the encoders ``model.freeze_encoders`` names (true: all of them)."""
+    value = cfg.model.freeze_encoders
+    names = list(model.encoders) if value is True else [m for m in (value or []) if m in model.encoders]
+    if names:
+        model.freeze_encoders(names)
+    return model
+
+
+class Task:
+    """One kind of learning problem (see the module docstring). Subclasses implement `build_model`,
+    `evaluate` and `default_metric`; the rest has working defaults."""
+
+    label_type: Optional[str] = None  # how the dataset encodes labels: single_label, multi_label, regression, None
+    uses_fusion: bool = True  # whether model.fusion applies (checked against the fusion registry)
+    supports_baselines: bool = False  # whether eval.baselines trains single-modality models too
+    batch_loss: bool = True  # whether validation needs the batch-mean loss from `predict`
+    # Config values this task uses when the YAML and overrides leave them unset (see multimodal.config.schema).
+    config_defaults: dict[str, Any] = {}
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.cfg = cfg
+
+    # -- config time ----------------------------------------------------------------------------
+    @classmethod
+    def check_config(cls, cfg: ExperimentConfig) -> None:
+        """Raise `ConfigError` for settings this task cannot run with."""
+
+    @classmethod
+    def metric_names(cls, cfg: ExperimentConfig) -> Optional[set[str]]:
+        """Names `train.metric_for_best` may take (None: not known in advance)."""
+        return None
+
+    # -- data -----------------------------------------------------------------------------------
+    @property
+    def modalities(self) -> list[str]:
+        """The configured modalities, sorted."""
+        return sorted(self.cfg.model.encoders)
+
+    def label_column(self) -> Optional[str]:
+        """The column the dataset encodes as labels (None: unlabelled)."""
+        return self.cfg.data.label_column if self.label_type is not None else None
+
+    def group_column(self) -> Optional[str]:
+        """Rows sharing this column's value stay in one split (None: every row on its own)."""
+        return None
+
+    def build_splits(self, dataset: Any = None, progress: bool = True) -> DataSplits:
+        """Validated train/validation/test splits of the configured data."""
+        return build_splits(self.cfg.data, modality_columns(self.cfg, self.modalities), self.label_column(),
+                            self.label_type, self.group_column(), dataset=dataset, progress=progress)
+
+    def dataset_from_rows(self, rows: list[dict], base_dir: Optional[str], source: str,
+                          labels: Optional[list[str]] = None, progress: bool = True) -> MultimodalDataset:
+        """One evaluation dataset from table rows (the evaluate CLI), with the training label order `labels`."""
+        data = self.cfg.data
+        vocab = LabelVocab(labels, self.label_type) if labels and self.label_type in ("single_label", "multi_label") else None
+        return MultimodalDataset(rows, modality_columns(self.cfg, self.modalities), self.label_column(), self.label_type,
+                                 vocab, base_dir, source, data.on_bad_sample, data.required_modalities,
+                                 data.multi_label_separator, data.validate, progress=progress)
+
+    def train_groups(self, dataset: MultimodalDataset) -> Optional[list[list[int]]]:
+        """Groups of rows of which the training sampler draws one per epoch (None: every row)."""
+        return None
+
+    def num_outputs(self, splits: DataSplits) -> Optional[int]:
+        """Width of the task head, if the model has one."""
+        return None
+
+    # -- model ----------------------------------------------------------------------------------
+    def build_model(self, splits: Optional[DataSplits], modalities: Optional[list[str]] = None) -> nn.Module:  # pragma: no cover
+        """The model for these splits (all modalities, or only `modalities` for a baseline)."""
+        raise NotImplementedError
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def default_metric(self) -> str:  # pragma: no cover
+        """The validation metric that selects the best epoch when ``train.metric_for_best`` is "auto"."""
+        raise NotImplementedError
+
+    def evaluate(self, preds: dict[str, torch.Tensor], dataset: MultimodalDataset, model: nn.Module,
+                 full: bool = True) -> EvalResult:  # pragma: no cover
+        """Score gathered predictions on `dataset`; `full=False` (every epoch) may skip costly extras."""
+        raise NotImplementedError
+
+    def chance(self, splits: DataSplits, dataset: MultimodalDataset) -> dict[str, float]:
+        """What guessing scores on `dataset` (empty when the metrics carry their own chance levels)."""
+        return {}
+
+    def write_report(self, output_dir: str, result: EvalResult, title: str, html: bool = False,
+                     extra_plots: Optional[list[tuple[str, str]]] = None) -> str:
+        """``report.md`` (+ plots, + ``report.html``) for one evaluated split."""
+        return write_result(output_dir, result, title, html=html, extra_plots=extra_plots)
+
+    @classmethod
+    def headline(cls, metrics: dict[str, Any]) -> dict[str, float]:
+        """The few metrics a summary line shows."""
+        return {k: v for k, v in metrics.items() if isinstance(v, float) and "/" not in k and k != "loss"}

@@ -1,0 +1,223 @@
+"""One runner for every task: `run(config)` trains, evaluates validation and test, and writes the outputs.
+
+Under ``accelerate launch`` every process runs it: data splits are built on each rank, the feature cache is
+filled cooperatively, training is DDP, and test evaluation goes through the same gathered prediction loop
+as validation (`multimodal.training.predict`), so each test example is counted once. The main process
+writes ``<output_dir>/``: ``config.yaml`` (resolved), ``splits/`` (the rows each split used), ``model/``
+(best model, ``save_pretrained``, with ``labels.json``), ``labels.json``, ``metrics.json``,
+``training_curves.png`` and ``report.md`` / ``report.html`` with plots for the test split.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from typing import Any, Optional
+
+import torch
+
+from encoders import EncoderError
+from encoders.base import jsonable
+from multimodal.config.loading import config_to_dict, parse_cli, save_config
+from multimodal.config.schema import ConfigError, ExperimentConfig
+from multimodal.data.cached import CachedFeatureCollator, cache_datasets, frozen_modalities, resolve_cache_dir
+from multimodal.data.dataset import DataError
+from multimodal.data.loading import Collator, make_dataloader
+from multimodal.data.splits import DataSplits, write_splits
+from multimodal.evaluation.plots import plot_training_curves
+from multimodal.evaluation.report import EvalResult
+from multimodal.models.base import load_weights
+from multimodal.registry import get_task
+from multimodal.tasks.base import Task
+from multimodal.training.trainer import Trainer
+from multimodal.utils import process_state, write_json
+
+
+def build_loaders(task: Task, model: Any, splits: DataSplits, accelerator: Any = None,
+                  progress: bool = True) -> dict[str, Optional[torch.utils.data.DataLoader]]:
+    """DataLoaders for train/validation/test; the collate function runs the encoders' preprocessors (train
+    mode for training) in the workers. With ``data.feature_cache`` and encoders frozen for the whole run,
+    the frozen modalities are encoded once into the on-disk cache and batches carry ``features``."""
+    cfg = task.cfg
+    datasets: dict[str, Any] = {"train": splits.train, "validation": splits.validation, "test": splits.test}
+    cached: dict[str, Any] = {}
+    cache_dir = resolve_cache_dir(cfg.data.feature_cache)
+    if cache_dir and cfg.model.unfreeze_after_epochs is None and frozen_modalities(model):
+        datasets, cached = cache_datasets(model, datasets, cache_dir, accelerator=accelerator, show_progress=progress)
+
+    def collator(train: bool) -> Any:
+        base = Collator({m: p for m, p in model.get_preprocessors(train).items() if m not in cached}, task.label_type)
+        return CachedFeatureCollator(base, cached) if cached else base
+
+    tcfg, workers = cfg.train, cfg.data.num_workers
+    eval_bs = cfg.eval.batch_size or tcfg.batch_size
+    groups = task.train_groups(splits.train)
+    # A last training batch of one sample breaks BatchNorm (and has no negatives for InfoNCE): drop that one.
+    per_process = -(-(len(groups) if groups is not None else len(splits.train)) // max(1, getattr(accelerator, "num_processes", 1)))
+    loaders: dict[str, Optional[torch.utils.data.DataLoader]] = {
+        "train": make_dataloader(datasets["train"], collator(True), tcfg.batch_size, shuffle=True, num_workers=workers,
+                                 seed=tcfg.seed, groups=groups, drop_last=per_process % tcfg.batch_size == 1)
+    }
+    for name in ("validation", "test"):
+        ds = datasets[name]
+        loaders[name] = (make_dataloader(ds, collator(False), eval_bs, num_workers=workers, seed=tcfg.seed)
+                         if ds is not None and len(ds) else None)
+    return loaders
+
+
+def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modalities: Optional[list[str]] = None,
+                       main: bool = True) -> tuple[dict[str, Any], dict[str, EvalResult]]:
+    """Train one model (all or some modalities), reload its best weights, evaluate validation and test."""
+    cfg = task.cfg
+    state = process_state()
+    model = task.build_model(splits, modalities)
+    loaders = build_loaders(task, model, splits, accelerator=state if state.num_processes > 1 else None,
+                            progress=state.is_main_process)
+    tcfg = copy.deepcopy(cfg.train)
+    tcfg.output_dir = output_dir
+    if not main:
+        tcfg.log_with, tcfg.save_checkpoints, tcfg.resume_from = "none", False, None
+    trainer = Trainer(
+        model, tcfg, loaders["train"], loaders["validation"],
+        compute_metrics_fn=lambda preds: task.evaluate(preds, splits.validation, model, full=False).metrics,
+        metric_for_best=task.default_metric(), tracker_config=config_to_dict(cfg), run_name="run" if main else "baseline",
+        unfreeze_after_epochs=cfg.model.unfreeze_after_epochs, eval_batch_loss=task.batch_loss,
+    )
+    start = time.time()
+    trainer.train()
+    train_time = time.time() - start
+    trainer.accelerator.wait_for_everyone()
+    load_weights(trainer.unwrapped_model, os.path.join(output_dir, "model"))
+    result: dict[str, Any] = {
+        "modalities": sorted(modalities or cfg.model.encoders),
+        "frozen": [m for m, e in model.encoders.items() if e.frozen],
+        "best_epoch": trainer.state.best_epoch,
+        "epochs_run": trainer.state.epoch,
+        "stopped_early": trainer.state.stopped_early,
+        "train_time_s": round(train_time, 2),
+        "metric_for_best": trainer.metric_for_best,
+    }
+    evaluations: dict[str, EvalResult] = {}
+    for name, dataset in (("validation", splits.validation), ("test", splits.test)):
+        if loaders.get(name) is None:
+            continue
+        loader = trainer.eval_loader if name == "validation" else trainer.accelerator.prepare(loaders[name])
+        preds = trainer.predict(loader)
+        evaluations[name] = task.evaluate(preds, dataset, model, full=True)
+        result[name] = evaluations[name].metrics
+        if "loss" in preds and "loss" not in result[name]:
+            result[name]["loss"] = float(preds["loss"])
+        result[name]["num_examples"] = int(preds["index"].shape[0])
+        result[name]["num_unique_examples"] = int(torch.unique(preds["index"]).numel())
+    result["history"] = trainer.state.history
+    result["train_log"] = trainer.state.train_log
+    trainer.end()
+    return result, evaluations
+
+
+def run(cfg: ExperimentConfig, dataset: Any = None) -> dict[str, Any]:
+    """Train, evaluate and report the experiment `cfg` describes, for any registered task; returns the metrics."""
+    state = process_state()
+    main = state.is_main_process
+    task = get_task(cfg.model.task)(cfg)
+    out = cfg.train.output_dir
+    if main:
+        os.makedirs(out, exist_ok=True)
+        save_config(cfg, os.path.join(out, "config.yaml"))
+    t0 = time.time()
+    splits = task.build_splits(dataset, progress=main)
+    for note in splits.notes:
+        state.print(f"data: {note}")
+    if splits.validation is None:
+        state.print("warning: no validation split; the last epoch's model is kept")
+    if main:
+        write_splits(splits, os.path.join(out, "splits"))
+        if splits.vocab is not None:
+            splits.vocab.save(os.path.join(out, "labels.json"))
+    fused, evaluations = train_and_evaluate(task, splits, out, main=True)
+    if main and splits.vocab is not None:
+        splits.vocab.save(os.path.join(out, "model", "labels.json"))  # travels with the model
+    modalities = sorted(cfg.model.encoders)
+    metrics: dict[str, Any] = {
+        "task": cfg.model.task,
+        "modalities": modalities,
+        **({"fusion": cfg.model.fusion} if task.uses_fusion else {}),
+        "encoders": dict(cfg.model.encoders),
+        "num_processes": state.num_processes,
+        "labels": splits.vocab.names if splits.vocab is not None else None,
+        "split_sizes": splits.sizes(),
+        "split_notes": splits.notes,
+        "skipped": splits.skip_report(),
+        **{k: v for k, v in fused.items() if k != "train_log"},
+    }
+    eval_name = "test" if "test" in evaluations else ("validation" if "validation" in evaluations else None)
+    if eval_name is not None:
+        chance = task.chance(splits, splits.test if eval_name == "test" else splits.validation)
+        if chance:
+            metrics["chance"] = chance
+    if cfg.eval.baselines and task.supports_baselines and len(modalities) > 1:
+        metrics["baselines"] = {}
+        for m in modalities:
+            state.print(f"baseline: {m} only")
+            result, _ = train_and_evaluate(task, splits, os.path.join(out, "baselines", m), [m], main=False)
+            result.pop("train_log", None)
+            metrics["baselines"][m] = result
+        if eval_name is not None:
+            metric = fused["metric_for_best"]
+            summary = {"fused": fused.get(eval_name, {}).get(metric)}
+            for m, res in metrics["baselines"].items():
+                summary[f"{m}_only"] = res.get(eval_name, {}).get(metric)
+            metrics["comparison"] = {"split": eval_name, "metric": metric, **summary}
+    metrics["wall_time_s"] = round(time.time() - t0, 2)
+    if main:
+        write_json(os.path.join(out, "metrics.json"), metrics)
+        metric_name = fused.get("metric_for_best")
+        curves = plot_training_curves(fused.get("train_log", []), fused.get("history", []),
+                                      os.path.join(out, "training_curves.png"),
+                                      metric=metric_name if metric_name != "loss" else None,
+                                      title=f"{'+'.join(modalities)} ({cfg.model.task})")
+        if eval_name is not None:
+            notes = [f"Task {cfg.model.task}; {eval_name} split ({metrics['split_sizes'][eval_name]} rows); trained "
+                     f"{fused['epochs_run']} epochs in {fused['train_time_s']:.1f}s (best epoch {fused['best_epoch']})."]
+            evaluations[eval_name].notes[:0] = notes
+            task.write_report(out, evaluations[eval_name], title=f"{'–'.join(modalities)} {cfg.model.task}: {eval_name}",
+                              html=cfg.eval.html_report, extra_plots=[("Training curves", curves)])
+    state.wait_for_everyone()
+    return jsonable(metrics)  # as written to metrics.json (NaN -> None, arrays -> lists)
+
+
+def summarize(metrics: dict[str, Any]) -> str:
+    """A few human-readable lines about a finished run."""
+    task = get_task(metrics["task"])
+    lines = []
+    for split in ("validation", "test"):
+        if split in metrics:
+            vals = ", ".join(f"{k}={v:.4f}" for k, v in task.headline(metrics[split]).items() if isinstance(v, float))
+            lines.append(f"{split} ({metrics[split].get('num_examples')} examples): {vals}")
+    if "comparison" in metrics:
+        c = metrics["comparison"]
+        parts = [f"{k}={v:.4f}" for k, v in c.items() if isinstance(v, float)]
+        lines.append(f"{c['split']} {c['metric']}: " + ", ".join(parts))
+    if "chance" in metrics:
+        lines.append("chance: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics["chance"].items()))
+    skipped = {k: v["total"] for k, v in metrics.get("skipped", {}).items() if v["total"]}
+    if skipped:
+        lines.append(f"skipped rows: {skipped}")
+    lines.append(f"wall time {metrics.get('wall_time_s')} s")
+    return "\n".join(lines)
+
+
+def recipe_main(default_config: str, argv: Optional[list[str]] = None) -> dict[str, Any]:
+    """A recipe's command line: ``[--config FILE] [key=value ...]``, then `run`; user errors exit with the message."""
+    try:
+        cfg = parse_cli(argv, default_config)
+        metrics = run(cfg)
+    except ConfigError as err:
+        raise SystemExit(f"config error: {err}") from None
+    except (DataError, EncoderError) as err:
+        raise SystemExit(f"error: {err}") from None
+    if process_state().is_main_process:
+        print(summarize(metrics))
+        print(f"outputs in {os.path.abspath(cfg.train.output_dir)}")
+    return metrics

@@ -1,0 +1,6 @@
+"""Training on Hugging Face Accelerate: the loop, its checkpoints and the shared prediction loop."""
+
+from multimodal.training.predict import forward_batch, predict
+from multimodal.training.trainer import NonFiniteLossError, Trainer, TrainerState, lr_lambda
+
+__all__ = ["NonFiniteLossError", "Trainer", "TrainerState", "forward_batch", "lr_lambda", "predict"]

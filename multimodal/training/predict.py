@@ -1,0 +1,58 @@
+"""One prediction loop for validation, test-set evaluation and the evaluate CLI, on any number of processes.
+
+`predict(model, loader, accelerator)` runs the model over a loader prepared by `accelerator` and gathers
+per-example outputs with ``accelerator.gather_for_metrics``, so under DDP every example is counted once
+(the duplicates the distributed sampler pads in are dropped) and every process gets the full result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def forward_batch(model: Any, batch: dict) -> Any:
+    """Call a model with the batch contract of `multimodal.data.loading`."""
+    return model(inputs=batch.get("inputs") or {}, present=batch.get("present"), labels=batch.get("labels"),
+                 features=batch.get("features"))
+
+
+@torch.no_grad()
+def predict(model: Any, loader: Any, accelerator: Any, batch_loss: bool = True) -> dict[str, torch.Tensor]:
+    """Gathered ``index``, ``logits``, ``labels``, ``present.<modality>`` and ``embeddings.<modality>`` over a
+    prepared loader (on CPU).
+
+    With `batch_loss`, ``loss`` is the example-weighted mean of the batch losses across processes (for losses
+    that depend on the batch, such as InfoNCE); tasks whose loss is a mean over examples recompute it exactly
+    from the gathered outputs instead.
+    """
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {}
+    loss_sum = torch.zeros((), device=accelerator.device)
+    loss_count = torch.zeros((), device=accelerator.device)
+    for batch in loader:
+        out = forward_batch(model, batch)
+        local: dict[str, torch.Tensor] = {"index": batch["index"]}
+        if getattr(out, "logits", None) is not None:
+            local["logits"] = out.logits.float()
+        if batch.get("labels") is not None:
+            local["labels"] = batch["labels"]
+        for m, mask in (batch.get("present") or {}).items():
+            local[f"present.{m}"] = mask
+        for m, emb in (getattr(out, "embeddings", None) or {}).items():
+            local[f"embeddings.{m}"] = emb.float()
+        if batch_loss and getattr(out, "loss", None) is not None:
+            n = batch["index"].shape[0]
+            loss_sum += out.loss.detach().float() * n
+            loss_count += n
+        for k, v in accelerator.gather_for_metrics(local).items():
+            parts.setdefault(k, []).append(v.cpu())
+    result = {k: torch.cat(v) for k, v in parts.items()}
+    if batch_loss:
+        totals = accelerator.reduce(torch.stack([loss_sum, loss_count]), reduction="sum")
+        if totals[1] > 0:
+            result["loss"] = (totals[0] / totals[1]).cpu()
+    model.train(was_training)
+    return result

@@ -1,0 +1,429 @@
+"""Training loop on Hugging Face Accelerate, kept out of the model modules.
+
+`Trainer(model, config, train_loader, eval_loader, compute_metrics_fn=...)` runs epochs of AdamW over
+``model.parameter_groups(encoder_lr, head_lr, weight_decay)`` with warmup then cosine/linear decay
+(per optimizer step), gradient accumulation (``accelerator.accumulate``), clipping and mixed
+precision; evaluates every epoch through `multimodal.training.predict` (outputs gathered with
+``accelerator.gather_for_metrics``, each validation example counted once under DDP) and the caller's
+`compute_metrics_fn`; keeps the best model (``save_pretrained``), stops early on a chosen metric, and
+checkpoints with ``accelerator.save_state`` (the LR scheduler registered for checkpointing).
+
+Exact resume: a checkpoint holds model/optimizer/scheduler/RNG states (accelerate) plus
+``trainer_state.json`` (epoch, batch position in the epoch, global step, early-stopping state, history).
+The training order depends only on (seed, epoch) (`multimodal.data.EpochSampler`), random augmentation is
+seeded per batch from (seed, epoch, sample indices) without touching the global RNGs
+(`multimodal.data.Collator`), and the DataLoader draws worker seeds from its own generator. So resuming
+at an epoch boundary, or mid-epoch (``save_every_steps``; ``accelerator.skip_first_batches``),
+reproduces the uninterrupted run bit-for-bit on CPU with the same seed.
+
+The model is any module following the models' contract: ``model(inputs=, present=, labels=, features=)
+-> output`` with ``.loss`` (which may need no labels, as InfoNCE), ``.logits`` and/or ``.embeddings``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from multimodal.data.loading import epoch_seed
+from multimodal.evaluation.metrics import metric_mode
+from multimodal.training.checkpoints import latest_checkpoint, read_state, save_checkpoint
+from multimodal.training.predict import forward_batch, predict
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
+    """Multiplier of the base LR at an optimizer step: linear warmup, then cosine / linear decay or constant."""
+
+    def fn(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / (warmup + 1)
+        if kind == "constant":
+            return 1.0
+        progress = min(max((step - warmup) / max(1, total - warmup), 0.0), 1.0)
+        if kind == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return fn
+
+
+@dataclass
+class TrainerState:
+    """Everything besides model/optimizer/scheduler/RNG that a resumed run needs."""
+
+    epoch: int = 0  # epochs completed
+    batch_in_epoch: int = 0  # batches of the current epoch already consumed
+    global_step: int = 0  # optimizer steps
+    best_metric: Optional[float] = None
+    best_epoch: Optional[int] = None
+    bad_epochs: int = 0
+    unfrozen: bool = False
+    stopped_early: bool = False
+    history: list[dict] = field(default_factory=list)
+    train_log: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    """Accelerate training loop for models following the `MultimodalModel` / `DualEncoder` contract."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: Any,
+        train_loader: torch.utils.data.DataLoader,
+        eval_loader: Optional[torch.utils.data.DataLoader] = None,
+        compute_metrics_fn: Optional[Callable[[dict[str, torch.Tensor]], dict[str, float]]] = None,
+        metric_for_best: Optional[str] = None,
+        accelerator: Any = None,
+        tracker_config: Optional[dict] = None,
+        run_name: str = "run",
+        unfreeze_after_epochs: Optional[int] = None,
+        eval_batch_loss: bool = True,
+    ) -> None:
+        """`config` is a `multimodal.config.TrainConfig`. `compute_metrics_fn` gets the gathered validation
+        outputs of `predict` (``index``, ``logits``, ``labels``, ``embeddings.<modality>``, ``loss``) and returns
+        metrics; `metric_for_best` picks the metric that selects the best epoch when ``config.metric_for_best``
+        is "auto" (default: the loss). `unfreeze_after_epochs` unfreezes frozen encoders from that epoch on;
+        `eval_batch_loss=False` skips the batch-loss mean when `compute_metrics_fn` computes the loss itself."""
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+        self.config = config
+        self.output_dir = config.output_dir
+        self.unfreeze_epoch = unfreeze_after_epochs
+        if accelerator is None:
+            log_with = self._resolve_log_with(config.log_with)
+            # Encoders unfrozen later get gradients only from then on: DDP must tolerate unused parameters.
+            handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if unfreeze_after_epochs is not None else []
+            accelerator = Accelerator(
+                mixed_precision=config.mixed_precision,
+                gradient_accumulation_steps=config.grad_accum_steps,
+                log_with=log_with,
+                project_dir=os.path.join(config.output_dir, "logs") if log_with else None,
+                kwargs_handlers=handlers,
+            )
+        self.accelerator = accelerator
+        set_seed(config.seed)
+        self.compute_metrics_fn = compute_metrics_fn
+        self.eval_batch_loss = eval_batch_loss
+        self.state = TrainerState()
+        self._epoch_loss: Optional[float] = None
+        self._tracker_config = tracker_config or {}
+        self._run_name = run_name
+        metric = config.metric_for_best if config.metric_for_best != "auto" else (metric_for_best or "loss")
+        self.metric_for_best = metric
+        self.metric_mode = metric_mode(metric) if config.metric_mode == "auto" else config.metric_mode
+        optimizer = self._make_optimizer(model)
+        frozen = [m for m, enc in getattr(model, "encoders", {}).items() if getattr(enc, "frozen", False)]
+        if self.unfreeze_epoch is not None and frozen:
+            model.unfreeze_encoders(frozen)  # DDP registers the parameters that require grad when it wraps
+        self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
+        if self.unfreeze_epoch is not None and frozen:
+            self.unwrapped_model.freeze_encoders(frozen)
+        self.eval_loader = accelerator.prepare(eval_loader) if eval_loader is not None else None
+        self.updates_per_epoch = max(1, math.ceil(len(self.train_loader) / config.grad_accum_steps))
+        total = self.updates_per_epoch * config.epochs
+        warmup = config.warmup_steps if config.warmup_steps is not None else int(config.warmup_ratio * total)
+        self.total_steps = total
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, lr_lambda(config.scheduler, warmup, total))
+        accelerator.register_for_checkpointing(self.scheduler)
+
+    # ----------------------------------------------------------------------------------------
+    @staticmethod
+    def _resolve_log_with(value: str) -> Optional[str]:
+        if value == "none":
+            return None
+        if value == "tensorboard":
+            return "tensorboard"
+        try:
+            import tensorboard  # noqa: F401
+
+            return "tensorboard"
+        except ImportError:
+            return None
+
+    def _make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """AdamW over the model's parameter groups; with a later unfreeze the encoder groups are included
+        from the start (AdamW skips parameters without gradients), so the optimizer state stays stable."""
+        cfg = self.config
+        if self.unfreeze_epoch is not None:
+            frozen = [name for name, enc in model.encoders.items() if enc.frozen]
+            model.unfreeze_encoders()
+            groups = model.parameter_groups(cfg.encoder_lr, cfg.head_lr, cfg.weight_decay)
+            if frozen:
+                model.freeze_encoders(frozen)
+        else:
+            groups = model.parameter_groups(cfg.encoder_lr, cfg.head_lr, cfg.weight_decay)
+        groups = [g for g in groups if len(list(g["params"]))]
+        if not groups:
+            raise ValueError("no trainable parameters: every parameter is frozen")
+        return torch.optim.AdamW(groups, lr=cfg.head_lr)
+
+    @property
+    def unwrapped_model(self) -> nn.Module:
+        """The model without DDP/compile wrappers."""
+        return self.accelerator.unwrap_model(self.model)
+
+    def _maybe_unfreeze(self, epoch: int) -> None:
+        if self.unfreeze_epoch is None or self.state.unfrozen or epoch < self.unfreeze_epoch:
+            return
+        self.unwrapped_model.unfreeze_encoders()
+        self.state.unfrozen = True
+        self.accelerator.print(f"epoch {epoch + 1}: encoders unfrozen")
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _checkpoint_root(self) -> str:
+        return os.path.join(self.output_dir, "checkpoints")
+
+    def save_checkpoint(self, name: str) -> str:
+        """`accelerator.save_state` plus trainer_state.json into output_dir/checkpoints/<name>."""
+        path = os.path.join(self._checkpoint_root(), name)
+        return save_checkpoint(self.accelerator, path, {"trainer": dict(self.state.__dict__)},
+                               keep=self.config.keep_checkpoints)
+
+    def latest_checkpoint(self) -> Optional[str]:
+        """Newest complete checkpoint directory under output_dir/checkpoints, if any."""
+        return latest_checkpoint(self._checkpoint_root())
+
+    def load_checkpoint(self, path: str) -> None:
+        """Restore model, optimizer, scheduler, RNG and trainer state from a checkpoint directory."""
+        if path == "latest":
+            latest = self.latest_checkpoint()
+            if latest is None:
+                raise FileNotFoundError(f"resume_from=latest: no checkpoint under {self._checkpoint_root()}")
+            path = latest
+        saved = read_state(path)
+        self.state = TrainerState(**saved["trainer"])
+        if self.state.unfrozen:
+            self.state.unfrozen = False
+            self._maybe_unfreeze(self.unfreeze_epoch)
+        self.accelerator.load_state(path)
+        self.accelerator.print(
+            f"resumed from {path}: epoch {self.state.epoch}, batch {self.state.batch_in_epoch}, "
+            f"step {self.state.global_step}"
+        )
+
+    # -- evaluation --------------------------------------------------------------------------
+    def _forward(self, batch: dict) -> Any:
+        return forward_batch(self.model, batch)
+
+    def predict(self, loader: Any) -> dict[str, torch.Tensor]:
+        """Gathered outputs over a prepared loader (see `multimodal.training.predict`)."""
+        return predict(self.model, loader, self.accelerator, batch_loss=self.eval_batch_loss)
+
+    def evaluate(self, loader: Any = None) -> dict[str, float]:
+        """Metrics on a prepared loader (the validation loader by default); ``num_examples`` counts each example once."""
+        loader = loader if loader is not None else self.eval_loader
+        if loader is None:
+            return {}
+        preds = self.predict(loader)
+        metrics = dict(self.compute_metrics_fn(preds)) if self.compute_metrics_fn is not None else {}
+        if "index" in preds:
+            metrics["num_examples"] = int(preds["index"].shape[0])
+            metrics["num_unique_examples"] = int(torch.unique(preds["index"]).numel())
+        if "loss" in preds and "loss" not in metrics:
+            metrics["loss"] = float(preds["loss"])
+        return metrics
+
+    # -- training ----------------------------------------------------------------------------
+    def _is_better(self, value: float) -> bool:
+        if value is None or math.isnan(value):
+            return False
+        best = self.state.best_metric
+        if best is None:
+            return True
+        return value > best if self.metric_mode == "max" else value < best
+
+    def _check_finite(self, first_bad: torch.Tensor) -> None:
+        bad = self.accelerator.gather(first_bad.reshape(1))
+        bad = bad[bad >= 0]
+        if bad.numel():
+            step = int(bad.min()) + 1  # 1-based, as in the training log
+            raise NonFiniteLossError(
+                f"training loss became NaN/inf at optimizer step {step} (epoch {self.state.epoch + 1}); "
+                "lower the learning rate, enable gradient clipping or use mixed_precision=no/bf16"
+            )
+
+    def save_model(self, directory: str) -> None:
+        """`save_pretrained` of the unwrapped model on the main process."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self.unwrapped_model.save_pretrained(directory)
+        self.accelerator.wait_for_everyone()
+
+    def train(self) -> TrainerState:
+        """Run (or resume) training; returns the final `TrainerState` (history holds per-epoch metrics)."""
+        cfg, acc = self.config, self.accelerator
+        if cfg.resume_from:
+            self.load_checkpoint(cfg.resume_from)
+            if self.state.stopped_early:
+                acc.print(f"{cfg.resume_from}: that run had already stopped early; nothing left to train")
+                return self.state
+        if acc.trackers == [] and acc.log_with:
+            acc.init_trackers(self._run_name, config=_flat(self._tracker_config))
+        best_dir = os.path.join(self.output_dir, "model")
+        self.model.train()
+        stop = False
+        for epoch in range(self.state.epoch, cfg.epochs):
+            self._maybe_unfreeze(epoch)
+            self.train_loader.set_epoch(epoch)
+            generator = getattr(self.train_loader, "generator", None)
+            if generator is not None:
+                generator.manual_seed(epoch_seed(cfg.seed, epoch))
+            loader = self.train_loader
+            skip = self.state.batch_in_epoch
+            if skip:
+                loader = acc.skip_first_batches(self.train_loader, skip)
+            stop = self._train_epoch(epoch, loader, skip)
+            if stop:
+                break
+            metrics = self.evaluate() if self.eval_loader is not None else {}
+            record = {"epoch": epoch + 1, "step": self.state.global_step, **metrics}
+            if self._epoch_loss is not None:
+                record["train_loss"] = self._epoch_loss
+            self.state.history.append(record)
+            acc.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.state.global_step)
+            value = metrics.get(self.metric_for_best) if metrics else None
+            if not metrics:
+                improved = True
+            else:
+                if value is None:
+                    raise KeyError(
+                        f"train.metric_for_best={self.metric_for_best!r} is not among the eval metrics {sorted(metrics)}"
+                    )
+                improved = self._is_better(value)
+            if improved:
+                self.state.best_metric = value
+                self.state.best_epoch = epoch + 1
+                self.state.bad_epochs = 0
+                self.save_model(best_dir)
+            else:
+                self.state.bad_epochs += 1
+            acc.print(
+                f"epoch {epoch + 1}/{cfg.epochs}: "
+                + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+                + (" (best)" if improved else "")
+            )
+            self.state.epoch = epoch + 1
+            self.state.batch_in_epoch = 0
+            patience = cfg.early_stopping_patience
+            if patience is not None and self.state.bad_epochs >= patience:
+                self.state.stopped_early = True
+            if cfg.save_checkpoints:
+                self.save_checkpoint(f"epoch-{epoch + 1:03d}")
+            if self.state.stopped_early:
+                acc.print(f"early stopping: no improvement in {self.metric_for_best} for {patience} epochs")
+                break
+        if not stop and not os.path.exists(os.path.join(best_dir, "config.json")):
+            self.save_model(best_dir)
+        acc.wait_for_everyone()
+        return self.state
+
+    def _train_epoch(self, epoch: int, loader: Any, skip: int) -> bool:
+        """One epoch; returns True if `stop_after_steps` interrupted it."""
+        cfg, acc = self.config, self.accelerator
+        device = acc.device
+        loss_sum = torch.zeros((), device=device)
+        loss_n = 0
+        epoch_sum = torch.zeros((), device=device)  # not reset at logging steps: the epoch's mean train loss
+        epoch_n = 0
+        first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        step_on_device = torch.full((), self.state.global_step, dtype=torch.long, device=device)  # no per-step H2D
+        bar = None
+        if cfg.progress_bar and acc.is_local_main_process:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(self.train_loader), initial=skip, desc=f"epoch {epoch + 1}", leave=False)
+        start = time.time()
+        params = [p for p in self.model.parameters()]
+        for batch in loader:
+            with acc.accumulate(self.model):
+                out = self._forward(batch)
+                loss = out.loss
+                if loss is None:
+                    raise ValueError("the model returned no loss: does the batch carry labels for this task?")
+                accelerator_loss = loss.detach().float()
+                first_bad = torch.where(
+                    (first_bad < 0) & ~torch.isfinite(accelerator_loss), step_on_device, first_bad
+                )
+                loss_sum += accelerator_loss
+                loss_n += 1
+                epoch_sum += accelerator_loss
+                epoch_n += 1
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.max_grad_norm:
+                    acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                self.optimizer.step()
+                if acc.sync_gradients:
+                    self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            self.state.batch_in_epoch += 1
+            if bar is not None:
+                bar.update(1)
+            if not acc.sync_gradients:
+                continue
+            step_on_device += 1
+            self.state.global_step += 1
+            step = self.state.global_step
+            end_of_epoch = self.state.batch_in_epoch >= len(self.train_loader)
+            if step % max(1, cfg.log_every) == 0 or end_of_epoch:
+                self._check_finite(first_bad)
+                mean_loss = float(acc.reduce(loss_sum, reduction="mean")) / max(loss_n, 1)
+                lr = self.scheduler.get_last_lr()
+                entry = {"step": step, "epoch": epoch + (self.state.batch_in_epoch / len(self.train_loader)),
+                         "loss": mean_loss, "lr": lr[-1]}
+                self.state.train_log.append(entry)
+                acc.log({"train/loss": mean_loss, "train/lr": lr[-1]}, step=step)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{mean_loss:.4f}")
+                loss_sum.zero_()
+                loss_n = 0
+            stopping = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
+            if cfg.save_checkpoints and (
+                stopping or (cfg.save_every_steps and step % cfg.save_every_steps == 0 and not end_of_epoch)
+            ):
+                self.save_checkpoint(f"step-{step:07d}")
+            if stopping:
+                self._check_finite(first_bad)
+                if bar is not None:
+                    bar.close()
+                acc.print(f"stopping after {step} optimizer steps (train.stop_after_steps)")
+                return True
+        self._check_finite(first_bad)
+        if bar is not None:
+            bar.close()
+        # Mean over this epoch's batches (those run since a mid-epoch resume), averaged across processes.
+        self._epoch_loss = float(acc.reduce(epoch_sum, reduction="mean")) / epoch_n if epoch_n else None
+        acc.print(f"epoch {epoch + 1}: {len(self.train_loader) - skip} batches in {time.time() - start:.1f}s")
+        return False
+
+    def end(self) -> None:
+        """Close trackers (not `end_training`, which would also tear down the process group that later
+        runs in the same launch, e.g. baselines, still need)."""
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
+        self.accelerator.trackers = []
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
