@@ -22,39 +22,29 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import alternate, list_loader, machine_info, print_table, timed, trainer_epoch_runner, write_json  # noqa: E402, I001
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RETRIEVAL = {"image_text_retrieval": "image", "audio_text_retrieval": "audio"}
-ALL_RECIPES = "text_image_classification,text_audio_classification,image_text_retrieval,audio_text_retrieval"
+ALL_RECIPES = "text_image_classification,text_audio_classification,image_text_retrieval,audio_text_retrieval,image_audio_retrieval"
 
 
 def overrides_for(recipe: str, setting: str) -> list[str]:
     """`default`: the recipe's YAML as is. `fine-tune`: every encoder trains, no feature cache, 2 workers."""
     if setting == "default":
         return []
-    if recipe in RETRIEVAL:
-        unlock = ["retrieval.lock_text=false", f"retrieval.lock_{RETRIEVAL[recipe]}=false"]
-    else:
-        unlock = ["model.freeze_encoders=false"]
-    return unlock + ["data.feature_cache=null", "data.num_workers=2"]
+    return ["model.freeze_encoders=false", "data.feature_cache=null", "data.num_workers=2"]
 
 
 def setup(recipe: str, overrides: list[str], out_dir: str):
     """Model and train loader exactly as the recipe builds them for its config plus `overrides`."""
-    from multimodal.build import build_loaders, build_model, build_splits_for, num_outputs_for, process_state
-    from multimodal.retrieval import RetrievalExperimentConfig, prepare_retrieval
+    from multimodal import get_task, load_config
+    from multimodal.tasks import build_loaders
 
-    from multimodal.config import load_config
-
-    path = os.path.join(ROOT, "recipes", "configs", f"{recipe}.yaml")
-    cfg = load_config(path, overrides, cls=RetrievalExperimentConfig) if recipe in RETRIEVAL else load_config(path, overrides)
+    cfg = load_config(os.path.join(ROOT, "recipes", "configs", f"{recipe}.yaml"), overrides)
     cfg.train.output_dir = out_dir
     if cfg.data.feature_cache == "auto":
         cfg.data.feature_cache = os.path.join(out_dir, "features")
-    if recipe in RETRIEVAL:
-        prepared = prepare_retrieval(cfg, RETRIEVAL[recipe], process_state())
-        return cfg, prepared.model, prepared.loaders["train"]
-    splits = build_splits_for(cfg, sorted(cfg.model.encoders), progress=False)
-    model = build_model(cfg, num_outputs_for(cfg, splits))
-    return cfg, model, build_loaders(cfg, model, splits)["train"]
+    task = get_task(cfg.model.task)(cfg)
+    splits = task.build_splits(progress=False)
+    model = task.build_model(splits)
+    return cfg, model, build_loaders(task, model, splits, progress=False)["train"]
 
 
 def measure(recipe: str, setting: str, batches: int, repeats: int) -> dict:

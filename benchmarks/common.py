@@ -115,9 +115,8 @@ def list_loader(batches: list) -> torch.utils.data.DataLoader:
 
 def trainer_epoch_runner(model, loader, out_dir: str, **train_kwargs) -> Callable[[], float]:
     """A callable that runs one epoch of the framework Trainer's step loop over `loader` and returns seconds."""
-    from multimodal.trainer import Trainer
-
     from multimodal.config import TrainConfig
+    from multimodal.training import Trainer
 
     settings = {"epochs": 10_000, "log_with": "none", "save_checkpoints": False, "seed": 0, **train_kwargs}
     trainer = Trainer(model, TrainConfig(output_dir=out_dir, **settings), loader)

@@ -16,7 +16,13 @@ import torch
 
 from encoders._hf import is_hub_error
 from encoders.base import EncoderError
-from encoders.weights import PACKAGED_TIMM, hub_offline, load_checkpoint_file, packaged_timm_available
+from encoders.weights import (
+    PACKAGED_TIMM,
+    adapt_input_conv,
+    hub_offline,
+    load_checkpoint_file,
+    packaged_timm_available,
+)
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 # Keys accepted as data-config overrides (passed to timm.data.resolve_data_config).
@@ -224,8 +230,6 @@ def _drop_classifier(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> 
 
 
 def _adapt_first_conv(model: torch.nn.Module, state: dict[str, torch.Tensor], in_chans: int) -> dict[str, torch.Tensor]:
-    from encoders.weights import adapt_input_conv
-
     first = model.pretrained_cfg.get("first_conv") if hasattr(model, "pretrained_cfg") else None
     key = f"{first}.weight" if first else None
     if key and key in state and state[key].shape[1] != in_chans:

@@ -31,11 +31,13 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from encoders.base import Encoder, EncoderOutput, jsonable
+from encoders.image import to_rgb
 from multimodal.data.media import load_sample
 
 ABSENT = "__absent__"
@@ -123,19 +125,12 @@ def content_key(modality: str, source: Any) -> str:
         h.update(f"array\0{arr.dtype}\0{arr.shape}\0".encode())
         h.update(arr.tobytes())
         return h.hexdigest()
-    try:  # PIL image
-        from PIL import Image
-
-        if isinstance(source, Image.Image):
-            from encoders.image import to_rgb
-
-            # The pixels the encoder sees: palette, transparency and CMYK are resolved by the conversion.
-            rgb = to_rgb(source)
-            h.update(f"pil\0{rgb.mode}\0{rgb.size}\0".encode())
-            h.update(rgb.tobytes())
-            return h.hexdigest()
-    except ImportError:  # pragma: no cover - pillow is a dependency
-        pass
+    if isinstance(source, Image.Image):
+        # The pixels the encoder sees: palette, transparency and CMYK are resolved by the conversion.
+        rgb = to_rgb(source)
+        h.update(f"pil\0{rgb.mode}\0{rgb.size}\0".encode())
+        h.update(rgb.tobytes())
+        return h.hexdigest()
     raise TypeError(f"cannot compute a content key for a {type(source).__name__} {modality} item")
 
 

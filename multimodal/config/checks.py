@@ -10,7 +10,7 @@ import difflib
 from typing import Any
 
 from encoders import EncoderError, parse_spec
-from fusion import get_fusion_class, list_fusions
+from fusion import list_fusions
 from multimodal.config.schema import ConfigError, ExperimentConfig, ModelConfig
 from multimodal.data.demos import get_demo, list_demos
 from multimodal.registry import get_task, task_names
@@ -52,6 +52,12 @@ def _check_names(key: str, names: Any, encoders: dict) -> None:
         raise ConfigError(f"{key} names {unknown}, which are not in model.encoders ({sorted(encoders)})")
 
 
+def _check_registered(key: str, what: str, value: str, names: list[str], hint: str) -> None:
+    if value not in names:
+        raise ConfigError(f"{key}: unknown {what} {value!r}{_did_you_mean(value, names)}; registered: "
+                          f"{', '.join(names)} ({hint})")
+
+
 def check_config(cfg: ExperimentConfig) -> None:
     """Raise `ConfigError` naming the key for anything that would fail later (see module docstring)."""
     model, data = cfg.model, cfg.data
@@ -74,22 +80,10 @@ def check_config(cfg: ExperimentConfig) -> None:
         _check_names("model.freeze_encoders", model.freeze_encoders, model.encoders)
     _check_names("data.required_modalities", data.required_modalities, model.encoders)
     if getattr(task_cls, "uses_fusion", True):
-        try:
-            get_fusion_class(model.fusion)
-        except ValueError:
-            names = [f.name for f in list_fusions()]
-            raise ConfigError(
-                f"model.fusion: unknown fusion {model.fusion!r}{_did_you_mean(model.fusion, names)}; registered: "
-                f"{', '.join(names)} (register your own with fusion.register_fusion)"
-            ) from None
+        _check_registered("model.fusion", "fusion", model.fusion, [f.name for f in list_fusions()],
+                          "register your own with fusion.register_fusion")
     if data.demo:
-        try:
-            get_demo(data.demo)
-        except KeyError:
-            names = [d.name for d in list_demos()]
-            raise ConfigError(
-                f"data.demo: unknown demo {data.demo!r}{_did_you_mean(data.demo, names)}; choose one of {names}"
-            ) from None
+        _check_registered("data.demo", "demo", data.demo, [d.name for d in list_demos()], "see multimodal.data.list_demos()")
     if data.val_fraction + data.test_fraction >= 1:
         raise ConfigError(
             f"data.val_fraction ({data.val_fraction}) + data.test_fraction ({data.test_fraction}) must be < 1: "

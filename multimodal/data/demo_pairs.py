@@ -2,10 +2,10 @@
 
 Every item is a unique combination of attributes. Text pairs give each item several captions written
 from different templates, so a caption identifies exactly one item of the gallery; the image-audio set
-pairs each digit image with a synthesized touch-tone (DTMF) clip of the same digit whose length and
-repetitions encode the image's size and ink colour. Writers return one row per pair: ``image`` and/or
-``audio`` (paths relative to the folder), ``text`` (a caption), ``label`` (a class name usable for
-zero-shot evaluation) and ``item_id``; `multimodal.data.demos` splits them by item.
+pairs each digit image with a synthesized touch-tone (DTMF) clip of the same digit whose repetitions,
+length and backdrop encode the image's ink colour, size and background. Writers return one row per pair:
+``image`` and/or ``audio`` (paths relative to the folder), ``text`` (a caption), ``label`` (a class name
+usable for zero-shot evaluation) and ``item_id``; `multimodal.data.demos` splits them by item.
 """
 
 from __future__ import annotations
@@ -167,13 +167,15 @@ def write_audio_text_pairs(out_dir: str, num_items: int = 90, seed: int = 0, cap
 DTMF_HZ = {1: (697, 1209), 2: (697, 1336), 3: (697, 1477), 4: (770, 1209), 5: (770, 1336), 6: (770, 1477),
            7: (852, 1209), 8: (852, 1336), 9: (852, 1477), 0: (941, 1336)}
 PAIR_COLOURS = ("red", "green", "blue")  # -> 1, 2 or 3 beeps
-PAIR_BACKGROUNDS = ("black", "grey")  # -> a clean clip or one with background hiss
+# Background colour -> what the clip plays under the beeps.
+PAIR_BACKGROUNDS = {"black": "silence", "grey": "hiss", "dark blue": "hum", "brown": "rumble"}
 BEEP_SECONDS = {"large": 0.3, "small": 0.12}
 
 
-def dtmf_clip(digit: int, beeps: int, beep_s: float, hiss: bool, rng: np.random.Generator,
+def dtmf_clip(digit: int, beeps: int, beep_s: float, backdrop: str, rng: np.random.Generator,
               sample_rate: int = SAMPLE_RATE, total_s: float = 1.5) -> np.ndarray:
-    """`beeps` touch-tone beeps of `digit`, each `beep_s` long with 80 ms gaps, optionally over white noise."""
+    """`beeps` touch-tone beeps of `digit`, each `beep_s` long with 80 ms gaps, over a `backdrop`: silence,
+    hiss (white noise), hum (a 110 Hz tone with harmonics) or rumble (low-passed noise)."""
     low, high = DTMF_HZ[digit]
     wave = np.zeros(int(total_s * sample_rate), dtype=np.float32)
     n = int(beep_s * sample_rate)
@@ -185,16 +187,25 @@ def dtmf_clip(digit: int, beeps: int, beep_s: float, hiss: bool, rng: np.random.
         end = min(len(wave), start + n)
         wave[start:end] += (rng.uniform(0.5, 0.8) * tone[: end - start]).astype(np.float32)
         start = end + int(0.08 * sample_rate)
-    wave += (0.08 if hiss else 0.002) * rng.standard_normal(len(wave)).astype(np.float32)
+    t_all = np.arange(len(wave)) / sample_rate
+    noise = rng.standard_normal(len(wave))
+    if backdrop == "hiss":
+        wave += 0.08 * noise.astype(np.float32)
+    elif backdrop == "hum":
+        wave += (0.1 * (np.sin(2 * np.pi * 110 * t_all) + 0.5 * np.sin(2 * np.pi * 220 * t_all))).astype(np.float32)
+    elif backdrop == "rumble":
+        wave += (0.3 * np.convolve(noise, np.ones(64) / 64, mode="same")).astype(np.float32)
+    wave += 0.002 * rng.standard_normal(len(wave)).astype(np.float32)
     return wave
 
 
-def write_image_audio_pairs(out_dir: str, num_items: int = 120, seed: int = 0, image_size: int = 64) -> list[dict]:
+def write_image_audio_pairs(out_dir: str, num_items: int = 240, seed: int = 0, image_size: int = 64) -> list[dict]:
     """Digit images paired with touch-tone clips of the same digit into `out_dir`; returns the pair rows.
 
     Items are unique (digit, ink colour, size, background) combinations: the clip plays the digit's DTMF tone
-    1-3 times (red, green, blue ink), long or short (large or small digit), clean or over hiss (black or grey
-    background), so each image has exactly one matching clip. The `label` column is the digit word.
+    1-3 times (red, green, blue ink), long or short (large or small digit), over silence, hiss, hum or rumble
+    (black, grey, dark blue or brown background), so each image has exactly one matching clip. The `label`
+    column is the digit word.
     """
     import soundfile as sf
 
@@ -211,7 +222,8 @@ def write_image_audio_pairs(out_dir: str, num_items: int = 120, seed: int = 0, i
         image_rel = os.path.join("images", f"item{item_id:04d}.png")
         audio_rel = os.path.join("audio", f"item{item_id:04d}.wav")
         _draw_digit(glyphs, digit, fg, bg, size, image_size, rng).save(os.path.join(out_dir, image_rel))
-        clip = dtmf_clip(digit, PAIR_COLOURS.index(fg) + 1, BEEP_SECONDS[size], bg == "grey", rng)
+        clip = dtmf_clip(digit, PAIR_COLOURS.index(fg) + 1, BEEP_SECONDS[size], PAIR_BACKGROUNDS[bg], rng)
         sf.write(os.path.join(out_dir, audio_rel), clip, SAMPLE_RATE, subtype="FLOAT")
-        rows.append({"image": image_rel, "audio": audio_rel, "label": DIGIT_WORDS[digit], "item_id": item_id})
+        rows.append({"image": image_rel, "audio": audio_rel, "label": DIGIT_WORDS[digit], "item_id": item_id,
+                     "ink": fg, "size": size, "background": bg})
     return rows

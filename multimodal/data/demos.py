@@ -21,7 +21,7 @@ from typing import Any, Optional
 from multimodal.data import demo_classification, demo_pairs
 from multimodal.data.partition import assign_splits
 
-VERSION = "v2"
+VERSION = "v3"
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,6 @@ register_demo(Demo(
 ))
 register_demo(Demo(
     "image_audio_pairs", "MNIST digit images paired with touch-tone clips of the same digit",
-    demo_pairs.write_image_audio_pairs, 120, "retrieval", 0.1, 0.2, group_column="item_id",
+    demo_pairs.write_image_audio_pairs, 240, "retrieval", 0.1, 0.2, group_column="item_id",
     config_defaults={"model": {"encoder_kwargs": {"image": {"img_size": 128}, "audio": {"max_seconds": 1.5}}}},
 ))

@@ -18,6 +18,7 @@ from multimodal.config.schema import ConfigError, ExperimentConfig
 from multimodal.data.dataset import MultimodalDataset
 from multimodal.data.labels import LabelVocab
 from multimodal.data.splits import DataSplits, build_splits
+from multimodal.evaluation.metrics import metric_mode
 from multimodal.evaluation.report import EvalResult, write_result
 
 BUILTIN_COLUMNS = ("text", "image", "audio")
@@ -130,6 +131,10 @@ class Task:
     def default_metric(self) -> str:  # pragma: no cover
         """The validation metric that selects the best epoch when ``train.metric_for_best`` is "auto"."""
         raise NotImplementedError
+
+    def metric_mode(self, name: str) -> str:
+        """'min' or 'max': which way metric `name` improves (losses, errors and ranks go down by default)."""
+        return metric_mode(name)
 
     def evaluate(self, preds: dict[str, torch.Tensor], dataset: MultimodalDataset, model: nn.Module,
                  full: bool = True) -> EvalResult:  # pragma: no cover

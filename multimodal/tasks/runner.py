@@ -78,10 +78,11 @@ def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modaliti
     tcfg.output_dir = output_dir
     if not main:
         tcfg.log_with, tcfg.save_checkpoints, tcfg.resume_from = "none", False, None
+    metric = tcfg.metric_for_best if tcfg.metric_for_best != "auto" else task.default_metric()
     trainer = Trainer(
         model, tcfg, loaders["train"], loaders["validation"],
         compute_metrics_fn=lambda preds: task.evaluate(preds, splits.validation, model, full=False).metrics,
-        metric_for_best=task.default_metric(), tracker_config=config_to_dict(cfg), run_name="run" if main else "baseline",
+        metric_for_best=metric, metric_mode_for_best=task.metric_mode(metric), tracker_config=config_to_dict(cfg), run_name="run" if main else "baseline",
         unfreeze_after_epochs=cfg.model.unfreeze_after_epochs, eval_batch_loss=task.batch_loss,
     )
     start = time.time()

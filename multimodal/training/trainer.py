@@ -85,6 +85,7 @@ class Trainer:
         eval_loader: Optional[torch.utils.data.DataLoader] = None,
         compute_metrics_fn: Optional[Callable[[dict[str, torch.Tensor]], dict[str, float]]] = None,
         metric_for_best: Optional[str] = None,
+        metric_mode_for_best: Optional[str] = None,
         accelerator: Any = None,
         tracker_config: Optional[dict] = None,
         run_name: str = "run",
@@ -94,7 +95,9 @@ class Trainer:
         """`config` is a `multimodal.config.TrainConfig`. `compute_metrics_fn` gets the gathered validation
         outputs of `predict` (``index``, ``logits``, ``labels``, ``embeddings.<modality>``, ``loss``) and returns
         metrics; `metric_for_best` picks the metric that selects the best epoch when ``config.metric_for_best``
-        is "auto" (default: the loss). `unfreeze_after_epochs` unfreezes frozen encoders from that epoch on;
+        is "auto" (default: the loss), and `metric_mode_for_best` ("min"/"max") its direction when
+        ``config.metric_mode`` is "auto" (default: losses, errors and ranks go down, the rest up).
+        `unfreeze_after_epochs` unfreezes frozen encoders from that epoch on;
         `eval_batch_loss=False` skips the batch-loss mean when `compute_metrics_fn` computes the loss itself."""
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, set_seed
@@ -123,7 +126,10 @@ class Trainer:
         self._run_name = run_name
         metric = config.metric_for_best if config.metric_for_best != "auto" else (metric_for_best or "loss")
         self.metric_for_best = metric
-        self.metric_mode = metric_mode(metric) if config.metric_mode == "auto" else config.metric_mode
+        if config.metric_mode != "auto":
+            self.metric_mode = config.metric_mode
+        else:
+            self.metric_mode = metric_mode_for_best or metric_mode(metric)
         optimizer = self._make_optimizer(model)
         frozen = [m for m, enc in getattr(model, "encoders", {}).items() if getattr(enc, "frozen", False)]
         if self.unfreeze_epoch is not None and frozen:
