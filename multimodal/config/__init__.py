@@ -12,6 +12,7 @@ from multimodal.config.loading import (
     save_config,
 )
 from multimodal.config.schema import (
+    AdversarialConfig,
     ConfigError,
     DataConfig,
     EvalConfig,
@@ -22,6 +23,7 @@ from multimodal.config.schema import (
 )
 
 __all__ = [
+    "AdversarialConfig",
     "ConfigError",
     "DataConfig",
     "EvalConfig",

@@ -11,6 +11,7 @@ from typing import Any
 
 from encoders import EncoderError, parse_spec
 from fusion import list_fusions
+from multimodal.config.experiments import check_experiment_options
 from multimodal.config.schema import ConfigError, ExperimentConfig, ModelConfig
 from multimodal.data.demos import get_demo, list_demos
 from multimodal.registry import get_task, task_names
@@ -89,6 +90,7 @@ def check_config(cfg: ExperimentConfig) -> None:
             f"data.val_fraction ({data.val_fraction}) + data.test_fraction ({data.test_fraction}) must be < 1: "
             "nothing would be left to train on"
         )
+    check_experiment_options(cfg)
     task_cls.check_config(cfg)
     metric = cfg.train.metric_for_best
     if metric != "auto":

@@ -144,11 +144,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+_BOOL_KEYS = {True: ("on", "yes", "true", "y"), False: ("off", "no", "false", "n")}
+
+
 def _build_dataclass(cls: type[T], values: dict, prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in values.items():
+        if isinstance(key, bool):  # YAML 1.1 reads the keys on/off/yes/no as booleans (train.adversarial.on)
+            key = next((n for n in _BOOL_KEYS[key] if n in names), key)
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
             hint = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)

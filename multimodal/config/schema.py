@@ -58,6 +58,13 @@ class DataConfig:
     # encoders that stay frozen for the whole run are cached (eval preprocessing, so no augmentation).
     feature_cache: Optional[str] = "auto"
     max_train_samples: Optional[int] = None
+    # Few-shot: keep K seeded training rows per class (K groups per class with group_column); single-label only.
+    shots_per_class: Optional[int] = None
+    # Cross-validation in one run: K (seeded stratified K-fold; groups kept whole) or "groups" (leave one
+    # group_column value out per fold). Each fold's validation split is carved from its training folds.
+    folds: Optional[Union[int, str]] = None
+    # ... or the column that names each row's fold (e.g. ESC-50's fold 1-5): one fold per distinct value.
+    fold_column: Optional[str] = None
 
 
 @dataclass
@@ -89,6 +96,27 @@ class ModelConfig:
     # Frozen encoders train again from this epoch on.
     unfreeze_after_epochs: Optional[int] = None
     grad_checkpointing: bool = False
+    # Task multitask: name -> {column, task (single_label|multi_label|regression), weight, labels}; one head each.
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # A saved model folder whose weights start this run (task prompt_classifier: a two-tower model).
+    init_from: Optional[str] = None
+    # Task prompt_classifier: class weights from prompt-template text embeddings ("prompts") or random.
+    classifier_init: Literal["prompts", "random"] = "prompts"
+
+
+@dataclass
+class AdversarialConfig:
+    """Adversarial training (train.adversarial): perturbations that maximise the loss, inside an epsilon ball."""
+
+    method: Literal["fgsm", "pgd"] = "pgd"
+    # Radius: one number, or one per entry of `on`. image: L-inf in [0, 1] pixel units; audio: L-inf in the
+    # encoder's float input (the waveform for audio-mel); text_embeddings: L2 per example over its tokens.
+    epsilon: Union[float, dict[str, float]] = 0.03
+    steps: int = 3  # ascent steps (pgd); fgsm takes one
+    step_size: Optional[float] = None  # default: 2.5 * epsilon / steps (pgd), 1.25 * epsilon (fgsm)
+    on: list[str] = field(default_factory=lambda: ["image"])  # image, audio, text_embeddings
+    # True: each batch trains on its clean and its adversarial copy (half the loss each); False: adversarial only.
+    mix: bool = True
 
 
 @dataclass
@@ -123,6 +151,8 @@ class TrainConfig:
     metric_for_best: str = "auto"
     metric_mode: Literal["auto", "max", "min"] = "auto"
     progress_bar: bool = True
+    # Adversarial training (see AdversarialConfig); null: off.
+    adversarial: Optional[AdversarialConfig] = None
 
 
 @dataclass

@@ -19,6 +19,7 @@ import torch
 
 from encoders import EncoderError
 from encoders.base import jsonable
+from multimodal.config.experiments import ADVERSARIAL_TARGETS
 from multimodal.config.loading import config_to_dict, parse_cli, save_config
 from multimodal.config.schema import ConfigError, ExperimentConfig
 from multimodal.data.cached import CachedFeatureCollator, cache_datasets, frozen_modalities, resolve_cache_dir
@@ -30,6 +31,7 @@ from multimodal.evaluation.report import EvalResult
 from multimodal.models.base import load_weights
 from multimodal.registry import get_task
 from multimodal.tasks.base import Task
+from multimodal.tasks.crossval import run_crossval
 from multimodal.training.trainer import Trainer
 from multimodal.utils import process_state, write_json
 
@@ -43,8 +45,11 @@ def build_loaders(task: Task, model: Any, splits: DataSplits, accelerator: Any =
     datasets: dict[str, Any] = {"train": splits.train, "validation": splits.validation, "test": splits.test}
     cached: dict[str, Any] = {}
     cache_dir = resolve_cache_dir(cfg.data.feature_cache)
-    if cache_dir and cfg.model.unfreeze_after_epochs is None and frozen_modalities(model):
-        datasets, cached = cache_datasets(model, datasets, cache_dir, accelerator=accelerator, show_progress=progress)
+    attacked = {ADVERSARIAL_TARGETS[t] for t in (cfg.train.adversarial.on if cfg.train.adversarial else [])}
+    cacheable = [m for m in frozen_modalities(model) if m not in attacked]  # adversarial inputs need the encoder
+    if cache_dir and cfg.model.unfreeze_after_epochs is None and cacheable:
+        datasets, cached = cache_datasets(model, datasets, cache_dir, modalities=cacheable, accelerator=accelerator,
+                                          show_progress=progress)
 
     def collator(train: bool) -> Any:
         base = Collator({m: p for m, p in model.get_preprocessors(train).items() if m not in cached}, task.label_type)
@@ -67,8 +72,9 @@ def build_loaders(task: Task, model: Any, splits: DataSplits, accelerator: Any =
 
 
 def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modalities: Optional[list[str]] = None,
-                       main: bool = True) -> tuple[dict[str, Any], dict[str, EvalResult]]:
-    """Train one model (all or some modalities), reload its best weights, evaluate validation and test."""
+                       main: bool = True, callbacks: Optional[list[Any]] = None) -> tuple[dict[str, Any], dict[str, EvalResult]]:
+    """Train one model (all or some modalities), reload its best weights, evaluate validation and test;
+    `callbacks` go to the `Trainer` (called after every epoch's evaluation, e.g. a tuning pruner)."""
     cfg = task.cfg
     state = process_state()
     model = task.build_model(splits, modalities)
@@ -83,7 +89,7 @@ def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modaliti
         model, tcfg, loaders["train"], loaders["validation"],
         compute_metrics_fn=lambda preds: task.evaluate(preds, splits.validation, model, full=False).metrics,
         metric_for_best=metric, metric_mode_for_best=task.metric_mode(metric), tracker_config=config_to_dict(cfg), run_name="run" if main else "baseline",
-        unfreeze_after_epochs=cfg.model.unfreeze_after_epochs, eval_batch_loss=task.batch_loss,
+        unfreeze_after_epochs=cfg.model.unfreeze_after_epochs, eval_batch_loss=task.batch_loss, callbacks=callbacks,
     )
     start = time.time()
     trainer.train()
@@ -117,8 +123,14 @@ def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modaliti
     return result, evaluations
 
 
-def run(cfg: ExperimentConfig, dataset: Any = None) -> dict[str, Any]:
-    """Train, evaluate and report the experiment `cfg` describes, for any registered task; returns the metrics."""
+def run(cfg: ExperimentConfig, dataset: Any = None, splits: Optional[DataSplits] = None,
+        callbacks: Optional[list[Any]] = None) -> dict[str, Any]:
+    """Train, evaluate and report the experiment `cfg` describes, for any registered task; returns the metrics.
+
+    With ``data.folds`` / ``data.fold_column`` it runs every cross-validation fold (`run_crossval`). `splits`
+    replaces the splits the task would build; `callbacks` go to the main model's `Trainer`."""
+    if splits is None and (cfg.data.folds is not None or cfg.data.fold_column):
+        return run_crossval(cfg, run, dataset)
     state = process_state()
     main = state.is_main_process
     task = get_task(cfg.model.task)(cfg)
@@ -127,7 +139,7 @@ def run(cfg: ExperimentConfig, dataset: Any = None) -> dict[str, Any]:
         os.makedirs(out, exist_ok=True)
         save_config(cfg, os.path.join(out, "config.yaml"))
     t0 = time.time()
-    splits = task.build_splits(dataset, progress=main)
+    splits = splits if splits is not None else task.build_splits(dataset, progress=main)
     for note in splits.notes:
         state.print(f"data: {note}")
     if splits.validation is None:
@@ -136,7 +148,7 @@ def run(cfg: ExperimentConfig, dataset: Any = None) -> dict[str, Any]:
         write_splits(splits, os.path.join(out, "splits"))
         if splits.vocab is not None:
             splits.vocab.save(os.path.join(out, "labels.json"))
-    fused, evaluations = train_and_evaluate(task, splits, out, main=True)
+    fused, evaluations = train_and_evaluate(task, splits, out, main=True, callbacks=callbacks)
     if main and splits.vocab is not None:
         splits.vocab.save(os.path.join(out, "model", "labels.json"))  # travels with the model
     modalities = sorted(cfg.model.encoders)
@@ -200,6 +212,12 @@ def summarize(metrics: dict[str, Any]) -> str:
         c = metrics["comparison"]
         parts = [f"{k}={v:.4f}" for k, v in c.items() if isinstance(v, float)]
         lines.append(f"{c['split']} {c['metric']}: " + ", ".join(parts))
+    cv = metrics.get("cross_validation")
+    if cv:
+        mean, std = cv["test_mean"], cv["test_std"]
+        shown = [k for k in task.headline(mean) if k in std]
+        lines.append(f"cross-validation ({cv['scheme']}, {cv['num_folds']} folds), test mean ± std: "
+                     + ", ".join(f"{k}={mean[k]:.4f} ± {std[k]:.4f}" for k in shown))
     if "chance" in metrics:
         lines.append("chance: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics["chance"].items()))
     skipped = {k: v["total"] for k, v in metrics.get("skipped", {}).items() if v["total"]}

@@ -7,7 +7,8 @@ per-example outputs with ``accelerator.gather_for_metrics``, so under DDP every 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 
@@ -19,21 +20,24 @@ def forward_batch(model: Any, batch: dict) -> Any:
 
 
 @torch.no_grad()
-def predict(model: Any, loader: Any, accelerator: Any, batch_loss: bool = True) -> dict[str, torch.Tensor]:
+def predict(model: Any, loader: Any, accelerator: Any, batch_loss: bool = True,
+            forward_fn: Optional[Callable[[Any, dict], Any]] = None) -> dict[str, torch.Tensor]:
     """Gathered ``index``, ``logits``, ``labels``, ``present.<modality>`` and ``embeddings.<modality>`` over a
     prepared loader (on CPU).
 
     With `batch_loss`, ``loss`` is the example-weighted mean of the batch losses across processes (for losses
     that depend on the batch, such as InfoNCE); tasks whose loss is a mean over examples recompute it exactly
-    from the gathered outputs instead.
+    from the gathered outputs instead. `forward_fn(model, batch)` replaces `forward_batch` (e.g. an attack
+    for robust accuracy, `multimodal.training.adversarial.Adversary.attacked_output`).
     """
     was_training = model.training
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
     loss_sum = torch.zeros((), device=accelerator.device)
     loss_count = torch.zeros((), device=accelerator.device)
+    forward = forward_fn or forward_batch
     for batch in loader:
-        out = forward_batch(model, batch)
+        out = forward(model, batch)
         local: dict[str, torch.Tensor] = {"index": batch["index"]}
         if getattr(out, "logits", None) is not None:
             local["logits"] = out.logits.float()

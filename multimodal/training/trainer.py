@@ -34,6 +34,7 @@ from torch import nn
 
 from multimodal.data.loading import epoch_seed
 from multimodal.evaluation.metrics import metric_mode
+from multimodal.training.adversarial import Adversary
 from multimodal.training.checkpoints import latest_checkpoint, read_state, save_checkpoint
 from multimodal.training.predict import forward_batch, predict
 
@@ -91,6 +92,7 @@ class Trainer:
         run_name: str = "run",
         unfreeze_after_epochs: Optional[int] = None,
         eval_batch_loss: bool = True,
+        callbacks: Optional[list[Callable[[Trainer, dict], None]]] = None,
     ) -> None:
         """`config` is a `multimodal.config.TrainConfig`. `compute_metrics_fn` gets the gathered validation
         outputs of `predict` (``index``, ``logits``, ``labels``, ``embeddings.<modality>``, ``loss``) and returns
@@ -98,7 +100,10 @@ class Trainer:
         is "auto" (default: the loss), and `metric_mode_for_best` ("min"/"max") its direction when
         ``config.metric_mode`` is "auto" (default: losses, errors and ranks go down, the rest up).
         `unfreeze_after_epochs` unfreezes frozen encoders from that epoch on;
-        `eval_batch_loss=False` skips the batch-loss mean when `compute_metrics_fn` computes the loss itself."""
+        `eval_batch_loss=False` skips the batch-loss mean when `compute_metrics_fn` computes the loss itself.
+        `callbacks` are called as ``callback(trainer, record)`` after every epoch's evaluation (``record`` is that
+        epoch's history entry); one may raise to end the run (e.g. ``optuna.TrialPruned``).
+        ``config.adversarial`` (an `AdversarialConfig`) trains on adversarial examples (`Adversary`)."""
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
@@ -120,6 +125,9 @@ class Trainer:
         set_seed(config.seed)
         self.compute_metrics_fn = compute_metrics_fn
         self.eval_batch_loss = eval_batch_loss
+        self.callbacks = list(callbacks or [])
+        adversarial = getattr(config, "adversarial", None)
+        self.adversary = Adversary(adversarial, autocast=accelerator.autocast) if adversarial is not None else None
         self.state = TrainerState()
         self._epoch_loss: Optional[float] = None
         self._tracker_config = tracker_config or {}
@@ -328,6 +336,8 @@ class Trainer:
                 self.state.stopped_early = True
             if cfg.save_checkpoints:
                 self.save_checkpoint(f"epoch-{epoch + 1:03d}")
+            for callback in self.callbacks:
+                callback(self, record)
             if self.state.stopped_early:
                 acc.print(f"early stopping: no improvement in {self.metric_for_best} for {patience} epochs")
                 break
@@ -355,7 +365,10 @@ class Trainer:
         params = [p for p in self.model.parameters()]
         for batch in loader:
             with acc.accumulate(self.model):
-                out = self._forward(batch)
+                if self.adversary is not None:
+                    out = self.adversary.training_output(self.model, self.unwrapped_model, batch)
+                else:
+                    out = self._forward(batch)
                 loss = out.loss
                 if loss is None:
                     raise ValueError("the model returned no loss: does the batch carry labels for this task?")
