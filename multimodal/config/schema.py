@@ -58,7 +58,8 @@ class DataConfig:
     # encoders that stay frozen for the whole run are cached (eval preprocessing, so no augmentation).
     feature_cache: Optional[str] = "auto"
     max_train_samples: Optional[int] = None
-    # Few-shot: keep K seeded training rows per class (K groups per class with group_column); single-label only.
+    # Few-shot: K seeded training rows per class (K groups per class with group_column), validation cut to at most
+    # K per class too; single-label only.
     shots_per_class: Optional[int] = None
     # Cross-validation in one run: K (seeded stratified K-fold; groups kept whole) or "groups" (leave one
     # group_column value out per fold). Each fold's validation split is carved from its training folds.

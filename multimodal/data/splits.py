@@ -24,7 +24,7 @@ from multimodal.data.labels import LabelVocab
 from multimodal.data.manifest import SPLITS, cell, is_missing, read_manifest, split_name
 from multimodal.data.media import FILE_MODALITIES, cell_path
 from multimodal.data.partition import assign_splits
-from multimodal.data.subsets import take_shots
+from multimodal.data.subsets import apply_shots
 from multimodal.utils import write_json
 
 
@@ -213,12 +213,12 @@ def build_splits(
     if label_type == "single_label" and train.vocab is not None and len(train.vocab) < 2:
         raise DataError(f"{tables['train'].source}: label column {label_column!r} has {len(train.vocab)} class "
                         f"({train.vocab.names}) in the training split; single-label classification needs at least 2")
-    if getattr(cfg, "shots_per_class", None):
-        train, note = take_shots(train, cfg.shots_per_class, cfg.split_seed, group_column)
-        notes.append(note)
     validation = make("validation", train.vocab) if "validation" in tables else None
     test = make("test", train.vocab) if "test" in tables else None
-    return DataSplits(train, validation, test, train.vocab, notes)
+    splits = DataSplits(train, validation, test, train.vocab, notes)
+    if getattr(cfg, "shots_per_class", None):
+        apply_shots(splits, cfg.shots_per_class, cfg.split_seed, group_column)
+    return splits
 
 
 def write_splits(splits: DataSplits, directory: str) -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 * `take_shots(dataset, k, seed)`: K seeded rows per class (K groups per class when a group column keeps rows
   together; a class with fewer keeps all of them). The label vocabulary is unchanged, so a K-shot model
-  still has one output per class.
+  still has one output per class. `apply_shots` does it for the training split and cuts the validation
+  split to at most K per class too, so model selection sees no more labels than training.
 * `assign_folds(n, labels, k, seed)`: each unit (row or group) to one of K folds, stratified by class: the
   units of every class are shuffled and dealt round-robin, continuing where the previous class stopped, so
   fold sizes differ by at most one and so do the per-class counts.
@@ -75,6 +76,17 @@ def take_shots(dataset: MultimodalDataset, k: int, seed: int = 0,
     if short:
         note += f"; fewer than {k} available for {short[:10]}"
     return subset(dataset, sorted(picked)), note
+
+
+def apply_shots(splits: Any, k: int, seed: int = 0, group_column: Optional[str] = None) -> Any:
+    """K shots per class in train, and at most K per class in validation (so model selection uses no more
+    labels than training); the test split is untouched. Modifies and returns the `DataSplits`."""
+    splits.train, note = take_shots(splits.train, k, seed, group_column)
+    splits.notes.append(note)
+    if splits.validation is not None:
+        splits.validation, note = take_shots(splits.validation, k, seed + 1, group_column)
+        splits.notes.append(note.replace("train:", "validation:", 1))
+    return splits
 
 
 def assign_folds(n: int, labels: Optional[Sequence[Any]] = None, k: int = 5, seed: int = 0) -> list[int]:

@@ -27,7 +27,8 @@ def plot_training_curves(
                 ax.plot(*zip(*val), "o-", label="validation loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
-    ax.legend(loc="best")
+    if ax.get_legend_handles_labels()[0]:  # nothing to label when no step ran (train.epochs=0)
+        ax.legend(loc="best")
     ax.grid(alpha=0.3)
     ax = axes[1]
     if metric and history and any(metric in h for h in history):

@@ -3,12 +3,14 @@
 from multimodal.evaluation.report import EvalResult
 from multimodal.tasks.base import Task, apply_freezing, create_encoders, modality_columns
 from multimodal.tasks.classification import ClassificationTask
+from multimodal.tasks.prompt import PromptClassifierTask
 from multimodal.tasks.retrieval import RetrievalTask
 from multimodal.tasks.runner import build_loaders, recipe_main, run, summarize, train_and_evaluate
 
 __all__ = [
     "ClassificationTask",
     "EvalResult",
+    "PromptClassifierTask",
     "RetrievalTask",
     "Task",
     "apply_freezing",

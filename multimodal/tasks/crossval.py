@@ -24,7 +24,7 @@ from multimodal.data.dataset import DataError
 from multimodal.data.demos import make_demo
 from multimodal.data.partition import assign_splits
 from multimodal.data.splits import DataSplits
-from multimodal.data.subsets import fold_units, subset, take_shots, units_of
+from multimodal.data.subsets import apply_shots, fold_units, subset, units_of
 from multimodal.evaluation.report import write_report
 from multimodal.registry import get_task
 from multimodal.utils import process_state, write_json
@@ -65,8 +65,7 @@ def fold_splits(pool: DataSplits, test: list[int], cfg: ExperimentConfig, group_
                         pool.vocab, [*pool.notes, f"validation carved out of the training folds (seed {data.split_seed})",
                                      *notes])
     if data.shots_per_class:
-        splits.train, note = take_shots(splits.train, data.shots_per_class, data.split_seed, group_column)
-        splits.notes.append(note)
+        apply_shots(splits, data.shots_per_class, data.split_seed, group_column)
     return splits
 
 

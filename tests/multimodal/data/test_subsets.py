@@ -7,7 +7,7 @@ import collections
 import pytest
 
 from multimodal.data import DataError, MultimodalDataset
-from multimodal.data.subsets import assign_folds, fold_units, subset, take_shots
+from multimodal.data.subsets import apply_shots, assign_folds, fold_units, subset, take_shots
 
 
 def _dataset(n=40, classes=("a", "b", "c", "d"), groups=None):
@@ -81,3 +81,14 @@ def test_fold_units_schemes_cover_every_row_once():
     assert len(sub) == 2 and sub.value(1, "text") == "row 5"
     with pytest.raises(DataError, match="fold column 'nope' not found"):
         fold_units(ds, fold_column="nope")
+
+
+def test_apply_shots_cuts_train_and_validation_but_not_test():
+    from multimodal.data import DataSplits
+
+    ds = _dataset(40)
+    splits = DataSplits(subset(ds, range(0, 24)), subset(ds, range(24, 32)), subset(ds, range(32, 40)), ds.vocab)
+    apply_shots(splits, 1, seed=0)
+    assert len(splits.train) == 4 and len(splits.validation) == 4 and len(splits.test) == 8
+    assert sorted(splits.validation.labels().tolist()) == [0, 1, 2, 3]
+    assert [n.split(":")[0] for n in splits.notes] == ["train", "validation"]
