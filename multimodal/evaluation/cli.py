@@ -64,6 +64,9 @@ def task_for(model: Any, task: str, columns: dict[str, Optional[str]], label_col
         if head is None or not hasattr(head, "num_outputs"):
             raise ConfigError("--task classification needs a model with a task head (this one is a two-tower model)")
         cfg.model.task = head.task
+        if head.task == "multitask":  # the saved head names its tasks, columns and classes
+            cfg.model.tasks = {t["name"]: {k: t[k] for k in ("column", "task", "weight", "labels", "width") if k in t}
+                               for t in head.tasks}
     else:
         if not hasattr(model, "encode") or "head" not in dict(model.named_children()) or not hasattr(model.head, "pairs"):
             raise ConfigError(f"--task {task} needs a two-tower (retrieval) model; this one is a {type(model).__name__}")

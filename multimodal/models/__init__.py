@@ -11,12 +11,15 @@ from multimodal.models.base import (
 from multimodal.models.dual import DualEncoder
 from multimodal.models.fused import MultimodalModel
 from multimodal.models.heads import TaskHead
+from multimodal.models.multitask import MultiTaskHead, MultiTaskModel
 from multimodal.models.prompt import PromptClassifier, PromptHead
 
 __all__ = [
     "DualEncoder",
     "EncoderModel",
     "ModelOutput",
+    "MultiTaskHead",
+    "MultiTaskModel",
     "MultimodalModel",
     "PromptClassifier",
     "PromptHead",

@@ -3,6 +3,7 @@
 from multimodal.evaluation.report import EvalResult
 from multimodal.tasks.base import Task, apply_freezing, create_encoders, modality_columns
 from multimodal.tasks.classification import ClassificationTask
+from multimodal.tasks.multitask import MultiTask
 from multimodal.tasks.prompt import PromptClassifierTask
 from multimodal.tasks.retrieval import RetrievalTask
 from multimodal.tasks.runner import build_loaders, recipe_main, run, summarize, train_and_evaluate
@@ -10,6 +11,7 @@ from multimodal.tasks.runner import build_loaders, recipe_main, run, summarize, 
 __all__ = [
     "ClassificationTask",
     "EvalResult",
+    "MultiTask",
     "PromptClassifierTask",
     "RetrievalTask",
     "Task",
