@@ -2,12 +2,15 @@
 
     multimodal-evaluate --model DIR --data MANIFEST --task classification|retrieval|zero_shot \\
         [--output DIR] [--templates "a photo of a {}." ...|FILE] [--classes ...] [--batch-size 64] [--html]
+        [--attack pgd|fgsm --epsilon 0.03 --attack-steps 10 --attack-on image ...]
 
 The manifest is read into the task's dataset (same decoding and checks as training), the model runs
 through `multimodal.training.predict` (under ``accelerate launch`` each process takes a shard and every
 example is counted once) and the task scores it: classification with the metrics of the training run,
 retrieval in both directions, zero-shot classification of the non-text modality from prompt templates.
-Writes ``metrics.json`` and ``report.md`` (+ PNG plots, + ``report.html`` with ``--html``).
+Writes ``metrics.json`` and ``report.md`` (+ PNG plots, + ``report.html`` with ``--html``). With ``--attack``
+(classification), the same examples are scored again under a seeded PGD/FGSM attack
+(`multimodal.training.adversarial`): ``metrics.json`` gets ``robust`` (accuracy, macro-F1, ... under attack).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from typing import Any, Optional
 import torch
 
 from encoders import EncoderError
-from multimodal.config.schema import ConfigError, ExperimentConfig
+from multimodal.config.experiments import ADVERSARIAL_TARGETS
+from multimodal.config.schema import AdversarialConfig, ConfigError, ExperimentConfig
 from multimodal.data.cached import CachedFeatureCollator, cache_datasets, frozen_modalities
 from multimodal.data.dataset import DataError
 from multimodal.data.loading import Collator, make_dataloader
@@ -30,6 +34,7 @@ from multimodal.evaluation.report import EvalResult, write_result
 from multimodal.models.base import load_model
 from multimodal.registry import get_task
 from multimodal.tasks.base import Task
+from multimodal.training.adversarial import Adversary
 from multimodal.training.predict import predict
 from multimodal.utils import write_json
 
@@ -82,8 +87,10 @@ def task_for(model: Any, task: str, columns: dict[str, Optional[str]], label_col
 def evaluate_manifest(model: Any, data: str, task: str = "classification", columns: Optional[dict[str, str]] = None,
                       label_column: Optional[str] = "label", templates: Optional[Sequence[str]] = None,
                       class_names: Optional[Sequence[str]] = None, batch_size: int = 64, cache_dir: Optional[str] = None,
-                      num_workers: int = 0, accelerator: Any = None, show_progress: bool = True) -> EvalResult:
-    """Score `model` on the rows of manifest `data` for `task`; returns the task's `EvalResult`."""
+                      num_workers: int = 0, accelerator: Any = None, show_progress: bool = True,
+                      attack: Optional[AdversarialConfig] = None) -> EvalResult:
+    """Score `model` on the rows of manifest `data` for `task`; returns the task's `EvalResult`. With `attack`
+    (classification only), ``metrics["robust"]`` holds the same metrics on adversarial inputs."""
     if task not in TASKS:
         raise ConfigError(f"unknown evaluation task {task!r}; choose one of {TASKS}")
     from accelerate import Accelerator
@@ -100,15 +107,33 @@ def evaluate_manifest(model: Any, data: str, task: str = "classification", colum
                         f"{model.head.num_outputs} outputs; pass the training label list (--classes, or labels.json "
                         "in/next to the model dir)")
     model = model.to(accelerator.device).eval()
+    if attack is not None and task != "classification":
+        raise ConfigError("--attack scores robust accuracy of a classifier: use it with --task classification")
+    for target in (attack.on if attack is not None else []):
+        if target not in ADVERSARIAL_TARGETS or ADVERSARIAL_TARGETS[target] not in model.encoders:
+            raise ConfigError(f"--attack-on {target}: choose from the model's inputs "
+                              f"{sorted(t for t, m in ADVERSARIAL_TARGETS.items() if m in model.encoders)}")
+    attacked = {ADVERSARIAL_TARGETS[t] for t in (attack.on if attack is not None else [])}
     cached: dict[str, Any] = {}
     datasets: dict[str, Any] = {"eval": dataset}
-    if cache_dir and frozen_modalities(model):
-        datasets, cached = cache_datasets(model, datasets, cache_dir, show_progress=show_progress)
+    cacheable = [m for m in frozen_modalities(model) if m not in attacked]
+    if cache_dir and cacheable:
+        datasets, cached = cache_datasets(model, datasets, cache_dir, modalities=cacheable, show_progress=show_progress)
     collate = Collator({m: p for m, p in model.get_preprocessors(False).items() if m not in cached}, runner.label_type)
     loader = make_dataloader(datasets["eval"], CachedFeatureCollator(collate, cached) if cached else collate,
                              batch_size, num_workers=num_workers)
     preds = predict(model, accelerator.prepare(loader), accelerator, batch_loss=runner.batch_loss)
     result = runner.evaluate(preds, dataset, model, full=True)
+    if attack is not None:
+        adversary = Adversary(attack, seed=0)
+        attacked_preds = predict(model, accelerator.prepare(loader), accelerator, batch_loss=runner.batch_loss,
+                                 forward_fn=adversary.attacked_output)
+        robust = runner.evaluate(attacked_preds, dataset, model, full=False).metrics
+        robust["attack"] = {"method": attack.method, "epsilon": attack.epsilon, "steps": adversary.steps,
+                            "step_size": adversary.step_size, "on": list(attack.on)}
+        result.metrics["robust"] = robust
+        result.notes.append(f"Robust metrics: {attack.method.upper()} ({adversary.steps} steps) on {', '.join(attack.on)}, "
+                            f"epsilon {attack.epsilon}" + (f": accuracy {robust['accuracy']:.4f}" if "accuracy" in robust else ""))
     if task == "zero_shot":
         zero_shot = result.metrics.get("zero_shot") or {}
         if not zero_shot:
@@ -140,6 +165,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--cache-dir", default=None, help="reuse/store the features of frozen (locked) encoders here")
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--html", action="store_true", help="also write report.html")
+    parser.add_argument("--attack", choices=("pgd", "fgsm"), default=None,
+                        help="also score robust accuracy under this attack (classification)")
+    parser.add_argument("--epsilon", type=float, default=0.03,
+                        help="attack radius: [0, 1] pixel units for image, waveform units for audio, L2 for text_embeddings")
+    parser.add_argument("--attack-steps", type=int, default=10, help="PGD steps (default 10)")
+    parser.add_argument("--attack-step-size", type=float, default=None, help="default: 2.5 * epsilon / steps")
+    parser.add_argument("--attack-on", nargs="+", default=["image"], help="image, audio and/or text_embeddings")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
@@ -152,8 +184,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.item_column and len(others) == 1:
             columns[others[0]] = args.item_column
         classes = args.classes or (saved_labels(args.model) if args.task == "classification" else None)
+        attack = None
+        if args.attack:
+            if not args.epsilon > 0 or args.attack_steps < 1:
+                raise ConfigError(f"--epsilon must be > 0 and --attack-steps >= 1 (got {args.epsilon}, {args.attack_steps})")
+            attack = AdversarialConfig(method=args.attack, epsilon=args.epsilon, steps=args.attack_steps,
+                                       step_size=args.attack_step_size, on=list(args.attack_on))
         result = evaluate_manifest(model, args.data, args.task, columns, args.label_column, args.templates, classes,
-                                   args.batch_size, args.cache_dir, args.num_workers)
+                                   args.batch_size, args.cache_dir, args.num_workers, attack=attack)
     except (ConfigError, DataError, EncoderError, FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     output = args.output or os.path.join(args.model, f"eval-{args.task}")
@@ -162,6 +200,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     write_result(output, result, title=f"{args.task.replace('_', '-')} evaluation: {os.path.basename(args.data)}",
                  html=args.html)
     headline = {k: v for k, v in metrics.items() if isinstance(v, float) and ("/" not in k or k.endswith(("R@1", "R@5", "R@10")))}
+    if "robust" in metrics:
+        headline.update({f"robust/{k}": v for k, v in metrics["robust"].items() if isinstance(v, float)})
     print(json.dumps(headline, indent=1))
     print(f"wrote {os.path.join(output, 'metrics.json')} and {os.path.join(output, 'report.md')}")
     return 0

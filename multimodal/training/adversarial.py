@@ -234,7 +234,8 @@ class Adversary:
 
     def attacked_output(self, model: nn.Module, batch: dict) -> ModelOutput:
         """The model's output on adversarial inputs (for `predict(..., forward_fn=)`: robust accuracy)."""
-        adv_inputs, text_delta = self.perturb(model, batch)
-        text = model.encoders["text"] if text_delta is not None else None
+        inner = getattr(model, "module", model)  # a DDP-wrapped model: attack the module itself
+        adv_inputs, text_delta = self.perturb(inner, batch)
+        text = inner.encoders["text"] if text_delta is not None else None
         with torch.no_grad(), embedding_offset(text, text_delta):
             return forward_batch(model, {**batch, "inputs": adv_inputs})
