@@ -1,0 +1,117 @@
+"""Hyper-parameter search with pruning vs without, same trial budget: best metric and total CPU time.
+
+Every candidate runs `multimodal.tuning.tune` (what ``multimodal-tune`` runs) on the text-image recipe (frozen
+MiniLM + EfficientNet-Lite0, cached features) with the same search space (recipes/configs/tune_space.yaml),
+the same number of trials and the same TPE seed, each in its own study. The feature cache is filled by a
+warm-up run first, so no candidate pays for it. CPU time is this process's user + system time over the
+search (all threads), so machine load from other jobs inflates it less than wall time. "Noise": the best
+no-pruning config retrained with other training seeds; the std of its validation metric is the yardstick
+for "within noise". Target: >= 2x less CPU time with a best metric within noise.
+
+    python benchmarks/bench_tune.py [--trials 16] [--epochs 12] [--pruners none median successive_halving]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import machine_info, print_table, write_json  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "recipes", "configs", "text_image_classification.yaml")
+SPACE = os.path.join(ROOT, "recipes", "configs", "tune_space.yaml")
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (all threads) and its finished children."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def base_config(epochs: int) -> dict:
+    """The recipe YAML with the benchmark's overrides, as a mapping."""
+    from multimodal.config.loading import parse_overrides, read_config_file
+    from multimodal.utils import deep_merge
+
+    return deep_merge(read_config_file(CONFIG), parse_overrides([
+        f"train.epochs={epochs}", "eval.baselines=false", "train.progress_bar=false", "train.log_with=none",
+        "train.early_stopping_patience=null", "eval.html_report=false"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--startup-trials", type=int, default=4)
+    parser.add_argument("--pruners", nargs="+", default=["none", "median", "successive_halving"])
+    parser.add_argument("--noise-seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--seed", type=int, default=0, help="TPE seed, the same for every candidate")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: a shared machine's other jobs make more threads spin, not compute)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+
+    from multimodal.config.loading import config_from_dict
+    from multimodal.tasks.runner import run
+    from multimodal.tuning.space import nested, read_space
+    from multimodal.tuning.study import SearchSettings, tune
+    from multimodal.utils import deep_merge
+
+    base = base_config(args.epochs)
+    space = read_space(SPACE, base)
+    rows, summaries = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        warm = config_from_dict(deep_merge(base, {"train": {"epochs": 1, "output_dir": os.path.join(tmp, "warm")}}))
+        run(warm)  # fills the feature cache for every candidate
+        for pruner in args.pruners:
+            out = os.path.join(tmp, pruner)
+            settings = SearchSettings(out, args.trials, pruner=pruner, startup_trials=args.startup_trials, seed=args.seed,
+                                      log=lambda line, p=pruner: print(f"[{p}] {line}", flush=True))
+            start, cpu = time.perf_counter(), cpu_seconds()
+            summary = tune(base, space, settings, CONFIG)
+            wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+            best = summary["best_trial"]
+            summaries[pruner] = summary
+            rows.append({"pruner": pruner, "trials": args.trials, "pruned": summary["trials"].get("pruned", 0),
+                         "failed": summary["trials"].get("fail", 0), "best_val_macro_f1": best["value"],
+                         "its_test_macro_f1": (best.get("test") or {}).get("macro_f1"), "cpu_s": cpu, "wall_s": wall})
+            print(rows[-1], flush=True)
+        noise = []
+        best_none = summaries[args.pruners[0]]["best_trial"]["params"]
+        for seed in args.noise_seeds:
+            cfg = config_from_dict(deep_merge(deep_merge(base, nested(best_none)), {
+                "train": {"seed": seed, "output_dir": os.path.join(tmp, f"noise-{seed}"), "save_checkpoints": False}}))
+            noise.append(run(cfg)["validation"]["macro_f1"])
+    reference = rows[0]
+    for r in rows:
+        r["cpu_ratio_vs_" + reference["pruner"]] = reference["cpu_s"] / r["cpu_s"]
+        r["best_minus_" + reference["pruner"]] = r["best_val_macro_f1"] - reference["best_val_macro_f1"]
+    noise_std = statistics.stdev(noise) if len(noise) > 1 else float("nan")
+    print(f"machine: {machine_info()}")
+    print(f"args: {vars(args)}")
+    print_table("Search with and without pruning (same trials, same TPE seed)", rows, list(rows[0]))
+    print(f"\nnoise: best '{reference['pruner']}' config retrained with seeds {args.noise_seeds}: validation macro-F1 "
+          f"{[round(v, 4) for v in noise]}, std {noise_std:.4f}")
+    for r in rows[1:]:
+        within = abs(r["best_val_macro_f1"] - reference["best_val_macro_f1"]) <= 2 * noise_std
+        fast = r["cpu_ratio_vs_" + reference["pruner"]] >= 2
+        print(f"{r['pruner']}: {r['cpu_ratio_vs_' + reference['pruner']]:.2f}x less CPU time "
+              f"({'met' if fast else 'MISSED'} >= 2x), best metric {r['best_minus_' + reference['pruner']]:+.4f} "
+              f"({'within' if within else 'OUTSIDE'} 2 x noise std)")
+    write_json(args.json, {"rows": rows, "noise": noise, "noise_std": noise_std, "args": vars(args),
+                           "summaries": summaries})
+
+
+if __name__ == "__main__":
+    main()
