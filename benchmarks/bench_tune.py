@@ -1,7 +1,7 @@
 """Hyper-parameter search with pruning vs without, same trial budget: best metric and total CPU time.
 
 Every candidate runs `multimodal.tuning.tune` (what ``multimodal-tune`` runs) on the text-image recipe (frozen
-MiniLM + EfficientNet-Lite0, cached features) with the same search space (recipes/configs/tune_space.yaml),
+MiniLM + EfficientNet-Lite0, cached features) with the same search space (recipes/spaces/text_image_classification.yaml),
 the same number of trials and the same TPE seed, each in its own study. The feature cache is filled by a
 warm-up run first, so no candidate pays for it. CPU time is this process's user + system time over the
 search (all threads), so machine load from other jobs inflates it less than wall time. "Noise": the best
@@ -27,7 +27,7 @@ from common import machine_info, print_table, write_json  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "recipes", "configs", "text_image_classification.yaml")
-SPACE = os.path.join(ROOT, "recipes", "configs", "tune_space.yaml")
+SPACE = os.path.join(ROOT, "recipes", "spaces", "text_image_classification.yaml")
 
 
 def cpu_seconds() -> float:

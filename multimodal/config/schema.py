@@ -66,6 +66,8 @@ class DataConfig:
     folds: Optional[Union[int, str]] = None
     # ... or the column that names each row's fold (e.g. ESC-50's fold 1-5): one fold per distinct value.
     fold_column: Optional[str] = None
+    # Seed of the K-shot sample (None: split_seed), so shots can vary while the splits (and a demo) stay fixed.
+    shots_seed: Optional[int] = None
 
 
 @dataclass

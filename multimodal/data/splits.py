@@ -217,7 +217,8 @@ def build_splits(
     test = make("test", train.vocab) if "test" in tables else None
     splits = DataSplits(train, validation, test, train.vocab, notes)
     if getattr(cfg, "shots_per_class", None):
-        apply_shots(splits, cfg.shots_per_class, cfg.split_seed, group_column)
+        seed = getattr(cfg, "shots_seed", None)
+        apply_shots(splits, cfg.shots_per_class, cfg.split_seed if seed is None else seed, group_column)
     return splits
 
 

@@ -65,7 +65,8 @@ def fold_splits(pool: DataSplits, test: list[int], cfg: ExperimentConfig, group_
                         pool.vocab, [*pool.notes, f"validation carved out of the training folds (seed {data.split_seed})",
                                      *notes])
     if data.shots_per_class:
-        apply_shots(splits, data.shots_per_class, data.split_seed, group_column)
+        apply_shots(splits, data.shots_per_class, data.split_seed if data.shots_seed is None else data.shots_seed,
+                    group_column)
     return splits
 
 

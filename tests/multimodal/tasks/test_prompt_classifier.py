@@ -80,6 +80,11 @@ def test_few_shot_training_random_init_and_reload(towers):
                               f"train.output_dir={out}"))
     assert metrics["split_sizes"]["train"] == 6 and metrics["epochs_run"] == 4
     assert any("2 'item' groups per class" in n for n in metrics["split_notes"])
+    again = run(_prompt_cfg(towers, "data.shots_per_class=2", "data.shots_seed=5", "train.epochs=0",
+                            f"train.output_dir={towers / 'k2s5'}"))
+    assert "seed 5" in again["split_notes"][-2] and again["split_sizes"]["test"] == metrics["split_sizes"]["test"]
+    first, other = (pd.read_csv(towers / d / "splits" / "train.csv")["image"].tolist() for d in ("k2", "k2s5"))
+    assert first != other and len(first) == len(other) == 6  # other shots, same test split
     trained = load_model(out / "model")
     start = run(_prompt_cfg(towers, "train.epochs=0", f"train.output_dir={towers / 'zs2'}"))
     assert start["test"]["loss"] != metrics["test"]["loss"]  # training moved the head
