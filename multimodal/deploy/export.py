@@ -126,14 +126,19 @@ class TowerGraph(nn.Module):
         return self.model.encode(self.modality, inputs[self.modality])
 
 
-def _dynamic_shapes(layout: GraphLayout) -> tuple:
+def _dynamic_shapes(layout: GraphLayout, named: bool = True) -> tuple:
+    """torch.export dynamic shapes for the flat inputs: named `Dim`s (ONNX keeps the names as axis names), or
+    `Dim.DYNAMIC` (torch.export infers each axis' valid range, e.g. at most the position-embedding length)."""
     dims: dict[str, Any] = {}
     shapes = []
     for axes in layout.dynamic:
         spec = {}
         for d, name in axes.items():
+            if not named:
+                spec[d] = torch.export.Dim.DYNAMIC
+                continue
             if name not in dims:
-                dims[name] = torch.export.Dim(name.replace(".", "_"), min=1) if d == 0 else torch.export.Dim(name.replace(".", "_"))
+                dims[name] = torch.export.Dim(name, min=1) if d == 0 else torch.export.Dim(name)
             spec[d] = dims[name]
         shapes.append(spec)
     return (tuple(shapes),)  # forward(*tensors): one positional group
@@ -148,7 +153,7 @@ def _write_graph(graph: nn.Module, layout: GraphLayout, path: str, fmt: str, out
                                         external_data=False, verbose=False)
             program.save(path, external_data=False)
         else:
-            program = torch.export.export(graph, args, dynamic_shapes=_dynamic_shapes(layout))
+            program = torch.export.export(graph, args, dynamic_shapes=_dynamic_shapes(layout, named=False))
             torch.export.save(program, path)
 
 
@@ -202,7 +207,7 @@ def export_model(model: EncoderModel, output: Union[str, os.PathLike], fmt: str 
         }
         if isinstance(model, DualEncoder):
             manifest["embed_dim"] = model.embed_dim
-            manifest["logit_scale"] = float(model.logit_scale.exp())
+            manifest["logit_scale"] = float(model.logit_scale.detach().exp())
         write_text(os.path.join(tmp, DEPLOY_CONFIG), json.dumps(manifest, indent=2))
         if verify:
             manifest["verification"] = verify_export(model, tmp)

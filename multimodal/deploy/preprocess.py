@@ -128,17 +128,19 @@ class ImagePreprocessor:
 
 # ------------------------------------------------------------------------------------------------ audio
 def sinc_kernel(orig: int, new: int, lowpass_filter_width: int = 6, rolloff: float = 0.99) -> tuple[np.ndarray, int]:
-    """Windowed-sinc (Hann) polyphase filters [new, K] for rates already divided by their gcd, and the pad width."""
+    """Windowed-sinc (Hann) polyphase filters [new, K] for rates already divided by their gcd, and the pad width;
+    computed in float32, as torchaudio computes them for a float32 waveform."""
+    f32 = np.float32
     base = min(orig, new) * rolloff
     width = math.ceil(lowpass_filter_width * orig / base)
-    idx = np.arange(-width, width + orig, dtype=np.float64)[None, :] / orig
-    t = (np.arange(0, -new, -1, dtype=np.float64)[:, None] / new + idx) * base
-    t = np.clip(t, -lowpass_filter_width, lowpass_filter_width)
-    window = np.cos(t * math.pi / lowpass_filter_width / 2) ** 2
-    t = t * math.pi
-    with np.errstate(invalid="ignore", divide="ignore"):
-        kernels = np.where(t == 0, 1.0, np.sin(t) / np.where(t == 0, 1.0, t))
-    return (kernels * window * (base / orig)).astype(np.float32), width
+    idx = np.arange(-width, width + orig, dtype=f32)[None, :] / f32(orig)
+    t = (np.arange(0, -new, -1, dtype=f32)[:, None] / f32(new) + idx) * f32(base)
+    t = np.clip(t, -lowpass_filter_width, lowpass_filter_width).astype(f32)
+    window = np.cos(t * f32(math.pi / lowpass_filter_width / 2)) ** 2
+    t = t * f32(math.pi)
+    safe = np.where(t == 0, f32(1.0), t)
+    kernels = np.where(t == 0, f32(1.0), np.sin(safe) / safe)
+    return (kernels * (window * f32(base / orig))).astype(f32), width
 
 
 def resample(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
