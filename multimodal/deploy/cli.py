@@ -22,7 +22,7 @@ from multimodal.config.loading import load_config
 from multimodal.config.schema import ConfigError
 from multimodal.data.dataset import DataError
 from multimodal.data.manifest import read_manifest
-from multimodal.deploy.common import FORMATS, DeployError
+from multimodal.deploy.common import DEPLOY_CONFIG, FORMATS, DeployError
 from multimodal.deploy.export import export_folder
 from multimodal.deploy.loading import load_source_model
 from multimodal.deploy.predictor import Predictor
@@ -140,6 +140,9 @@ def export_main(argv: Optional[list[str]] = None) -> int:
         if args.quantize and args.format != "onnx":
             raise DeployError("--quantize int8 applies to --format onnx")
         target = args.output
+        if os.path.exists(target) and not os.path.exists(os.path.join(target, DEPLOY_CONFIG)):
+            raise DeployError(f"{target} exists and is not an exported folder; choose a new --output")
+        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".fp32-", dir=os.path.dirname(os.path.abspath(target)) or ".") as tmp:
             fp32_dir = os.path.join(tmp, "fp32") if args.quantize else target
             manifest = export_folder(args.model, fp32_dir, args.format, opset=args.opset, verify=not args.no_verify,

@@ -185,6 +185,8 @@ def export_model(model: EncoderModel, output: Union[str, os.PathLike], fmt: str 
         raise DeployError(f"unknown export format {fmt!r}; choose one of {FORMATS}")
     output = os.fspath(output)
     model = model.eval().cpu()
+    if os.path.exists(output) and not os.path.exists(os.path.join(output, DEPLOY_CONFIG)):
+        raise DeployError(f"{output} exists and is not an exported folder; choose a new --output")
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
@@ -213,8 +215,6 @@ def export_model(model: EncoderModel, output: Union[str, os.PathLike], fmt: str 
             manifest["verification"] = verify_export(model, tmp)
             write_text(os.path.join(tmp, DEPLOY_CONFIG), json.dumps(manifest, indent=2))
         if os.path.exists(output):
-            if not os.path.exists(os.path.join(output, DEPLOY_CONFIG)):
-                raise DeployError(f"{output} exists and is not an exported folder; choose a new --output")
             shutil.rmtree(output)
         os.replace(tmp, output)
     finally:

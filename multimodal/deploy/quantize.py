@@ -55,6 +55,8 @@ def quantize_exported(source: str, output: str, per_channel: bool = False,
     if config.get("quantization"):
         raise DeployError(f"{source} is already quantized; quantize the fp32 export")
     ops = list(op_types or DEFAULT_OPS)
+    if os.path.exists(output) and not os.path.exists(os.path.join(output, DEPLOY_CONFIG)):
+        raise DeployError(f"{output} exists and is not an exported folder; choose a new --output")
     output = os.fspath(output)
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
@@ -81,8 +83,6 @@ def quantize_exported(source: str, output: str, per_channel: bool = False,
         config.pop("verification", None)  # that check was for the fp32 graphs
         write_text(os.path.join(tmp, DEPLOY_CONFIG), json.dumps(config, indent=2))
         if os.path.exists(output):
-            if not os.path.exists(os.path.join(output, DEPLOY_CONFIG)):
-                raise DeployError(f"{output} exists and is not an exported folder; choose a new --output")
             shutil.rmtree(output)
         os.replace(tmp, output)
     finally:
