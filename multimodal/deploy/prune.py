@@ -98,8 +98,10 @@ def _prune_heads(model: nn.Module, amount: float, scope: str) -> list[nn.Module]
             scores.append((norm, b, h))
     cut = int(round(amount * len(scores)))
     chosen: dict[int, set[int]] = {}
-    for _, b, h in sorted(scores)[:cut]:
-        if len(chosen.get(b, set())) + 1 < blocks[b][3]:  # keep at least one head per block
+    for _, b, h in sorted(scores):  # weakest first, skipping a block's last head
+        if sum(len(v) for v in chosen.values()) >= cut:
+            break
+        if len(chosen.get(b, set())) + 1 < blocks[b][3]:
             chosen.setdefault(b, set()).add(h)
     touched = []
     for b, dropped in chosen.items():
