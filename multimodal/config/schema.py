@@ -92,6 +92,26 @@ class ModelConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation from a trained teacher model folder (`multimodal.training.distill`)."""
+
+    teacher: str = ""  # the teacher's model folder (save_pretrained), e.g. outputs/<run>/model
+    # Weight of the distillation loss; the task loss gets (1 - alpha).
+    alpha: float = 0.5
+    temperature: float = 2.0
+    # The teacher folder may hold encoders saved with trust_remote_code: allow their code to run.
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.teacher:
+            raise ConfigError("train.distill.teacher: give the teacher's model folder")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"train.distill.alpha must be in [0, 1], got {self.alpha}")
+        if not self.temperature > 0:
+            raise ConfigError(f"train.distill.temperature must be positive, got {self.temperature}")
+
+
+@dataclass
 class TrainConfig:
     """Optimisation, schedule, checkpointing and early stopping."""
 
@@ -123,6 +143,8 @@ class TrainConfig:
     metric_for_best: str = "auto"
     metric_mode: Literal["auto", "max", "min"] = "auto"
     progress_bar: bool = True
+    # Knowledge distillation from a trained teacher (fused: logits; two-tower: similarity matrices); null: off.
+    distill: Optional[DistillConfig] = None
 
 
 @dataclass

@@ -30,6 +30,7 @@ from multimodal.evaluation.report import EvalResult
 from multimodal.models.base import load_weights
 from multimodal.registry import get_task
 from multimodal.tasks.base import Task
+from multimodal.training.distill import build_distillation
 from multimodal.training.trainer import Trainer
 from multimodal.utils import process_state, write_json
 
@@ -79,11 +80,12 @@ def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modaliti
     if not main:
         tcfg.log_with, tcfg.save_checkpoints, tcfg.resume_from = "none", False, None
     metric = tcfg.metric_for_best if tcfg.metric_for_best != "auto" else task.default_metric()
+    loss_fn = build_distillation(cfg, splits.train, model, state.device) if main and cfg.train.distill else None
     trainer = Trainer(
         model, tcfg, loaders["train"], loaders["validation"],
         compute_metrics_fn=lambda preds: task.evaluate(preds, splits.validation, model, full=False).metrics,
         metric_for_best=metric, metric_mode_for_best=task.metric_mode(metric), tracker_config=config_to_dict(cfg), run_name="run" if main else "baseline",
-        unfreeze_after_epochs=cfg.model.unfreeze_after_epochs, eval_batch_loss=task.batch_loss,
+        unfreeze_after_epochs=cfg.model.unfreeze_after_epochs, eval_batch_loss=task.batch_loss, loss_fn=loss_fn,
     )
     start = time.time()
     trainer.train()

@@ -91,6 +91,7 @@ class Trainer:
         run_name: str = "run",
         unfreeze_after_epochs: Optional[int] = None,
         eval_batch_loss: bool = True,
+        loss_fn: Optional[Callable[[dict, Any], torch.Tensor]] = None,
     ) -> None:
         """`config` is a `multimodal.config.TrainConfig`. `compute_metrics_fn` gets the gathered validation
         outputs of `predict` (``index``, ``logits``, ``labels``, ``embeddings.<modality>``, ``loss``) and returns
@@ -98,7 +99,8 @@ class Trainer:
         is "auto" (default: the loss), and `metric_mode_for_best` ("min"/"max") its direction when
         ``config.metric_mode`` is "auto" (default: losses, errors and ranks go down, the rest up).
         `unfreeze_after_epochs` unfreezes frozen encoders from that epoch on;
-        `eval_batch_loss=False` skips the batch-loss mean when `compute_metrics_fn` computes the loss itself."""
+        `eval_batch_loss=False` skips the batch-loss mean when `compute_metrics_fn` computes the loss itself.
+        `loss_fn(batch, output)`, if given, is the training loss instead of ``output.loss`` (distillation)."""
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
@@ -120,6 +122,7 @@ class Trainer:
         set_seed(config.seed)
         self.compute_metrics_fn = compute_metrics_fn
         self.eval_batch_loss = eval_batch_loss
+        self.loss_fn = loss_fn
         self.state = TrainerState()
         self._epoch_loss: Optional[float] = None
         self._tracker_config = tracker_config or {}
@@ -356,7 +359,7 @@ class Trainer:
         for batch in loader:
             with acc.accumulate(self.model):
                 out = self._forward(batch)
-                loss = out.loss
+                loss = out.loss if self.loss_fn is None else self.loss_fn(batch, out)
                 if loss is None:
                     raise ValueError("the model returned no loss: does the batch carry labels for this task?")
                 accelerator_loss = loss.detach().float()

@@ -1,5 +1,5 @@
-"""Deploy fixtures: small models of every encoder family, their exported folders (built once per session), and
-a small classifier trained by the runner on the built-in text-image demo."""
+"""Deploy fixtures: small models of every encoder family and their exported folders (built once per session).
+The small classifier trained on the built-in demo (`demo_run`) is in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from deploy_helpers import LABELS, fused
 
 from encoders import create_encoder
-from multimodal import DualEncoder, MultimodalModel, load_config, run
+from multimodal import DualEncoder, MultimodalModel
 from multimodal.deploy.export import export_model
 
 
@@ -62,18 +62,3 @@ def dual_onnx(tmp_path_factory, dual_model) -> str:
     path = str(tmp_path_factory.mktemp("dual_onnx") / "onnx")
     export_model(dual_model, path, "onnx")
     return path
-
-
-@pytest.fixture(scope="session")
-def demo_run(tmp_path_factory, tiny_text_dir) -> str:
-    """Output folder of a small text-image classifier trained by `multimodal.run` on the built-in demo."""
-    out = tmp_path_factory.mktemp("demo_run")
-    cfg = load_config(None, [
-        "data.demo=text_image", "data.demo_size=120", "data.audio_column=null", "data.num_workers=0",
-        "data.feature_cache=null", f"model.encoders={{text: 'text:{tiny_text_dir}', image: 'image:test_efficientnet'}}",
-        "model.encoder_kwargs={image: {img_size: 32}}", "model.pretrained=false", "model.fusion_dim=16",
-        "train.epochs=2", "train.batch_size=16", "train.head_lr=0.01", "train.log_with=none",
-        "train.progress_bar=false", "train.save_checkpoints=false", f"train.output_dir={out}",
-    ])
-    run(cfg)
-    return str(out)
