@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from typing import Any, Optional, Union
 
 import torch
@@ -146,7 +147,9 @@ def _dynamic_shapes(layout: GraphLayout, named: bool = True) -> tuple:
 
 def _write_graph(graph: nn.Module, layout: GraphLayout, path: str, fmt: str, output_name: str, opset: int) -> None:
     args = tuple(layout.examples)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the exporter notes each shared axis name once per input ("will not be used, since it shares ...")
+        warnings.filterwarnings("ignore", message=r".*axis name.*shares the same shape constraints.*")
         if fmt == "onnx":
             program = torch.onnx.export(graph, args, dynamo=True, dynamic_shapes=_dynamic_shapes(layout),
                                         input_names=layout.names, output_names=[output_name], opset_version=opset,

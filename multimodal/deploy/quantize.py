@@ -12,6 +12,7 @@ difference from the fp32 outputs on the verification inputs.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -33,6 +34,17 @@ def graph_bytes(directory: str, config: Optional[dict] = None) -> int:
     """Total size of an exported folder's graph files."""
     config = config or read_deploy_config(directory)
     return sum(os.path.getsize(os.path.join(directory, g["file"])) for g in config["graphs"].values())
+
+
+class _DropMessage(logging.Filter):
+    """A logging filter that drops records containing `text`."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def activation_matmuls(path: str) -> list[str]:
@@ -68,10 +80,15 @@ def quantize_exported(source: str, output: str, per_channel: bool = False,
             if entry in graph_files or entry == DEPLOY_CONFIG:
                 continue
             (shutil.copytree if os.path.isdir(src) else shutil.copy2)(src, os.path.join(tmp, entry))
-        for name in sorted(graph_files):
-            path = os.path.join(source, name)
-            quantize_dynamic(path, os.path.join(tmp, name), op_types_to_quantize=ops, per_channel=per_channel,
-                             weight_type=QuantType.QInt8, nodes_to_exclude=activation_matmuls(path))
+        quiet = _DropMessage("consider to run pre-processing before quantization")  # advice for static quantization
+        logging.getLogger().addFilter(quiet)
+        try:
+            for name in sorted(graph_files):
+                path = os.path.join(source, name)
+                quantize_dynamic(path, os.path.join(tmp, name), op_types_to_quantize=ops, per_channel=per_channel,
+                                 weight_type=QuantType.QInt8, nodes_to_exclude=activation_matmuls(path))
+        finally:
+            logging.getLogger().removeFilter(quiet)
         config = dict(config)
         config["quantization"] = {
             "method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "int8", "op_types": ops,
