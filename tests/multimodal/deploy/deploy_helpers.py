@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import torch
 
 from encoders import create_encoder
@@ -32,3 +34,10 @@ def family_encoder(family: str, tiny_text_dir: str, tiny_audio_dir: str):
     if family == "hf-audio":
         return create_encoder(f"audio:{tiny_audio_dir}", pretrained=False, max_seconds=2.0)
     raise ValueError(family)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -41,6 +41,8 @@ def test_image_pixels_equal_the_timm_transform(tmp_path, spec, kwargs):
         Image.fromarray(rng.integers(0, 256, (37, 91, 3), dtype=np.uint8)),  # wide
         Image.fromarray(rng.integers(0, 256, (300, 41, 3), dtype=np.uint8)),  # tall
         Image.fromarray(rng.integers(0, 256, (5, 5), dtype=np.uint8), mode="L"),  # tiny, grayscale
+        Image.fromarray(rng.integers(0, 256, (35, 33, 3), dtype=np.uint8)),  # crop offsets of x.5: round() as torchvision
+        Image.fromarray(rng.integers(0, 256, (33, 35, 3), dtype=np.uint8)),
         Image.fromarray(rng.integers(0, 256, (64, 64, 4), dtype=np.uint8), mode="RGBA"),  # alpha over white
         rng.integers(0, 65535, (40, 50), dtype=np.uint16),  # a 16-bit array
         None,

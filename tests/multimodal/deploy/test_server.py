@@ -7,7 +7,6 @@ import base64
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -18,18 +17,13 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from deploy_helpers import free_port
 from PIL import Image
 
 from multimodal.deploy import Predictor
 from multimodal.deploy.server import create_app
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
