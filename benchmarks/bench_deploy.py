@@ -164,6 +164,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    load_start = os.getloadavg()
     torch.set_num_threads(args.threads)
     for path in (args.classifier, args.towers):
         if not os.path.isdir(path):
@@ -172,7 +173,8 @@ def main() -> None:
     columns = ["model", "candidate", "batch", "ms/batch", "samples/s", "throughput vs pytorch", "latency vs ort fp32",
                "MiB", "size vs ort fp32", "accuracy", "macro_f1", "text_to_image/R@1", "image_to_text/R@1"]
     print_table("Inference, CPU", rows, columns)
-    write_json(args.json, {"rows": rows, "args": vars(args)})
+    print(f"\nload average (1, 5, 15 min): start {load_start}, end {os.getloadavg()} on {os.cpu_count()} cores")
+    write_json(args.json, {"rows": rows, "args": vars(args), "load_average": {"start": load_start, "end": os.getloadavg()}})
 
 
 if __name__ == "__main__":

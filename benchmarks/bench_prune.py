@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    load_start = os.getloadavg()
     torch.set_num_threads(args.threads)
     run_dir = os.path.dirname(os.path.abspath(args.model))
     test_csv = os.path.join(run_dir, "splits", "test.csv")
@@ -68,7 +69,8 @@ def main() -> None:
                       "macro_f1 after recovery": after["macro_f1"]})
         print(table[-1], flush=True)
     print_table("Pruning (test split)", table, list(table[0]))
-    write_json(args.json, {"rows": table, "args": vars(args)})
+    print(f"\nload average (1, 5, 15 min): start {load_start}, end {os.getloadavg()} on {os.cpu_count()} cores")
+    write_json(args.json, {"rows": table, "args": vars(args), "load_average": {"start": load_start, "end": os.getloadavg()}})
 
 
 if __name__ == "__main__":

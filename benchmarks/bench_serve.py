@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    load_start = os.getloadavg()
     data = args.data
     if data is None:
         import json
@@ -129,7 +130,8 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=60)
-    write_json(args.json, {"load": runs, "bad": bad, "args": vars(args)})
+    print(f"\nload average (1, 5, 15 min): start {load_start}, end {os.getloadavg()} on {os.cpu_count()} cores")
+    write_json(args.json, {"load": runs, "bad": bad, "args": vars(args), "load_average": {"start": load_start, "end": os.getloadavg()}})
 
 
 if __name__ == "__main__":
