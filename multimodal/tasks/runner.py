@@ -29,6 +29,7 @@ from multimodal.evaluation.plots import plot_training_curves
 from multimodal.evaluation.report import EvalResult
 from multimodal.models.base import load_weights
 from multimodal.registry import get_task
+from multimodal.tasks import finetune
 from multimodal.tasks.base import Task
 from multimodal.training.trainer import Trainer
 from multimodal.utils import process_state, write_json
@@ -63,6 +64,9 @@ def build_loaders(task: Task, model: Any, splits: DataSplits, accelerator: Any =
         ds = datasets[name]
         loaders[name] = (make_dataloader(ds, collator(False), eval_bs, num_workers=workers, seed=tcfg.seed)
                          if ds is not None and len(ds) else None)
+    if tcfg.linear_probe:  # the probe reads training features once, with eval preprocessing
+        loaders["train_eval"] = make_dataloader(datasets["train"], collator(False), eval_bs, num_workers=workers,
+                                                seed=tcfg.seed)
     return loaders
 
 
@@ -72,6 +76,7 @@ def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modaliti
     cfg = task.cfg
     state = process_state()
     model = task.build_model(splits, modalities)
+    model = finetune.prepare_model(model, cfg, task.label_type)  # probe head, LoRA, unlocked blocks
     loaders = build_loaders(task, model, splits, accelerator=state if state.num_processes > 1 else None,
                             progress=state.is_main_process)
     tcfg = copy.deepcopy(cfg.train)
@@ -86,10 +91,11 @@ def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modaliti
         unfreeze_after_epochs=cfg.model.unfreeze_after_epochs, eval_batch_loss=task.batch_loss,
     )
     start = time.time()
-    trainer.train()
+    extra = finetune.train_model(trainer, task, model, loaders, splits, cfg, output_dir)  # probe fit or trainer.train()
     train_time = time.time() - start
     trainer.accelerator.wait_for_everyone()
     load_weights(trainer.unwrapped_model, os.path.join(output_dir, "model"))
+    extra = finetune.after_training(trainer, task, model, splits, cfg, output_dir, extra)  # WiSE-FT, counts
     result: dict[str, Any] = {
         "modalities": sorted(modalities or cfg.model.encoders),
         "frozen": [m for m, e in model.encoders.items() if e.frozen],
@@ -98,6 +104,7 @@ def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modaliti
         "stopped_early": trainer.state.stopped_early,
         "train_time_s": round(train_time, 2),
         "metric_for_best": trainer.metric_for_best,
+        **extra,
     }
     evaluations: dict[str, EvalResult] = {}
     for name, dataset in (("validation", splits.validation), ("test", splits.test)):
