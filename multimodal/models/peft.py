@@ -92,7 +92,7 @@ def state_hash(module: nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 
 
@@ -175,8 +175,14 @@ def restore_encoders(config: dict[str, Any], encoders: dict[str, nn.Module]) -> 
             base = create_encoder(entry["spec"], pretrained=True, **dict(entry.get("kwargs") or {}))
             saved = {k: v for k, v in config["encoders"][m].items()}
             if _canonical(base.get_config()) != _canonical(saved):
-                raise ValueError(f"the base encoder {entry['spec']!r} rebuilt for the {m} adapters has another config "
-                                 f"than the one they were trained on: {base.get_config()} vs {saved}")
+                # other creation kwargs (e.g. img_size) than recorded: the saved architecture, the base's weights
+                try:
+                    encoders[m].load_state_dict(base.state_dict(), strict=True)
+                except RuntimeError as err:
+                    raise ValueError(f"the base encoder {entry['spec']!r} rebuilt for the {m} adapters has another "
+                                     f"config than the one they were trained on: {base.get_config()} vs {saved} "
+                                     f"({str(err).splitlines()[0]})") from err
+                base = encoders[m]
             digest = state_hash(base)
             if digest != entry["base_sha256"]:
                 raise ValueError(f"the pretrained weights of {entry['spec']!r} ({m}) differ from those the adapters "
@@ -194,7 +200,7 @@ def finish_restore(model: Any, config: dict[str, Any]) -> None:
 
 def merge_adapters(model: Any) -> Any:
     """Fold the LoRA weights into the base weights (peft's merge_and_unload): a plain model for export."""
-    for m in list((getattr(model, "peft_info", None) or {})):
+    for m in list(getattr(model, "peft_info", None) or {}):
         encoder = model.encoders[m]
         encoder.backbone = encoder.backbone.merge_and_unload()
         encoder._adapter_names = set()

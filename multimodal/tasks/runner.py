@@ -21,6 +21,7 @@ from encoders import EncoderError
 from encoders.base import jsonable
 from multimodal.config.loading import config_to_dict, parse_cli, save_config
 from multimodal.config.schema import ConfigError, ExperimentConfig
+from multimodal.data import augment
 from multimodal.data.cached import CachedFeatureCollator, cache_datasets, frozen_modalities, resolve_cache_dir
 from multimodal.data.dataset import DataError
 from multimodal.data.loading import Collator, make_dataloader
@@ -44,11 +45,16 @@ def build_loaders(task: Task, model: Any, splits: DataSplits, accelerator: Any =
     datasets: dict[str, Any] = {"train": splits.train, "validation": splits.validation, "test": splits.test}
     cached: dict[str, Any] = {}
     cache_dir = resolve_cache_dir(cfg.data.feature_cache)
-    if cache_dir and cfg.model.unfreeze_after_epochs is None and frozen_modalities(model):
-        datasets, cached = cache_datasets(model, datasets, cache_dir, accelerator=accelerator, show_progress=progress)
+    live = augment.live_modalities(model, cfg.data.augment)  # augmented: eval-mode cached features would ignore it
+    frozen = [m for m in frozen_modalities(model) if m not in live]
+    if cache_dir and cfg.model.unfreeze_after_epochs is None and frozen:
+        datasets, cached = cache_datasets(model, datasets, cache_dir, modalities=frozen, accelerator=accelerator,
+                                          show_progress=progress)
 
     def collator(train: bool) -> Any:
-        base = Collator({m: p for m, p in model.get_preprocessors(train).items() if m not in cached}, task.label_type)
+        preprocessors = augment.train_preprocessors(model, cfg.data.augment) if train else model.get_preprocessors(False)
+        mixer = augment.batch_mixer(model, cfg.data.augment, task.label_type) if train else None
+        base = Collator({m: p for m, p in preprocessors.items() if m not in cached}, task.label_type, mixer)
         return CachedFeatureCollator(base, cached) if cached else base
 
     tcfg, workers = cfg.train, cfg.data.num_workers
