@@ -29,7 +29,7 @@ from encoders.base import Encoder, EncoderError, EncoderOutput
 
 NORMALIZE = ("clip", "global", "none")
 # Chosen by measurement (README "Defaults", BENCHMARKS.md): what `create` uses when not told.
-DEFAULT_RESIZE: Any = None
+DEFAULT_RESIZE: Any = "pretrained"
 DEFAULT_N_MELS = 64
 
 

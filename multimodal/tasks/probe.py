@@ -41,8 +41,8 @@ def _objective(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tenso
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_outputs: int, c: float, multi_label: bool = False,
-                 init: Optional[tuple[torch.Tensor, torch.Tensor]] = None, max_iter: int = 2000,
-                 tol: float = 1e-7) -> tuple[torch.Tensor, torch.Tensor]:
+                 init: Optional[tuple[torch.Tensor, torch.Tensor]] = None, max_iter: int = 500,
+                 tol: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-regularised logistic regression (softmax, or per-class sigmoid for multi-label) fitted by L-BFGS.
 
     `x` [n, d] float, `y` [n] class ids (or [n, K] 0/1 for multi-label); returns float64 (W [K, d], b [K]).
@@ -56,7 +56,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_outputs: int, c: float, m
         w, b = init[0].detach().clone().double(), init[1].detach().clone().double()
     w.requires_grad_(True)
     b.requires_grad_(True)
-    optimizer = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
+    optimizer = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-9,
                                   history_size=20, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
