@@ -11,6 +11,7 @@ from typing import Any
 
 from encoders import EncoderError, parse_spec
 from fusion import list_fusions
+from multimodal.config.finetune_checks import check_finetune
 from multimodal.config.schema import ConfigError, ExperimentConfig, ModelConfig
 from multimodal.data.demos import get_demo, list_demos
 from multimodal.registry import get_task, task_names
@@ -90,6 +91,7 @@ def check_config(cfg: ExperimentConfig) -> None:
             "nothing would be left to train on"
         )
     task_cls.check_config(cfg)
+    check_finetune(cfg)
     metric = cfg.train.metric_for_best
     if metric != "auto":
         names = task_cls.metric_names(cfg)

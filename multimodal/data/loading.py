@@ -66,9 +66,11 @@ class Collator:
     decides the label tensor's dtype and shape.
     """
 
-    def __init__(self, preprocessors: dict[str, Callable[[list], dict]], label_type: Optional[str] = "single_label") -> None:
+    def __init__(self, preprocessors: dict[str, Callable[[list], dict]], label_type: Optional[str] = "single_label",
+                 batch_transform: Optional[Callable[[dict], dict]] = None) -> None:
         self.preprocessors = dict(sorted(preprocessors.items()))
         self.label_type = label_type
+        self.batch_transform = batch_transform  # e.g. mixup (multimodal.data.augment), seeded like the rest
 
     def __call__(self, samples: list[dict]) -> dict:
         batch: dict[str, Any] = {"inputs": {}, "present": {}}
@@ -93,6 +95,9 @@ class Collator:
                     stacked = stacked[:, 0]
                 batch["labels"] = stacked
         batch["index"] = torch.tensor([s["index"] for s in samples], dtype=torch.long)
+        if self.batch_transform is not None and aug_seed is not None:
+            with seeded_rngs([int(aug_seed), *(int(s["index"]) for s in samples), 1]):  # own stream, same seeding
+                batch = self.batch_transform(batch)
         return batch
 
 

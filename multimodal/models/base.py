@@ -22,6 +22,7 @@ from torch import nn
 
 from encoders import Encoder, encoder_from_config
 from encoders.base import EncoderOutput, Preprocessor
+from multimodal.models import peft as peft_support
 from multimodal.utils import write_text
 
 FORMAT_VERSION = 1
@@ -179,7 +180,7 @@ class EncoderModel(nn.Module):
         """Write `model.safetensors`, `config.json` and each encoder's assets under `encoders/<modality>/`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors, tied = untie_state_dict(self.state_dict())
+        tensors, tied = untie_state_dict(peft_support.weights_to_save(self))  # LoRA: adapters + heads only
         tmp = directory / f".{WEIGHTS_NAME}.tmp"
         save_file(tensors, str(tmp), metadata={"format": "pt", "format_version": str(FORMAT_VERSION)})
         os.replace(tmp, directory / WEIGHTS_NAME)
@@ -187,7 +188,7 @@ class EncoderModel(nn.Module):
             assets = directory / ENCODER_ASSETS_DIR / m
             assets.mkdir(parents=True, exist_ok=True)
             enc.save_assets(str(assets))
-        config = {**self.get_config(), "tied_weights": tied}
+        config = {**self.get_config(), **peft_support.config_entries(self), "tied_weights": tied}
         write_text(directory / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True))
 
     @classmethod
@@ -233,7 +234,9 @@ def load_model(directory: Union[str, os.PathLike]) -> EncoderModel:
     for m, enc_config in config["encoders"].items():
         assets = directory / ENCODER_ASSETS_DIR / m
         encoders[m] = encoder_from_config(enc_config, str(assets) if assets.is_dir() else None)
+    encoders = peft_support.restore_encoders(config, encoders)  # LoRA: pretrained base from its spec + adapters
     model = cls._from_config(config, encoders)
+    peft_support.finish_restore(model, config)
     load_weights(model, directory, config)
     for m in config.get("frozen", []):
         model.encoders[m].freeze()
@@ -255,6 +258,9 @@ def load_weights(model: nn.Module, directory: Union[str, os.PathLike], config: O
     rename = getattr(model, "legacy_state_names", None)
     if callable(rename):
         state = rename(state, config)
+    if config.get("peft"):  # adapters + heads; the base came from its spec
+        peft_support.load_partial(model, state, str(weights_path))
+        return
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -21,6 +21,7 @@ from encoders import EncoderError
 from encoders.base import jsonable
 from multimodal.config.loading import config_to_dict, parse_cli, save_config
 from multimodal.config.schema import ConfigError, ExperimentConfig
+from multimodal.data import augment
 from multimodal.data.cached import CachedFeatureCollator, cache_datasets, frozen_modalities, resolve_cache_dir
 from multimodal.data.dataset import DataError
 from multimodal.data.loading import Collator, make_dataloader
@@ -29,6 +30,7 @@ from multimodal.evaluation.plots import plot_training_curves
 from multimodal.evaluation.report import EvalResult
 from multimodal.models.base import load_weights
 from multimodal.registry import get_task
+from multimodal.tasks import finetune
 from multimodal.tasks.base import Task
 from multimodal.training.trainer import Trainer
 from multimodal.utils import process_state, write_json
@@ -43,11 +45,16 @@ def build_loaders(task: Task, model: Any, splits: DataSplits, accelerator: Any =
     datasets: dict[str, Any] = {"train": splits.train, "validation": splits.validation, "test": splits.test}
     cached: dict[str, Any] = {}
     cache_dir = resolve_cache_dir(cfg.data.feature_cache)
-    if cache_dir and cfg.model.unfreeze_after_epochs is None and frozen_modalities(model):
-        datasets, cached = cache_datasets(model, datasets, cache_dir, accelerator=accelerator, show_progress=progress)
+    live = augment.live_modalities(model, cfg.data.augment)  # augmented: eval-mode cached features would ignore it
+    frozen = [m for m in frozen_modalities(model) if m not in live]
+    if cache_dir and cfg.model.unfreeze_after_epochs is None and frozen:
+        datasets, cached = cache_datasets(model, datasets, cache_dir, modalities=frozen, accelerator=accelerator,
+                                          show_progress=progress)
 
     def collator(train: bool) -> Any:
-        base = Collator({m: p for m, p in model.get_preprocessors(train).items() if m not in cached}, task.label_type)
+        preprocessors = augment.train_preprocessors(model, cfg.data.augment) if train else model.get_preprocessors(False)
+        mixer = augment.batch_mixer(model, cfg.data.augment, task.label_type) if train else None
+        base = Collator({m: p for m, p in preprocessors.items() if m not in cached}, task.label_type, mixer)
         return CachedFeatureCollator(base, cached) if cached else base
 
     tcfg, workers = cfg.train, cfg.data.num_workers
@@ -63,6 +70,9 @@ def build_loaders(task: Task, model: Any, splits: DataSplits, accelerator: Any =
         ds = datasets[name]
         loaders[name] = (make_dataloader(ds, collator(False), eval_bs, num_workers=workers, seed=tcfg.seed)
                          if ds is not None and len(ds) else None)
+    if tcfg.linear_probe:  # the probe reads training features once, with eval preprocessing
+        loaders["train_eval"] = make_dataloader(datasets["train"], collator(False), eval_bs, num_workers=workers,
+                                                seed=tcfg.seed)
     return loaders
 
 
@@ -72,6 +82,7 @@ def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modaliti
     cfg = task.cfg
     state = process_state()
     model = task.build_model(splits, modalities)
+    model = finetune.prepare_model(model, cfg, task.label_type)  # probe head, LoRA, unlocked blocks
     loaders = build_loaders(task, model, splits, accelerator=state if state.num_processes > 1 else None,
                             progress=state.is_main_process)
     tcfg = copy.deepcopy(cfg.train)
@@ -86,10 +97,11 @@ def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modaliti
         unfreeze_after_epochs=cfg.model.unfreeze_after_epochs, eval_batch_loss=task.batch_loss,
     )
     start = time.time()
-    trainer.train()
+    extra = finetune.train_model(trainer, task, model, loaders, splits, cfg, output_dir)  # probe fit or trainer.train()
     train_time = time.time() - start
     trainer.accelerator.wait_for_everyone()
     load_weights(trainer.unwrapped_model, os.path.join(output_dir, "model"))
+    extra = finetune.after_training(trainer, task, model, splits, cfg, output_dir, extra)  # WiSE-FT, counts
     result: dict[str, Any] = {
         "modalities": sorted(modalities or cfg.model.encoders),
         "frozen": [m for m, e in model.encoders.items() if e.frozen],
@@ -98,6 +110,7 @@ def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modaliti
         "stopped_early": trainer.state.stopped_early,
         "train_time_s": round(train_time, 2),
         "metric_for_best": trainer.metric_for_best,
+        **extra,
     }
     evaluations: dict[str, EvalResult] = {}
     for name, dataset in (("validation", splits.validation), ("test", splits.test)):

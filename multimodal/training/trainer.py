@@ -35,6 +35,8 @@ from torch import nn
 from multimodal.data.loading import epoch_seed
 from multimodal.evaluation.metrics import metric_mode
 from multimodal.training.checkpoints import latest_checkpoint, read_state, save_checkpoint
+from multimodal.training.ema import WeightEma
+from multimodal.training.optim import param_groups
 from multimodal.training.predict import forward_batch, predict
 
 
@@ -138,6 +140,8 @@ class Trainer:
         if self.unfreeze_epoch is not None and frozen:
             self.unwrapped_model.freeze_encoders(frozen)
         self.eval_loader = accelerator.prepare(eval_loader) if eval_loader is not None else None
+        ema_decay = getattr(config, "ema_decay", None)
+        self.ema = WeightEma(self.unwrapped_model, ema_decay, getattr(config, "ema_warmup", True)) if ema_decay else None
         self.updates_per_epoch = max(1, math.ceil(len(self.train_loader) / config.grad_accum_steps))
         total = self.updates_per_epoch * config.epochs
         warmup = config.warmup_steps if config.warmup_steps is not None else int(config.warmup_ratio * total)
@@ -166,11 +170,11 @@ class Trainer:
         if self.unfreeze_epoch is not None:
             frozen = [name for name, enc in model.encoders.items() if enc.frozen]
             model.unfreeze_encoders()
-            groups = model.parameter_groups(cfg.encoder_lr, cfg.head_lr, cfg.weight_decay)
+            groups = param_groups(model, cfg)
             if frozen:
                 model.freeze_encoders(frozen)
         else:
-            groups = model.parameter_groups(cfg.encoder_lr, cfg.head_lr, cfg.weight_decay)
+            groups = param_groups(model, cfg)  # layer-wise LR decay when train.layer_decay is set
         groups = [g for g in groups if len(list(g["params"]))]
         if not groups:
             raise ValueError("no trainable parameters: every parameter is frozen")
@@ -195,6 +199,8 @@ class Trainer:
     def save_checkpoint(self, name: str) -> str:
         """`accelerator.save_state` plus trainer_state.json into output_dir/checkpoints/<name>."""
         path = os.path.join(self._checkpoint_root(), name)
+        if self.ema is not None and self.accelerator.is_main_process:
+            self.ema.save(path)  # before the state file that marks the checkpoint complete
         return save_checkpoint(self.accelerator, path, {"trainer": dict(self.state.__dict__)},
                                keep=self.config.keep_checkpoints)
 
@@ -215,6 +221,8 @@ class Trainer:
             self.state.unfrozen = False
             self._maybe_unfreeze(self.unfreeze_epoch)
         self.accelerator.load_state(path)
+        if self.ema is not None:
+            self.ema.load(path)
         self.accelerator.print(
             f"resumed from {path}: epoch {self.state.epoch}, batch {self.state.batch_in_epoch}, "
             f"step {self.state.global_step}"
@@ -229,11 +237,21 @@ class Trainer:
         return predict(self.model, loader, self.accelerator, batch_loss=self.eval_batch_loss)
 
     def evaluate(self, loader: Any = None) -> dict[str, float]:
-        """Metrics on a prepared loader (the validation loader by default); ``num_examples`` counts each example once."""
+        """Metrics on a prepared loader (the validation loader by default); ``num_examples`` counts each example once.
+
+        With an EMA, the weights that are selected and saved (``train.ema_save``) give the metrics; the other
+        weights' metrics follow as ``raw.<name>`` (or ``ema.<name>``)."""
         loader = loader if loader is not None else self.eval_loader
         if loader is None:
             return {}
-        preds = self.predict(loader)
+        if self.ema is None:
+            return self._evaluate(self.model, loader)
+        ema, raw = self._evaluate(self.ema.module, loader), self._evaluate(self.model, loader)
+        chosen, other, tag = (ema, raw, "raw") if getattr(self.config, "ema_save", True) else (raw, ema, "ema")
+        return {**chosen, **{f"{tag}.{k}": v for k, v in other.items() if isinstance(v, (int, float))}}
+
+    def _evaluate(self, model: nn.Module, loader: Any) -> dict[str, float]:
+        preds = predict(model, loader, self.accelerator, batch_loss=self.eval_batch_loss)
         metrics = dict(self.compute_metrics_fn(preds)) if self.compute_metrics_fn is not None else {}
         if "index" in preds:
             metrics["num_examples"] = int(preds["index"].shape[0])
@@ -265,7 +283,8 @@ class Trainer:
         """`save_pretrained` of the unwrapped model on the main process."""
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            self.unwrapped_model.save_pretrained(directory)
+            use_ema = self.ema is not None and getattr(self.config, "ema_save", True)
+            (self.ema.module if use_ema else self.unwrapped_model).save_pretrained(directory)
         self.accelerator.wait_for_everyone()
 
     def train(self) -> TrainerState:
@@ -381,6 +400,8 @@ class Trainer:
                 continue
             step_on_device += 1
             self.state.global_step += 1
+            if self.ema is not None:
+                self.ema.update(self.unwrapped_model, self.state.global_step)
             step = self.state.global_step
             end_of_epoch = self.state.batch_in_epoch >= len(self.train_loader)
             if step % max(1, cfg.log_every) == 0 or end_of_epoch:
