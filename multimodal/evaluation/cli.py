@@ -137,13 +137,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--cache-dir", default=None, help="reuse/store the features of frozen (locked) encoders here")
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--html", action="store_true", help="also write report.html")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let Python code shipped in the model folder (transformers auto_map) run; off by default")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         if not os.path.exists(os.path.join(args.model, "config.json")):
             raise DataError(f"{args.model!r} is not a saved model directory (no config.json); point --model at the "
                             "'model' folder a recipe writes")
-        model = load_model(args.model)
+        model = load_model(args.model, trust_remote_code=args.trust_remote_code)
         columns = {"text": args.text_column, "image": args.image_column, "audio": args.audio_column}
         others = [m for m in model.encoders if m != "text"]
         if args.item_column and len(others) == 1:

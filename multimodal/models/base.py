@@ -191,9 +191,10 @@ class EncoderModel(nn.Module):
         write_text(directory / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True))
 
     @classmethod
-    def from_pretrained(cls, directory: Union[str, os.PathLike]) -> EncoderModel:
-        """Rebuild a model saved by `save_pretrained`, offline; returns it in eval mode."""
-        model = load_model(directory)
+    def from_pretrained(cls, directory: Union[str, os.PathLike], trust_remote_code: bool = False) -> EncoderModel:
+        """Rebuild a model saved by `save_pretrained`, offline; returns it in eval mode. Python code shipped in the
+        folder never runs unless this call passes ``trust_remote_code=True`` (the saved config cannot turn it on)."""
+        model = load_model(directory, trust_remote_code=trust_remote_code)
         if not isinstance(model, cls):
             raise TypeError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}; use multimodal.load_model")
         return model
@@ -220,8 +221,9 @@ def read_model_config(directory: Union[str, os.PathLike]) -> dict[str, Any]:
     return config
 
 
-def load_model(directory: Union[str, os.PathLike]) -> EncoderModel:
-    """Rebuild any model saved by `save_pretrained` (class from ``model_type``), offline, in eval mode."""
+def load_model(directory: Union[str, os.PathLike], trust_remote_code: bool = False) -> EncoderModel:
+    """Rebuild any model saved by `save_pretrained` (class from ``model_type``), offline, in eval mode; code in the
+    folder runs only with ``trust_remote_code=True`` passed here."""
     directory = Path(directory)
     config = read_model_config(directory)
     model_type = config.get("model_type") or ("dual_encoder" if (config.get("fusion") or {}).get("name") == "contrastive"
@@ -232,7 +234,8 @@ def load_model(directory: Union[str, os.PathLike]) -> EncoderModel:
     encoders = {}
     for m, enc_config in config["encoders"].items():
         assets = directory / ENCODER_ASSETS_DIR / m
-        encoders[m] = encoder_from_config(enc_config, str(assets) if assets.is_dir() else None)
+        encoders[m] = encoder_from_config(enc_config, str(assets) if assets.is_dir() else None,
+                                          trust_remote_code=trust_remote_code)
     model = cls._from_config(config, encoders)
     load_weights(model, directory, config)
     for m in config.get("frozen", []):
