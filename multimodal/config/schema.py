@@ -123,6 +123,8 @@ class TrainConfig:
     metric_for_best: str = "auto"
     metric_mode: Literal["auto", "max", "min"] = "auto"
     progress_bar: bool = True
+    # Replace an earlier run found in output_dir (metrics.json, model/, checkpoints/); false: refuse to start.
+    overwrite_output_dir: bool = False
 
 
 @dataclass
