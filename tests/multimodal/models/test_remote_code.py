@@ -9,10 +9,11 @@ import os
 import pytest
 import torch
 
-from encoders import EncoderError, create_encoder
+from encoders import create_encoder
 from fusion import create_fusion
 from multimodal import MultimodalModel, TaskHead, load_model
 from multimodal.evaluation.cli import main as evaluate_main
+from multimodal.models import ModelFolderError
 
 
 @pytest.fixture()
@@ -72,7 +73,7 @@ def test_the_callers_flag_and_only_it_runs_the_code(tmp_path, tiny_text_dir, mod
 
 def test_folder_that_needs_its_code_is_refused_with_the_folder_named(tmp_path, tiny_text_dir, modules_cache):
     folder, marker = _tampered_folder(tmp_path, tiny_text_dir, model_type="evil-bert")  # unknown type: only code helps
-    with pytest.raises(EncoderError) as info:
+    with pytest.raises(ModelFolderError) as info:
         load_model(folder)
     assert os.path.join(folder, "encoders", "text") in str(info.value)
     assert "trust_remote_code=True" in str(info.value)
