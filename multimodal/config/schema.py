@@ -144,6 +144,8 @@ class TrainConfig:
     ema_save: bool = True  # select the best epoch on, and save, the EMA weights (false: the raw weights)
     # WiSE-FT: interpolate start and fine-tuned weights at these alphas, keep the best on validation.
     wise_ft_alphas: Optional[list[float]] = None
+    # Replace an earlier run found in output_dir (metrics.json, model/, checkpoints/); false: refuse to start.
+    overwrite_output_dir: bool = False
 
 
 @dataclass

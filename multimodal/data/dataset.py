@@ -18,14 +18,10 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from multimodal.data.labels import LabelVocab
-from multimodal.data.manifest import cell, is_missing
+from multimodal.data.manifest import DataError, cell, is_missing
 from multimodal.data.media import FILE_MODALITIES, cell_path, check_sample, describe, load_sample
 
 LABEL_TYPES = ("single_label", "multi_label", "regression")
-
-
-class DataError(ValueError):
-    """A table cannot be used as given (missing column, no rows, too few classes); the message names it."""
 
 
 class BadSampleError(DataError):

@@ -94,7 +94,11 @@ def _tables(cfg: Any, wanted_columns: list[str], dataset: Any) -> tuple[dict[str
         if dataset is None:
             import datasets as hfds
 
-            dataset = hfds.load_from_disk(cfg.hf_dataset)
+            try:
+                dataset = hfds.load_from_disk(cfg.hf_dataset)
+            except (OSError, ValueError) as err:
+                raise DataError(f"data.hf_dataset: {cfg.hf_dataset!r} is not a folder written by datasets' "
+                                f"save_to_disk ({type(err).__name__}: {err})") from err
         source = cfg.hf_dataset or "<datasets>"
         keep = [c for c in (*wanted_columns, split_column) if c]
 

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
 from typing import Any, Optional
 
 import torch
 
-from encoders import EncoderError
 from encoders.base import jsonable
 from multimodal.config.loading import config_to_dict, parse_cli, save_config
-from multimodal.config.schema import ConfigError, ExperimentConfig
+from multimodal.config.schema import ExperimentConfig
 from multimodal.data import augment
 from multimodal.data.cached import CachedFeatureCollator, cache_datasets, frozen_modalities, resolve_cache_dir
-from multimodal.data.dataset import DataError
 from multimodal.data.loading import Collator, make_dataloader
 from multimodal.data.splits import DataSplits, write_splits
 from multimodal.evaluation.plots import plot_training_curves
@@ -32,7 +31,9 @@ from multimodal.models.base import load_weights
 from multimodal.registry import get_task
 from multimodal.tasks import finetune
 from multimodal.tasks.base import Task
+from multimodal.tasks.outputs import prepare_output_dir, remove_run_outputs
 from multimodal.training.trainer import Trainer
+from multimodal.usererrors import debug_requested, user_errors
 from multimodal.utils import process_state, write_json
 
 
@@ -136,6 +137,10 @@ def run(cfg: ExperimentConfig, dataset: Any = None) -> dict[str, Any]:
     main = state.is_main_process
     task = get_task(cfg.model.task)(cfg)
     out = cfg.train.output_dir
+    note = prepare_output_dir(cfg.train, is_main=main)  # refuses a folder holding another run's results
+    if note:
+        state.print(note)
+    state.wait_for_everyone()
     if main:
         os.makedirs(out, exist_ok=True)
         save_config(cfg, os.path.join(out, "config.yaml"))
@@ -174,6 +179,9 @@ def run(cfg: ExperimentConfig, dataset: Any = None) -> dict[str, Any]:
         metrics["baselines"] = {}
         for m in modalities:
             state.print(f"baseline: {m} only")
+            if main:
+                remove_run_outputs(os.path.join(out, "baselines", m))  # trained afresh: nothing of an earlier attempt
+            state.wait_for_everyone()
             result, _ = train_and_evaluate(task, splits, os.path.join(out, "baselines", m), [m], main=False)
             result.pop("train_log", None)
             metrics["baselines"][m] = result
@@ -223,14 +231,12 @@ def summarize(metrics: dict[str, Any]) -> str:
 
 
 def recipe_main(default_config: str, argv: Optional[list[str]] = None) -> dict[str, Any]:
-    """A recipe's command line: ``[--config FILE] [key=value ...]``, then `run`; user errors exit with the message."""
-    try:
+    """A recipe's command line: ``[--config FILE] [--debug] [key=value ...]``, then `run`; a user error exits with
+    its message alone (``--debug`` or ``MULTIMODAL_DEBUG=1``: with the traceback), an internal one with its traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with user_errors(debug_requested(argv)):
         cfg = parse_cli(argv, default_config)
         metrics = run(cfg)
-    except ConfigError as err:
-        raise SystemExit(f"config error: {err}") from None
-    except (DataError, EncoderError) as err:
-        raise SystemExit(f"error: {err}") from None
     if process_state().is_main_process:
         print(summarize(metrics))
         print(f"outputs in {os.path.abspath(cfg.train.output_dir)}")

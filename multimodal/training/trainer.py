@@ -22,6 +22,7 @@ The model is any module following the models' contract: ``model(inputs=, present
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -32,6 +33,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from multimodal.config.schema import ConfigError
+from multimodal.config.validation import check_ranges
 from multimodal.data.loading import epoch_seed
 from multimodal.evaluation.metrics import metric_mode
 from multimodal.training.checkpoints import latest_checkpoint, read_state, save_checkpoint
@@ -104,6 +107,8 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
+        if dataclasses.is_dataclass(config):
+            check_ranges(config, "train.")  # e.g. a negative max_grad_norm would turn training into ascent
         self.config = config
         self.output_dir = config.output_dir
         self.unfreeze_epoch = unfreeze_after_epochs
@@ -324,7 +329,7 @@ class Trainer:
                 improved = True
             else:
                 if value is None:
-                    raise KeyError(
+                    raise ConfigError(
                         f"train.metric_for_best={self.metric_for_best!r} is not among the eval metrics {sorted(metrics)}"
                     )
                 improved = self._is_better(value)
