@@ -78,6 +78,20 @@ WIDTH = Range(1, WIDTH_MAX)
 RANGES: dict[str, Range] = {
     # data
     "data.demo_size": Range(1, note="null: the demo's own size"),
+    # data augmentation (fine-tuning)
+    "data.augment.image_scale": Range(0, 1, low_open=True, note="RandomResizedCrop area fractions"),
+    "data.augment.image_hflip": Range(0, 1, note="a probability"),
+    "data.augment.image_color_jitter": NON_NEGATIVE,
+    "data.augment.audio_gain_db": NON_NEGATIVE,
+    "data.augment.audio_shift_seconds": NON_NEGATIVE,
+    "data.augment.spec_freq_masks": NON_NEGATIVE,
+    "data.augment.spec_freq_mask_width": Range(0, 1, note="a fraction of the mel bins"),
+    "data.augment.spec_time_masks": NON_NEGATIVE,
+    "data.augment.spec_time_mask_width": Range(0, 1, note="a fraction of the clip"),
+    "data.augment.mixup_alpha": Range(0, note="0 turns mixup off"),
+    "data.augment.cutmix_alpha": Range(0, note="0 turns cutmix off"),
+    "data.augment.mix_prob": Range(0, 1, note="a probability"),
+    "data.augment.label_smoothing": FRACTION,
     "data.val_fraction": FRACTION,
     "data.test_fraction": FRACTION,
     "data.split_seed": SEED,
@@ -90,6 +104,10 @@ RANGES: dict[str, Range] = {
     "model.modality_dropout": FRACTION,
     "model.unfreeze_after_epochs": NON_NEGATIVE,
     # train
+    "train.probe_cs": Range(0, low_open=True, note="inverse L2 strengths of the linear probe"),
+    "train.layer_decay": Range(0, 1, low_open=True, note="1: no decay"),
+    "train.ema_decay": Range(0, 1, low_open=True, high_open=True),
+    "train.wise_ft_alphas": Range(0, 1, note="0: the starting weights, 1: the fine-tuned ones"),
     "train.epochs": POSITIVE,
     "train.batch_size": POSITIVE,
     "train.encoder_lr": Range(0, note="0 leaves the trainable encoders unchanged"),

@@ -71,11 +71,12 @@ def test_resolved_config_round_trip(tmp_path):
 def test_recipe_configs_are_valid():
     root = os.path.join(os.path.dirname(__file__), "..", "..", "..", "recipes", "configs")
     names = sorted(os.listdir(root))
-    assert len(names) == 5
+    assert len([n for n in names if not n.endswith("_finetune.yaml")]) == 5  # one per recipe, plus presets
     for name in names:
         cfg = load_config(os.path.join(root, name))
         assert cfg.data.demo is not None
-        assert cfg.eval.baselines == cfg.model.task.endswith("label")
+        if not name.endswith("_finetune.yaml"):
+            assert cfg.eval.baselines == cfg.model.task.endswith("label")
 
 
 def test_values_are_checked_against_the_registries():
