@@ -27,7 +27,6 @@ from multimodal.data.loading import Collator, make_dataloader
 from multimodal.data.splits import DataSplits, write_splits
 from multimodal.evaluation.plots import plot_training_curves
 from multimodal.evaluation.report import EvalResult
-from multimodal.models.base import load_weights
 from multimodal.registry import get_task
 from multimodal.tasks.base import Task
 from multimodal.training.trainer import Trainer
@@ -89,7 +88,7 @@ def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modaliti
     trainer.train()
     train_time = time.time() - start
     trainer.accelerator.wait_for_everyone()
-    load_weights(trainer.unwrapped_model, os.path.join(output_dir, "model"))
+    trainer.load_model_weights(os.path.join(output_dir, "model"))  # the best epoch's weights (also under FSDP)
     result: dict[str, Any] = {
         "modalities": sorted(modalities or cfg.model.encoders),
         "frozen": [m for m, e in model.encoders.items() if e.frozen],

@@ -35,6 +35,7 @@ from torch import nn
 from multimodal.data.loading import epoch_seed
 from multimodal.evaluation.metrics import metric_mode
 from multimodal.training.checkpoints import latest_checkpoint, read_state, save_checkpoint
+from multimodal.training.distributed import configure_fsdp, full_state_dict, is_sharded, load_saved_weights
 from multimodal.training.predict import forward_batch, predict
 
 
@@ -131,6 +132,7 @@ class Trainer:
         else:
             self.metric_mode = metric_mode_for_best or metric_mode(metric)
         optimizer = self._make_optimizer(model)
+        self.fsdp_block_classes = configure_fsdp(accelerator, model)  # None unless launched with an FSDP config
         frozen = [m for m, enc in getattr(model, "encoders", {}).items() if getattr(enc, "frozen", False)]
         if self.unfreeze_epoch is not None and frozen:
             model.unfreeze_encoders(frozen)  # DDP registers the parameters that require grad when it wraps
@@ -262,11 +264,17 @@ class Trainer:
             )
 
     def save_model(self, directory: str) -> None:
-        """`save_pretrained` of the unwrapped model on the main process."""
+        """`save_pretrained` of the unwrapped model on the main process (under FSDP, of the gathered full weights)."""
         self.accelerator.wait_for_everyone()
+        model = self.unwrapped_model
+        state = full_state_dict(model) if is_sharded(model) else None  # a collective: every rank gathers
         if self.accelerator.is_main_process:
-            self.unwrapped_model.save_pretrained(directory)
+            model.save_pretrained(directory, state_dict=state)
         self.accelerator.wait_for_everyone()
+
+    def load_model_weights(self, directory: str) -> None:
+        """Load a `save_pretrained` folder's weights into the (possibly sharded) model, on every process."""
+        load_saved_weights(self.unwrapped_model, directory)
 
     def train(self) -> TrainerState:
         """Run (or resume) training; returns the final `TrainerState` (history holds per-epoch metrics)."""
