@@ -58,6 +58,12 @@ class DataConfig:
     # encoders that stay frozen for the whole run are cached (eval preprocessing, so no augmentation).
     feature_cache: Optional[str] = "auto"
     max_train_samples: Optional[int] = None
+    # Stream the training data instead of data.train (validation/test stay manifests): WebDataset tar shards
+    # written by multimodal-write-shards ("shards/shard-{000000..000099}.tar"), or CSV/JSONL/Parquet files
+    # read with datasets' streaming=True ("parts/*.parquet"). See multimodal.data.streaming.
+    webdataset: Optional[str] = None
+    stream_files: Optional[str] = None
+    shuffle_buffer: int = 1000  # undecoded records per process in the streaming shuffle buffer
 
 
 @dataclass
@@ -123,6 +129,9 @@ class TrainConfig:
     metric_for_best: str = "auto"
     metric_mode: Literal["auto", "max", "min"] = "auto"
     progress_bar: bool = True
+    # Seconds any collective may wait for the other processes before failing the run (null: torch's default,
+    # 10-30 min); a hung or lost rank then ends the job with an error instead of stalling it.
+    dist_timeout_s: Optional[float] = None
 
 
 @dataclass

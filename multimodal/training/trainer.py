@@ -136,7 +136,12 @@ class Trainer:
         frozen = [m for m, enc in getattr(model, "encoders", {}).items() if getattr(enc, "frozen", False)]
         if self.unfreeze_epoch is not None and frozen:
             model.unfreeze_encoders(frozen)  # DDP registers the parameters that require grad when it wraps
-        self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
+        if getattr(getattr(train_loader, "dataset", None), "shards_by_process", False):
+            # A stream that deals its shards to the processes itself (multimodal.data.streaming): not re-split.
+            self.model, self.optimizer = accelerator.prepare(model, optimizer)
+            train_loader.device, self.train_loader = accelerator.device, train_loader
+        else:
+            self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
         if self.unfreeze_epoch is not None and frozen:
             self.unwrapped_model.freeze_encoders(frozen)
         self.eval_loader = accelerator.prepare(eval_loader) if eval_loader is not None else None
@@ -297,8 +302,9 @@ class Trainer:
                 generator.manual_seed(epoch_seed(cfg.seed, epoch))
             loader = self.train_loader
             skip = self.state.batch_in_epoch
-            if skip:
-                loader = acc.skip_first_batches(self.train_loader, skip)
+            if skip:  # a stream skips its records without decoding them
+                loader = (self.train_loader.skip_batches(epoch, skip) if hasattr(self.train_loader, "skip_batches")
+                          else acc.skip_first_batches(self.train_loader, skip))
             stop = self._train_epoch(epoch, loader, skip)
             if stop:
                 break
