@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import yaml
 from PIL import Image
@@ -48,21 +48,26 @@ def _config(tmp_path, tiny_text_dir, **train) -> str:
     return str(tmp_path / "cfg.yaml")
 
 
-def _launch(config: str, port: int, rank: int, env: dict) -> subprocess.Popen:
+def _launch(config: str, port: int, rank: int, env: dict, log) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
            "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
            "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
            WORKER, config]
-    # its own process group, so a kill reaches the workers that the launcher started too
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _kill(p: subprocess.Popen) -> None:
+def _kill_tree(p: subprocess.Popen) -> None:
+    """The launcher and every process under it (torchrun starts its workers in their own sessions)."""
     try:
-        os.killpg(p.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        family = psutil.Process(p.pid).children(recursive=True) + [psutil.Process(p.pid)]
+    except psutil.NoSuchProcess:
+        return
+    for q in family:
+        try:
+            q.kill()
+        except psutil.NoSuchProcess:
+            pass
+    p.wait()
 
 
 def _env(**extra) -> dict:
@@ -72,27 +77,32 @@ def _env(**extra) -> dict:
     return env
 
 
-def _wait(procs: list[subprocess.Popen], timeout: float) -> list[str]:
+def _run(tmp_path, config: str, env: dict, wait_for: tuple[int, ...], timeout: float) -> list[str]:
+    """Launch both machines; wait (bounded) for the ranks in `wait_for`, then kill everything left."""
+    port = _free_port()
+    logs = [open(tmp_path / f"machine{r}.log", "w") for r in (0, 1)]  # noqa: SIM115
+    procs = [_launch(config, port, r, env, logs[r]) for r in (0, 1)]
     deadline = time.monotonic() + timeout
-    outputs = []
-    for p in procs:
-        try:
-            out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            _kill(p)
-            out, _ = p.communicate()
-        outputs.append(out)
-    return outputs
+    try:
+        for r in wait_for:
+            try:
+                procs[r].wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        codes = [p.poll() for p in procs]
+        for p in procs:
+            _kill_tree(p)
+        for f in logs:
+            f.close()
+    return codes, [(tmp_path / f"machine{r}.log").read_text() for r in (0, 1)]
 
 
 @pytest.mark.slow
 def test_two_machines_train_one_model_and_count_each_example_once(tmp_path, tiny_text_dir):
     config = _config(tmp_path, tiny_text_dir)
-    port = _free_port()
-    procs = [_launch(config, port, rank, _env()) for rank in (0, 1)]
-    outputs = _wait(procs, 240)
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-3000:]
+    codes, outputs = _run(tmp_path, config, _env(), (0, 1), 240)
+    assert codes == [0, 0], [o[-3000:] for o in outputs]
     reports = [json.load(open(tmp_path / "out" / f"rank{r}.json")) for r in (0, 1)]
     assert [r["world"] for r in reports] == [2, 2]
     assert reports[0]["weights"] == reports[1]["weights"]  # gradients were averaged across the machines
@@ -108,13 +118,11 @@ def test_two_machines_train_one_model_and_count_each_example_once(tmp_path, tiny
 @pytest.mark.slow
 def test_a_hung_rank_fails_the_job_within_the_timeout(tmp_path, tiny_text_dir):
     config = _config(tmp_path, tiny_text_dir, dist_timeout_s=5)
-    port = _free_port()
     start = time.monotonic()
-    procs = [_launch(config, port, rank, _env(HANG_RANK="1")) for rank in (0, 1)]
-    healthy = _wait(procs[:1], 120)[0]
+    codes, outputs = _run(tmp_path, config, _env(HANG_RANK="1"), (0,), 120)
     elapsed = time.monotonic() - start
-    _kill(procs[1])  # the hung machine; on a cluster the scheduler does this (srun --kill-on-bad-exit)
-    procs[1].communicate()
-    assert procs[0].returncode not in (0, None), healthy[-2000:]
-    assert elapsed < 100, f"rank 0 waited {elapsed:.0f} s"
-    assert "timed out" in healthy.lower() or "timeout" in healthy.lower(), healthy[-2000:]
+    # machine 0 ends with an error naming the timeout; machine 1 hangs until killed (on a cluster: the
+    # scheduler, e.g. srun --kill-on-bad-exit=1, once machine 0 has failed)
+    assert codes[0] not in (0, None) and codes[1] is None, outputs[0][-2000:]
+    assert elapsed < 100, f"machine 0 waited {elapsed:.0f} s"
+    assert "Timed out" in outputs[0] or "timeout" in outputs[0].lower(), outputs[0][-2000:]
