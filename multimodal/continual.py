@@ -252,3 +252,7 @@ def _relative(entry: Any, base: str) -> Any:
         candidate = os.path.join(base, entry["config"])
         entry["config"] = candidate if os.path.exists(candidate) else entry["config"]
     return entry
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -344,3 +344,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(open(os.path.join(output, "federated.md"), encoding="utf-8").read())
     print(f"outputs in {os.path.abspath(output)}")
     return 0 if result else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -140,3 +140,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"wrote {index['num_samples']} samples in {len(index['shards'])} shards to {os.path.abspath(args.output)}"
           + (f" (skipped {index['skipped']['total']})" if index["skipped"]["total"] else ""))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -126,3 +126,26 @@ def test_a_hung_rank_fails_the_job_within_the_timeout(tmp_path, tiny_text_dir):
     assert codes[0] not in (0, None) and codes[1] is None, outputs[0][-2000:]
     assert elapsed < 100, f"machine 0 waited {elapsed:.0f} s"
     assert "Timed out" in outputs[0] or "timeout" in outputs[0].lower(), outputs[0][-2000:]
+
+
+@pytest.mark.slow
+def test_two_machines_stream_shards_in_equal_steps(tmp_path, tiny_text_dir):
+    from multimodal.data.shards import write_shards
+
+    config = _config(tmp_path, tiny_text_dir)
+    frame = pd.read_csv(tmp_path / "m.csv")
+    frame[frame["split"] == "train"].to_csv(tmp_path / "train.csv", index=False)
+    frame[frame["split"] == "validation"].to_csv(tmp_path / "val.csv", index=False)
+    # 14 rows in shards of 4, 4, 4, 2: the ranks' shards hold different counts, yet both run 3 steps
+    write_shards(str(tmp_path / "train.csv"), str(tmp_path / "shards"), {"text": "text", "image": "image"},
+                 samples_per_shard=4)
+    cfg = yaml.safe_load(open(config))
+    cfg["data"].update({"train": None, "split_column": None, "webdataset": str(tmp_path / "shards" / "shard-{000000..000003}.tar"),
+                        "validation": str(tmp_path / "val.csv"), "shuffle_buffer": 3})
+    (tmp_path / "stream.yaml").write_text(yaml.safe_dump(cfg))
+    codes, outputs = _run(tmp_path, str(tmp_path / "stream.yaml"), _env(), (0, 1), 240)
+    assert codes == [0, 0], [o[-3000:] for o in outputs]
+    reports = [json.load(open(tmp_path / "out" / f"rank{r}.json")) for r in (0, 1)]
+    assert reports[0]["train_batches"] == reports[1]["train_batches"] == 3  # 14 // 2 = 7 -> 3 batches of 2
+    assert reports[0]["weights"] == reports[1]["weights"]
+    assert [h["num_unique_examples"] for h in reports[0]["history"]] == [7, 7]
