@@ -250,7 +250,7 @@ class StreamingLoader(DataLoader):
         """The dataset's epoch (its shard order and shuffling)."""
         self.dataset.set_epoch(epoch)
 
-    def skip_batches(self, epoch: int, batches: int) -> StreamingLoader:
+    def continue_epoch(self, epoch: int, batches: int) -> StreamingLoader:
         """This loader, continuing `epoch` after `batches` batches (their samples are not decoded)."""
         self.dataset.set_position(epoch, batches)
         return self

@@ -303,7 +303,7 @@ class Trainer:
             loader = self.train_loader
             skip = self.state.batch_in_epoch
             if skip:  # a stream skips its records without decoding them
-                loader = (self.train_loader.skip_batches(epoch, skip) if hasattr(self.train_loader, "skip_batches")
+                loader = (self.train_loader.continue_epoch(epoch, skip) if hasattr(self.train_loader, "continue_epoch")
                           else acc.skip_first_batches(self.train_loader, skip))
             stop = self._train_epoch(epoch, loader, skip)
             if stop:
