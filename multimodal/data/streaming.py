@@ -16,6 +16,9 @@ manifests (``data.validation`` / ``data.test``), so evaluation keeps counting ea
   depend on the number of workers; images and audio (soundfile) are decoded in the workers;
 * **resumable position**: `set_position(epoch, batches_done)` skips the records of the batches already trained
   on without decoding them, so a resumed run continues from the right sample.
+
+A sample that cannot be decoded stops the run with an error naming it (dropping it would leave the ranks
+with different step counts); ``multimodal-write-shards`` checks every row before writing it.
 """
 
 from __future__ import annotations
@@ -117,8 +120,7 @@ class StreamingDataset(IterableDataset):
     def __init__(self, shards: list[Shard], reader: Callable[[str], Iterator[dict]], columns: dict[str, str],
                  label_column: Optional[str], label_type: Optional[str], vocab: Optional[LabelVocab],
                  batch_size: int, seed: int = 0, shuffle_buffer: int = 1000, rank: int = 0, world: int = 1,
-                 label_counts: Optional[dict[str, int]] = None, on_bad_sample: str = "error",
-                 source: str = "<stream>") -> None:
+                 label_counts: Optional[dict[str, int]] = None, source: str = "<stream>") -> None:
         if not shards or sum(s.count for s in shards) < world * batch_size:
             raise DataError(f"{source}: {sum(s.count for s in shards)} samples cannot fill one batch of "
                             f"{batch_size} on each of {world} processes")
@@ -126,7 +128,7 @@ class StreamingDataset(IterableDataset):
         self.columns, self.label_column, self.label_type, self.vocab = dict(sorted(columns.items())), label_column, label_type, vocab
         self.batch_size, self.seed, self.buffer = int(batch_size), int(seed), max(1, int(shuffle_buffer))
         self.rank, self.world = int(rank), int(world)
-        self.label_counts, self.on_bad_sample, self.source = label_counts or {}, on_bad_sample, source
+        self.label_counts, self.source = label_counts or {}, source
         self.total = sum(s.count for s in shards)
         self.batches_per_rank = (self.total // self.world) // self.batch_size  # full batches only
         self.epoch, self.start_batch = 0, 0
@@ -320,7 +322,7 @@ def streaming_splits(cfg: Any, columns: dict[str, str], label_column: Optional[s
     offsets = np.cumsum([0, *sizes])[:-1].tolist()
     shards = [Shard(f, n, int(o)) for f, n, o in zip(files, sizes, offsets) if n > 0]
     train = StreamingDataset(shards, reader, columns, label_column, label_type, vocab, cfg.train.batch_size,
-                             cfg.train.seed, data.shuffle_buffer, rank, world, label_counts, data.on_bad_sample, source)
+                             cfg.train.seed, data.shuffle_buffer, rank, world, label_counts, source)
     notes.append(f"train streamed from {len(shards)} files ({train.total} samples; {train.batches_per_rank} batches "
                  f"per process and epoch over {world} process(es), shuffle buffer {train.buffer})")
 
