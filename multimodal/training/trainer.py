@@ -274,7 +274,7 @@ class Trainer:
         model = self.unwrapped_model
         state = full_state_dict(model) if is_sharded(model) else None  # a collective: every rank gathers
         if self.accelerator.is_main_process:
-            model.save_pretrained(directory, state_dict=state)
+            model.save_pretrained(directory, **({"state_dict": state} if state is not None else {}))
         self.accelerator.wait_for_everyone()
 
     def load_model_weights(self, directory: str) -> None:
