@@ -87,6 +87,13 @@ def check_config(cfg: ExperimentConfig) -> None:
                           "register your own with fusion.register_fusion")
     if data.demo:
         _check_registered("data.demo", "demo", data.demo, [d.name for d in list_demos()], "see multimodal.data.list_demos()")
+    if data.webdataset and data.stream_files:
+        raise ConfigError("data.webdataset and data.stream_files are both set: stream from one of them")
+    if (data.webdataset or data.stream_files) and model.task == "retrieval":
+        raise ConfigError("data.webdataset / data.stream_files: streaming is for classification tasks; retrieval "
+                          "draws one caption per item, which needs the whole table (use data.train)")
+    if (data.webdataset or data.stream_files) and data.shuffle_buffer < 1:
+        raise ConfigError(f"data.shuffle_buffer must be >= 1, got {data.shuffle_buffer}")
     if data.val_fraction + data.test_fraction >= 1:
         raise ConfigError(
             f"data.val_fraction ({data.val_fraction}) + data.test_fraction ({data.test_fraction}) must be < 1: "

@@ -60,6 +60,12 @@ class DataConfig:
     max_train_samples: Optional[int] = None
     # Training-time augmentation (see AugmentConfig); an augmented modality is never read from the feature cache.
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig())
+    # Stream the training data instead of data.train (validation/test stay manifests): WebDataset tar shards
+    # written by multimodal-write-shards ("shards/shard-{000000..000099}.tar"), or CSV/JSONL/Parquet files
+    # read with datasets' streaming=True ("parts/*.parquet"). See multimodal.data.streaming.
+    webdataset: Optional[str] = None
+    stream_files: Optional[str] = None
+    shuffle_buffer: int = 1000  # undecoded records per process in the streaming shuffle buffer
 
 
 @dataclass
@@ -146,6 +152,9 @@ class TrainConfig:
     wise_ft_alphas: Optional[list[float]] = None
     # Replace an earlier run found in output_dir (metrics.json, model/, checkpoints/); false: refuse to start.
     overwrite_output_dir: bool = False
+    # Seconds any collective may wait for the other processes before failing the run (null: torch's default,
+    # 10-30 min); a hung or lost rank then ends the job with an error instead of stalling it.
+    dist_timeout_s: Optional[float] = None
 
 
 @dataclass

@@ -78,6 +78,7 @@ WIDTH = Range(1, WIDTH_MAX)
 RANGES: dict[str, Range] = {
     # data
     "data.demo_size": Range(1, note="null: the demo's own size"),
+    "data.shuffle_buffer": Range(1, note="records per process in the streaming shuffle buffer"),
     # data augmentation (fine-tuning)
     "data.augment.image_scale": Range(0, 1, low_open=True, note="RandomResizedCrop area fractions"),
     "data.augment.image_hflip": Range(0, 1, note="a probability"),
@@ -104,6 +105,7 @@ RANGES: dict[str, Range] = {
     "model.modality_dropout": FRACTION,
     "model.unfreeze_after_epochs": NON_NEGATIVE,
     # train
+    "train.dist_timeout_s": Range(0, low_open=True, note="null: torch's default"),
     "train.probe_cs": Range(0, low_open=True, note="inverse L2 strengths of the linear probe"),
     "train.layer_decay": Range(0, 1, low_open=True, note="1: no decay"),
     "train.ema_decay": Range(0, 1, low_open=True, high_open=True),

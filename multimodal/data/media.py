@@ -4,8 +4,8 @@ A table cell is turned into the raw sample an encoder's preprocessor takes:
 
 * image: a path (relative to the table's folder), ``{"bytes": ...}`` / ``{"path": ...}`` dicts (`datasets`
   images), a PIL image or a uint8 array -> a PIL image (palette images with transparency -> RGBA);
-* audio: a path (WAV/FLAC/OGG through soundfile), ``{"array", "sampling_rate"}`` / ``{"path"}`` dicts or a
-  ``(waveform, sample_rate)`` tuple -> ``(float32 [T] or [C, T], sample_rate)``;
+* audio: a path (WAV/FLAC/OGG through soundfile), ``{"array", "sampling_rate"}`` / ``{"path"}`` /
+  ``{"bytes"}`` (encoded file) dicts or a ``(waveform, sample_rate)`` tuple -> ``(float32 [T] or [C, T], sample_rate)``;
 * text and any other modality: the value itself (text as ``str``).
 """
 
@@ -66,6 +66,9 @@ def load_audio(value: Any, base_dir: Optional[str] = None) -> tuple[np.ndarray, 
         return np.asarray(wave, dtype=np.float32), int(sr)
     if isinstance(value, dict) and value.get("array") is not None:
         return np.asarray(value["array"], dtype=np.float32), int(value["sampling_rate"])
+    if isinstance(value, dict) and value.get("bytes"):  # encoded file bytes (WebDataset members, datasets Audio)
+        data, sr = sf.read(io.BytesIO(value["bytes"]), dtype="float32", always_2d=True)
+        return (data[:, 0] if data.shape[1] == 1 else np.ascontiguousarray(data.T)), int(sr)
     path = cell_path(value, base_dir)
     if path is None:
         raise TypeError(f"cannot read audio from a {type(value).__name__}")

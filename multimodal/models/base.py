@@ -185,11 +185,13 @@ class EncoderModel(nn.Module):
         """Build the model's architecture (fresh weights) from its config and rebuilt encoders."""
         raise NotImplementedError
 
-    def save_pretrained(self, directory: Union[str, os.PathLike]) -> None:
-        """Write `model.safetensors`, `config.json` and each encoder's assets under `encoders/<modality>/`."""
+    def save_pretrained(self, directory: Union[str, os.PathLike], state_dict: Optional[dict] = None) -> None:
+        """Write `model.safetensors`, `config.json` and each encoder's assets under `encoders/<modality>/`
+        (`state_dict`: the weights to write instead of this module's own, e.g. gathered from FSDP shards)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors, tied = untie_state_dict(peft_support.weights_to_save(self))  # LoRA: adapters + heads only
+        # LoRA: adapters + heads only; under FSDP the caller passes the gathered full state dict
+        tensors, tied = untie_state_dict(peft_support.weights_to_save(self, state_dict))
         tmp = directory / f".{WEIGHTS_NAME}.tmp"
         save_file(tensors, str(tmp), metadata={"format": "pt", "format_version": str(FORMAT_VERSION)})
         os.replace(tmp, directory / WEIGHTS_NAME)

@@ -147,9 +147,10 @@ def _base_keys(model: Any) -> set[str]:
     return keys
 
 
-def weights_to_save(model: Any) -> dict[str, torch.Tensor]:
-    """The state dict `save_pretrained` writes: everything, minus pretrained bases of LoRA encoders."""
-    state = model.state_dict()
+def weights_to_save(model: Any, state: Optional[dict[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+    """The state dict `save_pretrained` writes (`state`, default the model's): everything, minus pretrained bases
+    of LoRA encoders."""
+    state = model.state_dict() if state is None else state
     skip = _base_keys(model)
     return {k: v for k, v in state.items() if k not in skip} if skip else state
 

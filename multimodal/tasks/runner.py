@@ -25,9 +25,9 @@ from multimodal.data import augment
 from multimodal.data.cached import CachedFeatureCollator, cache_datasets, frozen_modalities, resolve_cache_dir
 from multimodal.data.loading import Collator, make_dataloader
 from multimodal.data.splits import DataSplits, write_splits
+from multimodal.data.streaming import StreamingDataset, stream_loader
 from multimodal.evaluation.plots import plot_training_curves
 from multimodal.evaluation.report import EvalResult
-from multimodal.models.base import load_weights
 from multimodal.registry import get_task
 from multimodal.tasks import finetune
 from multimodal.tasks.base import Task
@@ -48,7 +48,8 @@ def build_loaders(task: Task, model: Any, splits: DataSplits, accelerator: Any =
     cache_dir = resolve_cache_dir(cfg.data.feature_cache)
     live = augment.live_modalities(model, cfg.data.augment)  # augmented: eval-mode cached features would ignore it
     frozen = [m for m in frozen_modalities(model) if m not in live]
-    if cache_dir and cfg.model.unfreeze_after_epochs is None and frozen:
+    streamed = isinstance(splits.train, StreamingDataset)  # no cache: the cache enumerates every item up front
+    if cache_dir and not streamed and cfg.model.unfreeze_after_epochs is None and frozen:
         datasets, cached = cache_datasets(model, datasets, cache_dir, modalities=frozen, accelerator=accelerator,
                                           show_progress=progress)
 
@@ -60,12 +61,13 @@ def build_loaders(task: Task, model: Any, splits: DataSplits, accelerator: Any =
 
     tcfg, workers = cfg.train, cfg.data.num_workers
     eval_bs = cfg.eval.batch_size or tcfg.batch_size
-    groups = task.train_groups(splits.train)
+    groups = None if streamed else task.train_groups(splits.train)
     # A last training batch of one sample breaks BatchNorm (and has no negatives for InfoNCE): drop that one.
     per_process = -(-(len(groups) if groups is not None else len(splits.train)) // max(1, getattr(accelerator, "num_processes", 1)))
     loaders: dict[str, Optional[torch.utils.data.DataLoader]] = {
-        "train": make_dataloader(datasets["train"], collator(True), tcfg.batch_size, shuffle=True, num_workers=workers,
-                                 seed=tcfg.seed, groups=groups, drop_last=per_process % tcfg.batch_size == 1)
+        "train": stream_loader(splits.train, collator(True), workers) if streamed else
+        make_dataloader(datasets["train"], collator(True), tcfg.batch_size, shuffle=True, num_workers=workers,
+                        seed=tcfg.seed, groups=groups, drop_last=per_process % tcfg.batch_size == 1)
     }
     for name in ("validation", "test"):
         ds = datasets[name]
@@ -101,7 +103,7 @@ def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modaliti
     extra = finetune.train_model(trainer, task, model, loaders, splits, cfg, output_dir)  # probe fit or trainer.train()
     train_time = time.time() - start
     trainer.accelerator.wait_for_everyone()
-    load_weights(trainer.unwrapped_model, os.path.join(output_dir, "model"))
+    trainer.load_model_weights(os.path.join(output_dir, "model"))  # the best epoch's weights (also under FSDP)
     extra = finetune.after_training(trainer, task, model, splits, cfg, output_dir, extra)  # WiSE-FT, counts
     result: dict[str, Any] = {
         "modalities": sorted(modalities or cfg.model.encoders),
@@ -133,7 +135,7 @@ def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modaliti
 
 def run(cfg: ExperimentConfig, dataset: Any = None) -> dict[str, Any]:
     """Train, evaluate and report the experiment `cfg` describes, for any registered task; returns the metrics."""
-    state = process_state()
+    state = process_state(cfg.train.dist_timeout_s)
     main = state.is_main_process
     task = get_task(cfg.model.task)(cfg)
     out = cfg.train.output_dir

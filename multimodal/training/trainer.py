@@ -38,6 +38,7 @@ from multimodal.config.validation import check_ranges
 from multimodal.data.loading import epoch_seed
 from multimodal.evaluation.metrics import metric_mode
 from multimodal.training.checkpoints import latest_checkpoint, read_state, save_checkpoint
+from multimodal.training.distributed import configure_fsdp, full_state_dict, is_sharded, load_saved_weights
 from multimodal.training.ema import WeightEma
 from multimodal.training.optim import param_groups
 from multimodal.training.predict import forward_batch, predict
@@ -138,10 +139,16 @@ class Trainer:
         else:
             self.metric_mode = metric_mode_for_best or metric_mode(metric)
         optimizer = self._make_optimizer(model)
+        self.fsdp_block_classes = configure_fsdp(accelerator, model)  # None unless launched with an FSDP config
         frozen = [m for m, enc in getattr(model, "encoders", {}).items() if getattr(enc, "frozen", False)]
         if self.unfreeze_epoch is not None and frozen:
             model.unfreeze_encoders(frozen)  # DDP registers the parameters that require grad when it wraps
-        self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
+        if getattr(getattr(train_loader, "dataset", None), "shards_by_process", False):
+            # A stream that deals its shards to the processes itself (multimodal.data.streaming): not re-split.
+            self.model, self.optimizer = accelerator.prepare(model, optimizer)
+            train_loader.device, self.train_loader = accelerator.device, train_loader
+        else:
+            self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
         if self.unfreeze_epoch is not None and frozen:
             self.unwrapped_model.freeze_encoders(frozen)
         self.eval_loader = accelerator.prepare(eval_loader) if eval_loader is not None else None
@@ -285,12 +292,21 @@ class Trainer:
             )
 
     def save_model(self, directory: str) -> None:
-        """`save_pretrained` of the unwrapped model on the main process."""
+        """`save_pretrained` of the unwrapped model on the main process (under FSDP, of the gathered full weights)."""
         self.accelerator.wait_for_everyone()
+        model = self.unwrapped_model
+        state = full_state_dict(model) if is_sharded(model) else None  # a collective: every rank gathers
         if self.accelerator.is_main_process:
             use_ema = self.ema is not None and getattr(self.config, "ema_save", True)
-            (self.ema.module if use_ema else self.unwrapped_model).save_pretrained(directory)
+            if use_ema:
+                self.ema.module.save_pretrained(directory)
+            else:
+                model.save_pretrained(directory, **({"state_dict": state} if state is not None else {}))
         self.accelerator.wait_for_everyone()
+
+    def load_model_weights(self, directory: str) -> None:
+        """Load a `save_pretrained` folder's weights into the (possibly sharded) model, on every process."""
+        load_saved_weights(self.unwrapped_model, directory)
 
     def train(self) -> TrainerState:
         """Run (or resume) training; returns the final `TrainerState` (history holds per-epoch metrics)."""
@@ -313,8 +329,9 @@ class Trainer:
                 generator.manual_seed(epoch_seed(cfg.seed, epoch))
             loader = self.train_loader
             skip = self.state.batch_in_epoch
-            if skip:
-                loader = acc.skip_first_batches(self.train_loader, skip)
+            if skip:  # a stream skips its records without decoding them
+                loader = (self.train_loader.continue_epoch(epoch, skip) if hasattr(self.train_loader, "continue_epoch")
+                          else acc.skip_first_batches(self.train_loader, skip))
             stop = self._train_epoch(epoch, loader, skip)
             if stop:
                 break
