@@ -210,11 +210,14 @@ class MelAudioEncoder(Encoder):
 
         kwargs = dict(config.get("timm_kwargs") or {})
         backbone = timm.create_model(config["model_name"], num_classes=0, pretrained=False, in_chans=1, **kwargs)
-        return cls(
+        encoder = cls(
             backbone, config["spec"], config["model_name"], config["sample_rate"], config["n_mels"],
             config["max_seconds"], config["n_fft"], config["hop_length"], config["f_min"], config["f_max"], kwargs,
             config.get("resize"), config.get("normalize", "clip"), config.get("norm_stats"),  # older folders: native
         )
+        if config.get("input_size") is not None:  # what the saved encoder resolved, not this rebuild's default cfg
+            encoder.input_hw = (int(config["input_size"][0]), int(config["input_size"][1]))
+        return encoder
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
         """waveform -> log-mel -> backbone; pooled from forward_head(pre_logits=True)."""
@@ -265,6 +268,8 @@ class MelAudioEncoder(Encoder):
             "f_max": self.f_max,
             "timm_kwargs": self.timm_kwargs,
             "resize": self.resize,
+            # the size "pretrained" resolved to here: a rebuild without the hub's pretrained_cfg keeps it
+            "input_size": list(self.input_hw) if self.input_hw is not None else None,
             "normalize": self.frontend.normalize,
             "norm_stats": list(self.frontend.norm_stats) if self.frontend.norm_stats else None,
             "output_dim": self.output_dim,

@@ -57,6 +57,6 @@ def test_config_round_trip_and_folders_saved_before_resizing_existed():
     enc = create_encoder("audio-mel:test_efficientnet", pretrained=False, max_seconds=0.5, normalize="none")
     clone = encoder_from_config(enc.get_config())
     assert clone.get_config() == enc.get_config()
-    old = {k: v for k, v in enc.get_config().items() if k not in ("resize", "normalize", "norm_stats")}
+    old = {k: v for k, v in enc.get_config().items() if k not in ("resize", "input_size", "normalize", "norm_stats")}
     legacy = encoder_from_config(old)
     assert legacy.input_hw is None and legacy.frontend.normalize == "clip"  # what those folders were trained with
