@@ -31,7 +31,7 @@ from multimodal.models.base import load_weights
 from multimodal.registry import get_task
 from multimodal.tasks import finetune
 from multimodal.tasks.base import Task
-from multimodal.tasks.outputs import prepare_output_dir, remove_run_outputs
+from multimodal.tasks.outputs import prepare_output_dir, remove_run_outputs, require_model
 from multimodal.training.trainer import Trainer
 from multimodal.usererrors import debug_requested, user_errors
 from multimodal.utils import process_state, write_json
@@ -101,6 +101,7 @@ def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modaliti
     extra = finetune.train_model(trainer, task, model, loaders, splits, cfg, output_dir)  # probe fit or trainer.train()
     train_time = time.time() - start
     trainer.accelerator.wait_for_everyone()
+    require_model(output_dir, tcfg, trainer.state)  # stop_after_steps before the first epoch ended: say so
     load_weights(trainer.unwrapped_model, os.path.join(output_dir, "model"))
     extra = finetune.after_training(trainer, task, model, splits, cfg, output_dir, extra)  # WiSE-FT, counts
     result: dict[str, Any] = {
