@@ -74,6 +74,8 @@ def load_audio(value: Any, base_dir: Optional[str] = None) -> tuple[np.ndarray, 
     if cut:
         raise ValueError(cut)  # libsndfile would read the part that is there, without a word
     data, sr = sf.read(path, dtype="float32", always_2d=True)
+    if data.shape[0] == 0:
+        raise ValueError(f"audio file {path!r} is empty")
     wave = data[:, 0] if data.shape[1] == 1 else np.ascontiguousarray(data.T)
     return wave, int(sr)
 

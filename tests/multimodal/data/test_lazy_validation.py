@@ -116,14 +116,16 @@ def _wavs(tmp_path):
     sf.write(tmp_path / "full.flac", np.random.default_rng(0).normal(0, 0.3, 8000).astype(np.float32), 16000)
     data = (tmp_path / "full.flac").read_bytes()
     (tmp_path / "cut.flac").write_bytes(data[: len(data) * 4 // 5])  # opens and decodes its first frames fine
+    sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 16000)
     rows = [{"text": "a", "audio": "ok.wav", "label": "x"}, {"text": "b", "audio": "cut.wav", "label": "y"},
-            {"text": "c", "audio": "cut.flac", "label": "x"}, {"text": "d", "audio": "ok.wav", "label": "y"}]
+            {"text": "c", "audio": "cut.flac", "label": "x"}, {"text": "d", "audio": "ok.wav", "label": "y"},
+            {"text": "e", "audio": "empty.wav", "label": "x"}]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     return str(tmp_path / "m.jsonl")
 
 
 @pytest.mark.parametrize("validate", [True, False])
-def test_truncated_audio_is_reported(tmp_path, validate):
+def test_truncated_and_empty_audio_is_reported(tmp_path, validate):
     cfg = DataConfig(train=_wavs(tmp_path), image_column=None, val_fraction=0, test_fraction=0, num_workers=0,
                      validate=validate, on_bad_sample="skip")
     splits = build_splits(cfg, {"audio": "audio", "text": "text"}, "label", "single_label", progress=False)
@@ -131,13 +133,14 @@ def test_truncated_audio_is_reported(tmp_path, validate):
         assert len(splits.train) == 2
     else:
         items = [splits.train[i] for i in range(len(splits.train))]
-        assert [("skipped" in it) for it in items] == [False, True, True, False]
+        assert [("skipped" in it) for it in items] == [False, True, True, False, True]
     report = splits.skip_report()["train"]
-    assert report["rows"] == [2, 3]
+    assert report["rows"] == [2, 3, 5]
     assert "row 2: audio column 'audio'" in report["examples"][0]
     assert "cut.wav' is truncated: its header declares 8000 frames, the file holds 3989 (50%)" in report["examples"][0]
     assert "row 3" in report["examples"][1] and "cut.flac" in report["examples"][1]
     assert ("cannot be decoded up to its last frames" if validate else "flac decoder lost sync") in report["examples"][1]
+    assert "row 5" in report["examples"][2] and "empty.wav' is empty" in report["examples"][2]
 
 
 def test_run_with_lazy_validation_counts_the_rows_it_skipped(tmp_path):
