@@ -100,7 +100,9 @@ def _inject(plan: dict) -> None:
             state["save"] += 1
             state["event"] = 0
             print(f"FAULT-INJECTION: save {state['save']}", flush=True)
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            print(f"FAULT-INJECTION: saved {state['save']}", flush=True)
+            return result
         return wrapper
 
     real_write_json = ckpt.write_json
@@ -123,13 +125,18 @@ def worker(args: argparse.Namespace) -> int:
 
     plan = json.loads(args.plan)
     _inject(plan)
-    real_train = Trainer.train
+    real_train, real_load = Trainer.train, Trainer.load_checkpoint
 
     def train(self):
-        print(STARTED, flush=True)
+        if not self.config.resume_from:
+            print(f"{STARTED} at step 0", flush=True)
         return real_train(self)
 
-    Trainer.train = train
+    def load_checkpoint(self, path):
+        real_load(self, path)
+        print(f"{STARTED} at step {self.state.global_step}", flush=True)
+
+    Trainer.train, Trainer.load_checkpoint = train, load_checkpoint
     extra = ["train.resume_from=latest"] if plan.get("resume") else []
     extra += ["train.overwrite_output_dir=true"] if plan.get("fresh") else []
     with user_errors():
@@ -159,8 +166,10 @@ def make_data(root: str, n: int = 32) -> str:
     return path
 
 
-def child(data: str, out: str, epochs: int, plan: dict, kill_after: float | None = None) -> dict:
-    """Run the worker; with `kill_after`, SIGKILL it that many seconds after training starts."""
+def child(data: str, out: str, epochs: int, plan: dict, kill_at: float | None = None,
+          timing: tuple[float, int] = (0.0, 1)) -> dict:
+    """Run the worker; with `kill_at`, SIGKILL it at that fraction of what is left of its run, estimated from
+    `timing` (the uninterrupted run's seconds from the start of training to its end, and its optimizer steps)."""
     env = dict(os.environ, PYTHONPATH=ROOT, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--data", data, "--out", out,
            "--epochs", str(epochs), "--plan", json.dumps(plan)]
@@ -170,8 +179,9 @@ def child(data: str, out: str, epochs: int, plan: dict, kill_after: float | None
         lines.append(line.rstrip("\n"))
         if line.startswith(STARTED) and started is None:
             started = time.time()
-            if kill_after is not None:
-                time.sleep(kill_after)
+            if kill_at is not None:
+                left = 1.0 - int(line.rsplit(" ", 1)[1]) / timing[1]
+                time.sleep(kill_at * timing[0] * max(left, 0.05))
                 if proc.poll() is None:
                     os.kill(proc.pid, signal.SIGKILL)
                     killed_by_parent = True
@@ -180,11 +190,12 @@ def child(data: str, out: str, epochs: int, plan: dict, kill_after: float | None
             "train_s": (time.time() - started) if started else None}
 
 
-def resume(data: str, out: str, epochs: int, plan: dict, kill_after: float | None = None) -> dict:
+def resume(data: str, out: str, epochs: int, plan: dict, kill_at: float | None = None,
+           timing: tuple[float, int] = (0.0, 1)) -> dict:
     """Resume from the newest usable checkpoint, or start afresh when none is complete (what the error says)."""
-    result = child(data, out, epochs, {**plan, "resume": True}, kill_after)
+    result = child(data, out, epochs, {**plan, "resume": True}, kill_at, timing)
     if result["rc"] == 1 and "nothing to resume" in result["output"]:
-        result = child(data, out, epochs, {**plan, "fresh": True}, kill_after)
+        result = child(data, out, epochs, {**plan, "fresh": True}, kill_at, timing)
         result["restarted"] = True
     return result
 
@@ -215,8 +226,8 @@ def same(a: dict, b: dict) -> bool:
             and all(a["equal"](a["tensors"][k], b["tensors"][k]) for k in a["tensors"]) and a["metrics"] == b["metrics"])
 
 
-def trial(data: str, work: str, epochs: int, kills: int, rng: random.Random, reference: dict, train_s: float,
-          saves: int) -> dict:
+def trial(data: str, work: str, epochs: int, kills: int, rng: random.Random, reference: dict,
+          timing: tuple[float, int], saves: int) -> dict:
     """One run killed `kills` times (alternating a checkpoint write and a random moment), then finished."""
     out = os.path.join(work, "out")
     shutil.rmtree(out, ignore_errors=True)
@@ -228,9 +239,9 @@ def trial(data: str, work: str, epochs: int, kills: int, rng: random.Random, ref
                            "fraction": rng.choice([0.0, 1.0, rng.random()])}, None
             what = f"inside save {plan['save']}, write {plan['event']}, keeping {plan['fraction']:.2f}"
         else:
-            plan, delay = {}, rng.uniform(0.0, train_s)
-            what = f"SIGKILL at {delay:.2f}s into training"
-        result = child(data, out, epochs, plan, delay) if first else resume(data, out, epochs, plan, delay)
+            plan, delay = {}, rng.random()
+            what = f"SIGKILL {delay:.0%} into what was left of the run"
+        result = (child if first else resume)(data, out, epochs, plan, delay, timing)
         first = False
         killed = result["rc"] == -signal.SIGKILL
         if result["rc"] not in (0, -signal.SIGKILL):
@@ -250,10 +261,14 @@ def trial(data: str, work: str, epochs: int, kills: int, rng: random.Random, ref
 
 
 def _landed(result: dict) -> str:
-    for line in result["stdout"]:
-        if line.startswith("FAULT-INJECTION: killed in"):
-            return "checkpoint write"
-    return "random" if result["killed_by_parent"] else "-"
+    """Where the kill hit: an injected checkpoint write, or for the parent's kill, inside a save or elsewhere."""
+    marks = [line for line in result["stdout"] if line.startswith("FAULT-INJECTION: ")]
+    if any(m.startswith("FAULT-INJECTION: killed in") for m in marks):
+        return "checkpoint write"
+    if not result["killed_by_parent"]:
+        return "-"
+    inside = bool(marks) and marks[-1].startswith("FAULT-INJECTION: save ")
+    return "random: inside a checkpoint save" if inside else "random: training or evaluation"
 
 
 def main() -> None:
@@ -280,6 +295,7 @@ def main() -> None:
         raise SystemExit(f"reference run failed:\n{ref_run['output'][-3000:]}")
     reference = outputs(os.path.join(work, "reference"))
     saves = sum(line.startswith("FAULT-INJECTION: save ") for line in ref_run["stdout"])
+    steps = json.load(open(os.path.join(work, "reference", "metrics.json")))["history"][-1]["step"]
     perturbed = dict(reference, tensors={k: v.clone() for k, v in reference["tensors"].items()})
     first = next(k for k, v in perturbed["tensors"].items() if v.is_floating_point() and v.numel())
     perturbed["tensors"][first].view(-1)[0] += 1e-6
@@ -288,14 +304,15 @@ def main() -> None:
     trials = []
     for t in range(args.trials):
         result = trial(data, os.path.join(work, f"trial-{t}"), args.epochs, args.kills, rng, reference,
-                       ref_run["train_s"], saves)
+                       (ref_run["train_s"], steps), saves)
         trials.append(result)
         print(json.dumps({"trial": t, **result}), flush=True)
     kills = [k for t in trials for k in t["kills"] if k["killed"]]
     summary = {
         "trials": len(trials), "kills": len(kills),
         "kills_in_checkpoint_writes": sum(k["landed"] == "checkpoint write" for k in kills),
-        "kills_at_random_moments": sum(k["landed"] == "random" for k in kills),
+        "kills_at_random_moments": sum(k["landed"].startswith("random") for k in kills),
+        "random_kills_inside_a_save": sum(k["landed"] == "random: inside a checkpoint save" for k in kills),
         "restarts_from_scratch": sum(k["restarted"] for t in trials for k in t["kills"]),
         "resumes_that_skipped_damaged_folders": sum(bool(k["skipped"]) for t in trials for k in t["kills"])
         + sum(bool(t["final_skipped"]) for t in trials),
