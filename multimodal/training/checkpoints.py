@@ -146,15 +146,22 @@ def latest_checkpoint(root: str) -> Optional[str]:
     return resolve_latest(root)[0]
 
 
-def resume_target(resume_from: str, root: str, report: Callable[[str], None] = print) -> tuple[str, dict[str, Any]]:
+def resume_target(resume_from: str, root: str, report: Callable[[str], None] = print,
+                  processes: int = 1) -> tuple[str, dict[str, Any]]:
     """(folder, saved state) of the checkpoint `resume_from` names: a folder, or "latest" for the newest usable
-    one under `root`; each newer folder skipped is reported through `report` with the reason."""
+    one under `root`; each newer folder skipped is reported through `report` with the reason, and so is a
+    checkpoint written by another number of processes than `processes` (accelerate then skips RNG states)."""
     if resume_from != "latest":
-        return resume_from, verify_checkpoint(resume_from)
-    path, saved, skipped = resolve_latest(root)
-    for note in skipped:
-        report(f"resume_from=latest: skipped {note}")
-    if path is None:
-        raise CheckpointError(f"resume_from=latest: no complete, intact checkpoint under {root}"
-                              + (f" ({len(skipped)} skipped)" if skipped else ""))
+        path, saved = resume_from, verify_checkpoint(resume_from)
+    else:
+        path, saved, skipped = resolve_latest(root)
+        for note in skipped:
+            report(f"resume_from=latest: skipped {note}")
+        if path is None:
+            raise CheckpointError(f"resume_from=latest: no complete, intact checkpoint under {root}"
+                                  + (f" ({len(skipped)} skipped)" if skipped else ""))
+    writers = len([f for f in os.listdir(path) if f.startswith("random_states_") and f.endswith(".pkl")])
+    if writers and writers != processes:
+        report(f"warning: {path} was written by {writers} process(es) and is resumed by {processes}: the random "
+               "states do not carry over, so the run will not match an uninterrupted one bit for bit")
     return path, saved

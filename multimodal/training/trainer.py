@@ -222,7 +222,7 @@ class Trainer:
     def load_checkpoint(self, path: str) -> None:
         """Restore model, optimizer, scheduler, RNG and trainer state from a checkpoint directory ("latest": the
         newest one that is complete and intact; the newer ones skipped are named with the reason)."""
-        path, saved = resume_target(path, self._checkpoint_root(), self.accelerator.print)
+        path, saved = resume_target(path, self._checkpoint_root(), self.accelerator.print, self.accelerator.num_processes)
         self.state = TrainerState(**saved["trainer"])
         if self.state.unfrozen:
             self.state.unfrozen = False

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from multimodal import run
 from multimodal.config import ConfigError
 from multimodal.tasks.outputs import check_resume
-from multimodal.training.checkpoints import checkpoints, resolve_latest, verify_checkpoint
+from multimodal.training.checkpoints import checkpoints, resolve_latest, resume_target, verify_checkpoint
 from multimodal.training.integrity import CheckpointError, NonFiniteWeightsError, file_manifest
 from multimodal.utils import write_json
 from tests.multimodal.training.test_trainer import _config, _parts, _run, _trainer, _weights
@@ -66,6 +66,10 @@ def test_a_pickle_that_refers_to_code_is_refused_before_unpickling(tmp_path, tin
     trainer = _trainer(cfg, *_parts(cfg))
     path = trainer.save_checkpoint("step-0000000")
     assert verify_checkpoint(path)["format"] == 1
+    notes: list[str] = []
+    assert resume_target("latest", os.path.dirname(path), notes.append, processes=2)[0] == path
+    assert notes == [f"warning: {path} was written by 1 process(es) and is resumed by 2: the random states do not "
+                     "carry over, so the run will not match an uninterrupted one bit for bit"]
     marker = tmp_path / "code-ran"
 
     class Payload:
