@@ -1,9 +1,9 @@
 """Which failures are the user's to fix, and how the recipes and CLIs report them.
 
 A user error (a bad config, bad data, an encoder that cannot be loaded, a model folder that cannot be
-read, a loss that diverged) ends the program with its message alone on stderr and exit status 1. With
-``--debug`` on the command line or ``MULTIMODAL_DEBUG=1`` in the environment it is raised as usual, with
-its traceback. Any other exception is an internal error and always shows its traceback. Ctrl-C ends with
+read, a checkpoint that cannot be resumed, a loss or weights that diverged) ends the program with its
+message alone on stderr and exit status 1. With ``--debug`` on the command line or ``MULTIMODAL_DEBUG=1`` in
+the environment it is raised as usual, with its traceback. Any other exception is an internal error and always shows its traceback. Ctrl-C ends with
 status 130 and one line.
 """
 
@@ -19,13 +19,14 @@ from encoders import EncoderError
 from multimodal.config.schema import ConfigError
 from multimodal.data.dataset import DataError
 from multimodal.models.base import ModelFolderError
+from multimodal.training.integrity import CheckpointError, NonFiniteWeightsError
 from multimodal.training.trainer import NonFiniteLossError
 
 DEBUG_ENV = "MULTIMODAL_DEBUG"
 DEBUG_FLAG = "--debug"
 DEBUG_HELP = f"show the full traceback of a user error (also {DEBUG_ENV}=1)"
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, EncoderError, ModelFolderError,
-                                                 NonFiniteLossError)
+                                                 NonFiniteLossError, CheckpointError, NonFiniteWeightsError)
 
 
 def debug_requested(argv: Optional[Sequence[str]] = None) -> bool:

@@ -16,7 +16,8 @@ import time
 from typing import Any
 
 from multimodal.config.schema import ConfigError
-from multimodal.training.checkpoints import STATE_FILE, latest_checkpoint
+from multimodal.training.checkpoints import resolve_latest, verify_checkpoint
+from multimodal.training.integrity import CheckpointError
 
 # What a run leaves behind that a later run could mistake for its own results.
 RUN_MARKERS = ("metrics.json", "model", "checkpoints")
@@ -37,18 +38,24 @@ def previous_run(output_dir: str) -> list[str]:
 
 
 def check_resume(train: Any) -> str:
-    """The checkpoint ``train.resume_from`` names ("latest": the newest complete one); `ConfigError` if none."""
+    """The checkpoint ``train.resume_from`` names ("latest": the newest usable one); `ConfigError` if none.
+
+    With none usable, the message names every folder skipped and why."""
     resume = train.resume_from
     root = os.path.join(train.output_dir, "checkpoints")
     if resume == "latest":
-        path = latest_checkpoint(root)
+        path, _, skipped = resolve_latest(root)
         if path is None:
-            raise ConfigError(f"train.resume_from=latest: no complete checkpoint under {root!r}, so there is "
-                              "nothing to resume; drop train.resume_from to start a new run")
-        return path
-    if not os.path.isfile(os.path.join(resume, STATE_FILE)):
-        what = "does not exist" if not os.path.exists(resume) else f"is not a checkpoint folder (no {STATE_FILE})"
-        raise ConfigError(f"train.resume_from: {resume!r} {what}; give a folder under {root!r} or 'latest'")
+            why = "".join(f"\n  skipped {s}" for s in skipped)
+            raise ConfigError(f"train.resume_from=latest: no complete, intact checkpoint under {root!r}, so there is "
+                              f"nothing to resume; drop train.resume_from to start a new run{why}")
+        return path  # the trainer names the folders it skipped, with the reason
+    if not os.path.exists(resume):
+        raise ConfigError(f"train.resume_from: {resume!r} does not exist; give a folder under {root!r} or 'latest'")
+    try:
+        verify_checkpoint(resume)
+    except CheckpointError as err:
+        raise ConfigError(f"train.resume_from: {err}") from None
     return resume
 
 
@@ -89,4 +96,21 @@ def prepare_output_dir(train: Any, is_main: bool = True) -> str:
         f"train.output_dir {out!r} already holds {what}; this run would mix its results with that one. Set "
         "train.resume_from=latest to continue it, train.overwrite_output_dir=true to replace it, or choose another "
         "train.output_dir"
+    )
+
+
+def require_model(output_dir: str, train: Any, state: Any) -> None:
+    """Raise `ConfigError` when training left no model in ``<output_dir>/model`` to evaluate: with
+    ``train.stop_after_steps``, training can stop before an epoch's evaluation saved one."""
+    if os.path.isfile(os.path.join(output_dir, "model", "config.json")):
+        return
+    stop = getattr(train, "stop_after_steps", None)
+    if stop is None or state.global_step < stop:
+        raise ConfigError(f"training wrote no model to {os.path.join(output_dir, 'model')!r}")
+    when = "before the first epoch ended" if state.epoch == 0 else "before any epoch's validation improved"
+    saved = (f"checkpoint {os.path.join(output_dir, 'checkpoints', f'step-{state.global_step:07d}')!r} was saved: "
+             "continue with train.resume_from=latest" if train.save_checkpoints else "no checkpoint was saved")
+    raise ConfigError(
+        f"train.stop_after_steps={stop} stopped training at optimizer step {state.global_step}, {when}, so there "
+        f"is no model to evaluate yet ({saved}, or raise train.stop_after_steps)"
     )

@@ -17,6 +17,7 @@ import time
 from typing import Any, Optional
 
 import torch
+from accelerate.utils import gather_object
 
 from encoders.base import jsonable
 from multimodal.config.loading import config_to_dict, parse_cli, save_config
@@ -31,7 +32,7 @@ from multimodal.evaluation.report import EvalResult
 from multimodal.registry import get_task
 from multimodal.tasks import finetune
 from multimodal.tasks.base import Task
-from multimodal.tasks.outputs import prepare_output_dir, remove_run_outputs
+from multimodal.tasks.outputs import prepare_output_dir, remove_run_outputs, require_model
 from multimodal.training.trainer import Trainer
 from multimodal.usererrors import debug_requested, user_errors
 from multimodal.utils import process_state, write_json
@@ -56,7 +57,8 @@ def build_loaders(task: Task, model: Any, splits: DataSplits, accelerator: Any =
     def collator(train: bool) -> Any:
         preprocessors = augment.train_preprocessors(model, cfg.data.augment) if train else model.get_preprocessors(False)
         mixer = augment.batch_mixer(model, cfg.data.augment, task.label_type) if train else None
-        base = Collator({m: p for m, p in preprocessors.items() if m not in cached}, task.label_type, mixer)
+        base = Collator({m: p for m, p in preprocessors.items() if m not in cached}, task.label_type, mixer,
+                        min_samples=2 if train else 1)  # rows skipped while loading must leave BatchNorm two
         return CachedFeatureCollator(base, cached) if cached else base
 
     tcfg, workers = cfg.train, cfg.data.num_workers
@@ -103,6 +105,7 @@ def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modaliti
     extra = finetune.train_model(trainer, task, model, loaders, splits, cfg, output_dir)  # probe fit or trainer.train()
     train_time = time.time() - start
     trainer.accelerator.wait_for_everyone()
+    require_model(output_dir, tcfg, trainer.state)  # stop_after_steps before the first epoch ended: say so
     trainer.load_model_weights(os.path.join(output_dir, "model"))  # the best epoch's weights (also under FSDP)
     extra = finetune.after_training(trainer, task, model, splits, cfg, output_dir, extra)  # WiSE-FT, counts
     result: dict[str, Any] = {
@@ -157,6 +160,7 @@ def run(cfg: ExperimentConfig, dataset: Any = None) -> dict[str, Any]:
         if splits.vocab is not None:
             splits.vocab.save(os.path.join(out, "labels.json"))
     fused, evaluations = train_and_evaluate(task, splits, out, main=True)
+    share_skips(state, splits)  # rows skipped while loading (data.validate=false), on whichever process
     if main and splits.vocab is not None:
         splits.vocab.save(os.path.join(out, "model", "labels.json"))  # travels with the model
     modalities = sorted(cfg.model.encoders)
@@ -195,6 +199,8 @@ def run(cfg: ExperimentConfig, dataset: Any = None) -> dict[str, Any]:
             metrics["comparison"] = {"split": eval_name, "metric": metric, **summary}
     metrics["wall_time_s"] = round(time.time() - t0, 2)
     if main:
+        if any(ds.skipped_while_loading() for _, ds in splits.items()):
+            write_splits(splits, os.path.join(out, "splits"))  # without the rows found bad while loading
         write_json(os.path.join(out, "metrics.json"), metrics)
         metric_name = fused.get("metric_for_best")
         curves = plot_training_curves(fused.get("train_log", []), fused.get("history", []),
@@ -209,6 +215,16 @@ def run(cfg: ExperimentConfig, dataset: Any = None) -> dict[str, Any]:
                               html=cfg.eval.html_report, extra_plots=[("Training curves", curves)])
     state.wait_for_everyone()
     return jsonable(metrics)  # as written to metrics.json (NaN -> None, arrays -> lists)
+
+
+def share_skips(state: Any, splits: DataSplits) -> None:
+    """Under DDP, give every process the rows the others skipped while loading (for metrics.json and splits/)."""
+    if state.num_processes < 2:
+        return
+    mine = {name: ds.skip_log.records() for name, ds in splits.items()}
+    for theirs in gather_object([mine]):
+        for name, ds in splits.items():
+            ds.skip_log.absorb(theirs.get(name, []))
 
 
 def summarize(metrics: dict[str, Any]) -> str:

@@ -37,9 +37,14 @@ from multimodal.config.schema import ConfigError
 from multimodal.config.validation import check_ranges
 from multimodal.data.loading import epoch_seed
 from multimodal.evaluation.metrics import metric_mode
-from multimodal.training.checkpoints import latest_checkpoint, read_state, save_checkpoint
+from multimodal.training.checkpoints import (
+    resolve_latest,
+    resume_target,
+    save_checkpoint,
+)
 from multimodal.training.distributed import configure_fsdp, full_state_dict, is_sharded, load_saved_weights
 from multimodal.training.ema import WeightEma
+from multimodal.training.integrity import check_finite, training_tensors
 from multimodal.training.optim import param_groups
 from multimodal.training.predict import forward_batch, predict
 
@@ -208,26 +213,27 @@ class Trainer:
     def _checkpoint_root(self) -> str:
         return os.path.join(self.output_dir, "checkpoints")
 
+    def _check_weights(self, what: str) -> None:
+        ema = self.ema.module if self.ema is not None else None
+        check_finite(self.accelerator, training_tensors(self.unwrapped_model, self.optimizer, ema), what)
+
     def save_checkpoint(self, name: str) -> str:
-        """`accelerator.save_state` plus trainer_state.json into output_dir/checkpoints/<name>."""
+        """`accelerator.save_state`, the EMA weights and trainer_state.json into output_dir/checkpoints/<name>,
+        after checking that nothing it would write is NaN/inf."""
         path = os.path.join(self._checkpoint_root(), name)
-        if self.ema is not None and self.accelerator.is_main_process:
-            self.ema.save(path)  # before the state file that marks the checkpoint complete
+        self._check_weights(f"checkpoint {path} (optimizer step {self.state.global_step})")
+        writers = [self.ema.save] if self.ema is not None else []  # before the state file that marks it complete
         return save_checkpoint(self.accelerator, path, {"trainer": dict(self.state.__dict__)},
-                               keep=self.config.keep_checkpoints)
+                               keep=self.config.keep_checkpoints, writers=writers)
 
     def latest_checkpoint(self) -> Optional[str]:
-        """Newest complete checkpoint directory under output_dir/checkpoints, if any."""
-        return latest_checkpoint(self._checkpoint_root())
+        """Newest usable checkpoint directory under output_dir/checkpoints, if any."""
+        return resolve_latest(self._checkpoint_root())[0]
 
     def load_checkpoint(self, path: str) -> None:
-        """Restore model, optimizer, scheduler, RNG and trainer state from a checkpoint directory."""
-        if path == "latest":
-            latest = self.latest_checkpoint()
-            if latest is None:
-                raise FileNotFoundError(f"resume_from=latest: no checkpoint under {self._checkpoint_root()}")
-            path = latest
-        saved = read_state(path)
+        """Restore model, optimizer, scheduler, RNG and trainer state from a checkpoint directory ("latest": the
+        newest one that is complete and intact; the newer ones skipped are named with the reason)."""
+        path, saved = resume_target(path, self._checkpoint_root(), self.accelerator.print, self.accelerator.num_processes)
         self.state = TrainerState(**saved["trainer"])
         if self.state.unfrozen:
             self.state.unfrozen = False
@@ -294,6 +300,7 @@ class Trainer:
     def save_model(self, directory: str) -> None:
         """`save_pretrained` of the unwrapped model on the main process (under FSDP, of the gathered full weights)."""
         self.accelerator.wait_for_everyone()
+        self._check_weights(f"the model {directory}")
         model = self.unwrapped_model
         state = full_state_dict(model) if is_sharded(model) else None  # a collective: every rank gathers
         if self.accelerator.is_main_process:
@@ -442,6 +449,7 @@ class Trainer:
             if cfg.save_checkpoints and (
                 stopping or (cfg.save_every_steps and step % cfg.save_every_steps == 0 and not end_of_epoch)
             ):
+                self._check_finite(first_bad)  # a NaN loss since the last logging step stops before the save
                 self.save_checkpoint(f"step-{step:07d}")
             if stopping:
                 self._check_finite(first_bad)

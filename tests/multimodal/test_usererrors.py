@@ -14,6 +14,7 @@ from multimodal.data import DataError
 from multimodal.evaluation.cli import main as evaluate_main
 from multimodal.tasks import runner
 from multimodal.training import NonFiniteLossError
+from multimodal.training.integrity import CheckpointError, NonFiniteWeightsError
 from multimodal.usererrors import DEBUG_ENV, user_errors
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -62,7 +63,8 @@ def test_data_error_from_a_manifest(tmp_path):
     assert "train.csv" in str(info.value.code) and "not found" in str(info.value.code)
 
 
-@pytest.mark.parametrize("error", [ConfigError("c"), DataError("d"), NonFiniteLossError("n")])
+@pytest.mark.parametrize("error", [ConfigError("c"), DataError("d"), NonFiniteLossError("n"), CheckpointError("k"),
+                                   NonFiniteWeightsError("w")])
 def test_every_user_error_kind_becomes_a_message(error):
     with pytest.raises(SystemExit) as info:
         with user_errors():

@@ -57,15 +57,18 @@ def test_resume_needs_a_checkpoint(tmp_path):
     out = tmp_path / "out"
     (out / "model").mkdir(parents=True)
     (out / "model" / "config.json").write_text("{}")
-    with pytest.raises(ConfigError, match=r"resume_from=latest: no complete checkpoint under .*checkpoints"):
+    with pytest.raises(ConfigError, match=r"resume_from=latest: no complete, intact checkpoint under .*checkpoints"):
         prepare_output_dir(_train(tmp_path, resume_from="latest"))
     with pytest.raises(ConfigError, match=r"train\.resume_from: .*nowhere' does not exist"):
         prepare_output_dir(_train(tmp_path, resume_from=str(tmp_path / "nowhere")))
-    with pytest.raises(ConfigError, match=r"is not a checkpoint folder \(no trainer_state\.json\)"):
+    with pytest.raises(ConfigError, match=r"model: not a complete checkpoint \(no trainer_state\.json"):
         prepare_output_dir(_train(tmp_path, resume_from=str(out / "model")))
     ckpt = out / "checkpoints" / "epoch-001"
     ckpt.mkdir(parents=True)
     (ckpt / "trainer_state.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"skipped .*epoch-001.*trainer_state\.json: no 'trainer' state object"):
+        prepare_output_dir(_train(tmp_path, resume_from="latest"))
+    (ckpt / "trainer_state.json").write_text('{"trainer": {"epoch": 1, "batch_in_epoch": 0, "global_step": 2}}')
     assert prepare_output_dir(_train(tmp_path, resume_from="latest")).endswith("epoch-001")
 
 
