@@ -2,9 +2,8 @@
 
 Weights of the chosen op types become int8 (one scale per tensor, or per output channel); activations are
 quantized on the fly at run time. The default op types are ``MatMul`` (every linear layer of the text
-encoder, the fusion and the head) and ``Gather`` (token embedding tables); convolutions stay fp32, because
-int8 ``ConvInteger`` was slower than fp32 ``Conv`` in ONNX Runtime on the CPU we measured, and depthwise
-convolutions lose accuracy (BENCHMARKS.md, section 6). The output is a new exported folder: the same
+encoder, the fusion and the head) and ``Gather`` (token embedding tables); convolutions stay fp32 unless
+``Conv`` is listed (BENCHMARKS.md, section 8, has what each choice did to size, speed and accuracy here). The output is a new exported folder: the same
 preprocessing files, int8 graphs, and ``deploy.json`` with the settings, the file sizes and the largest
 difference from the fp32 outputs on the verification inputs.
 """

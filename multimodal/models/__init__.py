@@ -2,6 +2,7 @@
 
 from multimodal.models.base import (
     EncoderModel,
+    ModelFolderError,
     ModelOutput,
     load_model,
     load_weights,
@@ -15,6 +16,7 @@ from multimodal.models.heads import TaskHead
 __all__ = [
     "DualEncoder",
     "EncoderModel",
+    "ModelFolderError",
     "ModelOutput",
     "MultimodalModel",
     "TaskHead",
