@@ -60,6 +60,21 @@ def hf_call(kind: str, name: str, what: str, fn: Callable[[], Any]) -> Any:
 
 
 @contextlib.contextmanager
+def refuse_remote_code(directory: str):
+    """Turn transformers' "needs custom code" refusal for files in `directory` into an `EncoderError` naming it."""
+    try:
+        yield
+    except ValueError as exc:
+        text = str(exc)
+        if "trust_remote_code" not in text and "custom code" not in text:
+            raise
+        raise EncoderError(
+            f"{directory}: these encoder files need Python code shipped in the folder (an 'auto_map' entry); it was "
+            "not run. Load with trust_remote_code=True (CLI: --trust-remote-code) only if you trust the folder"
+        ) from None
+
+
+@contextlib.contextmanager
 def quiet_hf():
     """Silence transformers' info/warning chatter (load reports, unused-weight notes) during a load."""
     try:

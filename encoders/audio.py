@@ -18,6 +18,7 @@ from encoders._hf import (
     hf_call,
     load_config,
     quiet_hf,
+    refuse_remote_code,
     resolve_hf_source,
     set_hf_checkpointing,
 )
@@ -165,7 +166,7 @@ def build_audio_backbone(config: Any) -> torch.nn.Module:
             from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
             return WhisperEncoder(config)
-        model = AutoModel.from_config(config)
+        model = AutoModel.from_config(config, trust_remote_code=False)  # never code from a folder
     if getattr(config, "is_encoder_decoder", False):
         model = model.get_encoder()
     return model
@@ -232,14 +233,17 @@ class HFAudioEncoder(Encoder):
         return cls(backbone, fe, spec, max_seconds)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], assets_dir: Optional[str]) -> HFAudioEncoder:
-        """Rebuild with random weights from `get_config()` and the files `save_assets` wrote."""
+    def from_config(cls, config: dict[str, Any], assets_dir: Optional[str], trust_remote_code: bool = False) -> HFAudioEncoder:
+        """Rebuild with random weights from `get_config()` and the files `save_assets` wrote (code in
+        `assets_dir` runs only with the caller's `trust_remote_code`)."""
         from transformers import AutoConfig, AutoFeatureExtractor
 
         if not assets_dir or not os.path.isfile(os.path.join(assets_dir, "config.json")):
             raise EncoderError(f"audio encoder assets (config.json, preprocessor_config.json) not found in {assets_dir!r}")
-        hf_config = AutoConfig.from_pretrained(assets_dir)
-        fe = AutoFeatureExtractor.from_pretrained(assets_dir)
+        trc = bool(trust_remote_code)
+        with refuse_remote_code(assets_dir):
+            hf_config = AutoConfig.from_pretrained(assets_dir, trust_remote_code=trc)
+            fe = AutoFeatureExtractor.from_pretrained(assets_dir, trust_remote_code=trc)
         return cls(build_audio_backbone(hf_config), fe, config["spec"], config.get("max_seconds"))
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:

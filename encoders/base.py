@@ -116,6 +116,11 @@ class Encoder(nn.Module):
         if getattr(self, "_frozen", False):
             for module in self.children():
                 module.eval()
+        keep_eval = getattr(self, "_keep_eval", None)  # e.g. frozen BatchNorms of a partly trained encoder
+        if keep_eval:
+            for name, module in self.named_modules():
+                if name in keep_eval:
+                    module.eval()
         return self
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -6,6 +6,7 @@ that user code calls; every function below reads that one registry.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Optional
 
 from encoders.audio import HFAudioEncoder
@@ -70,12 +71,20 @@ def create_encoder(spec: str, pretrained: bool = True, **kwargs: Any) -> Encoder
         raise
 
 
-def encoder_from_config(config: dict[str, Any], assets_dir: Optional[str] = None) -> Encoder:
-    """Rebuild an encoder's architecture (random weights, no network) from `get_config()` + `save_assets` files."""
+def encoder_from_config(config: dict[str, Any], assets_dir: Optional[str] = None, trust_remote_code: bool = False) -> Encoder:
+    """Rebuild an encoder's architecture (random weights, no network) from `get_config()` + `save_assets` files.
+
+    Code shipped in `assets_dir` (a transformers ``auto_map``) runs only when the caller passes
+    ``trust_remote_code=True`` here; a ``trust_remote_code`` value stored in `config` is ignored.
+    """
     kind = config.get("kind") if isinstance(config, dict) else None
     if not is_registered(kind):
         raise EncoderError(
             f"encoder config has unknown kind {kind!r}; expected one of {known_kinds()} "
             "(a user-defined kind must be registered, i.e. its module imported, before loading)"
         )
-    return get_encoder_class(kind).from_config(config, assets_dir)
+    from_config = get_encoder_class(kind).from_config
+    params = inspect.signature(from_config).parameters
+    if "trust_remote_code" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return from_config(config, assets_dir, trust_remote_code=bool(trust_remote_code))
+    return from_config(config, assets_dir)  # a kind that never loads code from its folder

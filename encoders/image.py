@@ -219,8 +219,10 @@ class ImageEncoder(Encoder):
         import json
 
         os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, "data_config.json"), "w") as f:
+        path = os.path.join(directory, "data_config.json")
+        with open(path + ".tmp", "w") as f:  # then renamed: a reader never sees half a file
             json.dump(jsonable(self.data_config), f, indent=2)
+        os.replace(path + ".tmp", path)
 
     def preprocess_config(self) -> dict[str, Any]:
         """What changes the pixel values."""

@@ -12,6 +12,7 @@ from encoders._hf import (
     hf_call,
     load_config,
     quiet_hf,
+    refuse_remote_code,
     resolve_hf_source,
     set_hf_checkpointing,
 )
@@ -138,17 +139,21 @@ class TextEncoder(Encoder):
         return cls(backbone, tok, spec, pooling, max_length, trust_remote_code)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], assets_dir: Optional[str]) -> TextEncoder:
-        """Rebuild with random weights from `get_config()` and the files `save_assets` wrote."""
+    def from_config(cls, config: dict[str, Any], assets_dir: Optional[str], trust_remote_code: bool = False) -> TextEncoder:
+        """Rebuild with random weights from `get_config()` and the files `save_assets` wrote.
+
+        Only the caller's `trust_remote_code` lets code in `assets_dir` run; the saved config cannot switch it on.
+        """
         from transformers import AutoConfig, AutoModel
 
         if not assets_dir or not os.path.isfile(os.path.join(assets_dir, "config.json")):
             raise EncoderError(f"text encoder assets (config.json, tokenizer) not found in {assets_dir!r}")
-        trc = bool(config.get("trust_remote_code", False))
-        hf_config = AutoConfig.from_pretrained(assets_dir, trust_remote_code=trc)
-        tok = _load_tokenizer(config["name"], assets_dir, trc)
-        with quiet_hf():
-            backbone = AutoModel.from_config(hf_config, trust_remote_code=trc)
+        trc = bool(trust_remote_code)
+        with refuse_remote_code(assets_dir):
+            hf_config = AutoConfig.from_pretrained(assets_dir, trust_remote_code=trc)
+            tok = _load_tokenizer(config["name"], assets_dir, trc)
+            with quiet_hf():
+                backbone = AutoModel.from_config(hf_config, trust_remote_code=trc)
         return cls(backbone, tok, config["spec"], config["pooling"], config["max_length"], trc)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:

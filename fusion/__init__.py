@@ -17,6 +17,7 @@ from .registry import (
     list_fusions,
     register_fusion,
 )
+from .standardized import StandardizedConcat
 
 __all__ = [
     "AttentionFusion",
@@ -31,6 +32,7 @@ __all__ = [
     "LateFusion",
     "LowRankTensorFusion",
     "Presence",
+    "StandardizedConcat",
     "as_encoder_output",
     "clip_loss",
     "create_fusion",

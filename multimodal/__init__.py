@@ -5,6 +5,7 @@ The names most code needs are here: ``from multimodal import run, load_config, M
 
 from multimodal.config import ConfigError, ExperimentConfig, load_config
 from multimodal.data import DataError, MultimodalDataset, make_demo
+from multimodal.deploy import Predictor
 from multimodal.models import DualEncoder, ModelOutput, MultimodalModel, TaskHead, load_model
 from multimodal.registry import get_task, list_tasks, register_task
 from multimodal.tasks import ClassificationTask, EvalResult, RetrievalTask, Task, run, summarize
@@ -21,6 +22,7 @@ __all__ = [
     "ModelOutput",
     "MultimodalDataset",
     "MultimodalModel",
+    "Predictor",
     "RetrievalTask",
     "Task",
     "TaskHead",

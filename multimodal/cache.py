@@ -17,6 +17,11 @@ Layout: ``<root>/<modality>-<fingerprint[:24]>/`` holds ``meta.json`` (the full 
 and shards ``shard-<id>.safetensors`` + ``shard-<id>.json`` (the keys stored in the shard). Shards are
 written atomically and never modified, so several processes (DDP ranks) can add shards concurrently.
 Tokens are stored trimmed to the last real position (per the encoder's mask) and re-padded on load.
+
+Damage is repaired, not trusted (`multimodal.cache_files`): a shard or index that is truncated, empty or
+does not parse is deleted and reported with the folder when the cache is opened, so `build` encodes its items
+again; shards left without an index by an interrupted write are removed. An item that cannot be read or
+hashed while building is reported by its source (or, through `build`'s `errors`, handed back to the caller).
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -33,15 +37,18 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from encoders.base import Encoder, EncoderOutput, jsonable
 from encoders.image import to_rgb
+from multimodal.cache_files import log, scan, stack_outputs, trim_entry, write_meta, write_shard
+from multimodal.data.manifest import DataError
 from multimodal.data.media import load_sample
 
 ABSENT = "__absent__"
 """Content key of a missing sample; its features are the encoder's output on its neutral placeholder."""
+UNREADABLE = "__unreadable__"
+"""Key `FeatureCache.build` gives a source it could not hash (a missing or unreadable file); never cached."""
 
 _FILE_HASH_MEMO: dict[tuple[str, int, int], str] = {}
 
@@ -134,20 +141,6 @@ def content_key(modality: str, source: Any) -> str:
     raise TypeError(f"cannot compute a content key for a {type(source).__name__} {modality} item")
 
 
-def _trim(out: EncoderOutput, i: int) -> dict[str, torch.Tensor]:
-    entry = {"pooled": out.pooled[i]}
-    if out.tokens is not None:
-        tokens = out.tokens[i]
-        if out.mask is not None:
-            real = torch.nonzero(out.mask[i]).flatten()
-            length = int(real.max()) + 1 if real.numel() else 1
-            entry["tokens"] = tokens[:length]
-            entry["mask"] = out.mask[i][:length].to(torch.uint8)
-        else:
-            entry["tokens"] = tokens
-    return entry
-
-
 class FeatureCache:
     """Features of one frozen encoder, stored on disk under its fingerprint and looked up by content key."""
 
@@ -168,23 +161,24 @@ class FeatureCache:
         self.fingerprint = encoder_fingerprint(encoder, self.key_parts)
         self.directory = Path(root) / f"{self.modality}-{self.fingerprint[:24]}"
         self.directory.mkdir(parents=True, exist_ok=True)
-        meta = self.directory / "meta.json"
-        if not meta.exists():
-            tmp = meta.with_suffix(f".{uuid.uuid4().hex}.tmp")
-            tmp.write_text(json.dumps(jsonable({"fingerprint": self.fingerprint, **self.key_parts}), indent=1))
-            os.replace(tmp, meta)
         self._index: dict[str, tuple[str, bool]] = {}
         self._handles: dict[str, Any] = {}
+        self._checked: set[str] = set()  # shards this process has verified (they are never modified)
+        self.repairs: list[str] = []  # what was found damaged or orphaned and removed, one line each
         self.hits = 0
         self.misses = 0
+        note = write_meta(self.directory, jsonable({"fingerprint": self.fingerprint, **self.key_parts}))
+        if note:
+            log.warning(note)
+            self.repairs.append(note)
         self.refresh()
 
     # -- index ------------------------------------------------------------------------------------
     def refresh(self) -> None:
-        """Re-read the shard indexes (after other processes added shards)."""
-        for idx_file in sorted(self.directory.glob("shard-*.json")):
-            shard = idx_file.with_suffix(".safetensors").name
-            info = json.loads(idx_file.read_text())
+        """Re-read the shard indexes (after other processes added shards); damaged shards are removed."""
+        good, notes = scan(self.directory, self._checked)
+        self.repairs.extend(notes)
+        for shard, info in good:
             for key in info["keys"]:
                 has_tokens = bool(info.get("tokens", False))
                 old = self._index.get(key)
@@ -222,18 +216,13 @@ class FeatureCache:
             if key in stored:
                 continue
             stored.append(key)
-            for name, t in _trim(out, i).items():
+            for name, t in trim_entry(out, i).items():
                 t = t.detach().to("cpu")
                 tensors[f"{key}/{name}"] = (t.to(self.dtype) if t.is_floating_point() else t).contiguous()
-        shard = f"shard-{uuid.uuid4().hex}"
-        tmp = self.directory / f"{shard}.safetensors.tmp"
-        save_file(tensors, str(tmp))
-        os.replace(tmp, self.directory / f"{shard}.safetensors")
-        tmp_idx = self.directory / f"{shard}.json.tmp"
-        tmp_idx.write_text(json.dumps({"keys": stored, "tokens": with_tokens}))
-        os.replace(tmp_idx, self.directory / f"{shard}.json")
+        shard = write_shard(self.directory, tensors, stored, with_tokens)
+        self._checked.add(shard)
         for key in stored:
-            self._index[key] = (f"{shard}.safetensors", with_tokens)
+            self._index[key] = (shard, with_tokens)
 
     @torch.no_grad()
     def build(
@@ -244,14 +233,23 @@ class FeatureCache:
         device: Optional[torch.device | str] = None,
         accelerator: Any = None,
         show_progress: bool = True,
+        errors: Optional[dict[int, str]] = None,
     ) -> list[str]:
         """Encode every source whose content key is not cached yet; return the content keys of `sources`.
 
         `sources` are texts, file paths or raw samples (None = absent). With an `accelerator`, each
-        process encodes its share of the missing items and all processes wait for each other.
+        process encodes its share of the missing items and all processes wait for each other. A source that
+        cannot be hashed or read raises `DataError` naming it; with `errors`, its position maps to the reason
+        there instead (on every process alike) and it stays uncached (key `UNREADABLE` if it could not be hashed).
         """
         loader = loader or load_sample
-        keys = [content_key(self.modality, s) for s in sources]
+        keys, failed = [], {}
+        for i, src in enumerate(sources):
+            try:
+                keys.append(content_key(self.modality, src))
+            except (OSError, TypeError, ValueError) as err:
+                keys.append(UNREADABLE)
+                failed[i] = f"{type(err).__name__}: {err}"
         rank, world = 0, 1
         if accelerator is not None:
             rank, world = accelerator.process_index, accelerator.num_processes
@@ -262,73 +260,72 @@ class FeatureCache:
             accelerator.wait_for_everyone()
         todo: dict[str, Any] = {}
         for key, src in zip(keys, sources):
-            if not self.has(key) and key not in todo:
+            if key != UNREADABLE and not self.has(key) and key not in todo:
                 todo[key] = src
         self.misses += len(todo)
-        self.hits += len(keys) - len(todo)
-        pending = list(todo.items())
-        mine = pending[rank::world]
-        if mine:
-            was_training = self.encoder.training
-            self.encoder.eval()
-            preprocess = self.encoder.get_preprocessor(train=False)
-            dev = torch.device(device) if device is not None else next(self.encoder.parameters()).device
-            progress = None
-            if show_progress and rank == 0 and len(mine) > batch_size:
-                from tqdm.auto import tqdm
-
-                progress = tqdm(total=len(mine), desc=f"caching {self.modality} features", leave=False)
-            flush_keys: list[str] = []
-            flush_outs: list[EncoderOutput] = []
-            try:
-                for start in range(0, len(mine), batch_size):
-                    chunk = mine[start : start + batch_size]
-                    raw = [None if k == ABSENT else loader(self.modality, s) for k, s in chunk]
-                    inputs = {n: t.to(dev) if isinstance(t, torch.Tensor) else t for n, t in preprocess(raw).items()}
-                    out = self.encoder(inputs)
-                    flush_keys.extend(k for k, _ in chunk)
-                    flush_outs.append(out)
-                    if len(flush_keys) >= self.shard_size:
-                        self._flush(flush_keys, flush_outs)
-                        flush_keys, flush_outs = [], []
-                    if progress is not None:
-                        progress.update(len(chunk))
-                if flush_keys:
-                    self._flush(flush_keys, flush_outs)
-            finally:
-                if progress is not None:
-                    progress.close()
-                self.encoder.train(was_training)
+        self.hits += len(keys) - len(todo) - len(failed)
+        unreadable = self._encode(list(todo.items())[rank::world], batch_size, loader, device, rank, show_progress)
         if world > 1:
             accelerator.wait_for_everyone()
             self.refresh()
+        for i, key in enumerate(keys):  # what is still missing could not be read, here or on another process
+            if i not in failed and key != ABSENT and not self.has(key):
+                failed[i] = unreadable.get(key, "could not be read (by another process; see its message)")
+        if failed and errors is None:
+            i = min(failed)
+            raise DataError(f"feature cache {self.directory}: cannot read {self.modality} item {sources[i]!r}: "
+                            f"{failed[i]}")
+        if errors is not None:
+            errors.update(failed)
         return keys
 
+    def _encode(self, mine: list[tuple[str, Any]], batch_size: int, loader: Callable[[str, Any], Any],
+                device: Optional[torch.device | str], rank: int, show_progress: bool) -> dict[str, str]:
+        """Encode and store `mine` ((key, source) pairs); returns {key: reason} for the sources that failed to load."""
+        unreadable: dict[str, str] = {}
+        if not mine:
+            return unreadable
+        was_training = self.encoder.training
+        self.encoder.eval()
+        preprocess = self.encoder.get_preprocessor(train=False)
+        dev = torch.device(device) if device is not None else next(self.encoder.parameters()).device
+        progress = None
+        if show_progress and rank == 0 and len(mine) > batch_size:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=len(mine), desc=f"caching {self.modality} features", leave=False)
+        flush_keys: list[str] = []
+        flush_outs: list[EncoderOutput] = []
+        try:
+            for start in range(0, len(mine), batch_size):
+                chunk = mine[start : start + batch_size]
+                raw, good = [], []
+                for k, s in chunk:
+                    try:
+                        raw.append(None if k == ABSENT else loader(self.modality, s))
+                        good.append(k)
+                    except Exception as err:  # noqa: BLE001 - any failure to decode makes the item unreadable
+                        unreadable[k] = f"{type(err).__name__}: {err}"
+                if progress is not None:
+                    progress.update(len(chunk))
+                if not good:
+                    continue
+                inputs = {n: t.to(dev) if isinstance(t, torch.Tensor) else t for n, t in preprocess(raw).items()}
+                flush_keys.extend(good)
+                flush_outs.append(self.encoder(inputs))
+                if len(flush_keys) >= self.shard_size:
+                    self._flush(flush_keys, flush_outs)
+                    flush_keys, flush_outs = [], []
+            if flush_keys:
+                self._flush(flush_keys, flush_outs)
+        finally:
+            if progress is not None:
+                progress.close()
+            self.encoder.train(was_training)
+        return unreadable
+
     def _flush(self, keys: list[str], outs: list[EncoderOutput]) -> None:
-        # Batches may differ in token length (text padding): store each batch separately in one shard.
-        tensors_keys: list[str] = []
-        pooled, tokens, masks = [], [], []
-        for out in outs:
-            n = out.pooled.shape[0]
-            for i in range(n):
-                entry = _trim(out, i)
-                pooled.append(entry["pooled"])
-                tokens.append(entry.get("tokens"))
-                masks.append(entry.get("mask"))
-            tensors_keys.extend(keys[len(tensors_keys) : len(tensors_keys) + n])
-        max_t = max((t.shape[0] for t in tokens if t is not None), default=0)
-        padded_tokens = padded_mask = None
-        if tokens and tokens[0] is not None:
-            d = tokens[0].shape[-1]
-            padded_tokens = torch.zeros(len(tokens), max_t, d, dtype=tokens[0].dtype)
-            padded_mask = torch.zeros(len(tokens), max_t, dtype=torch.bool)
-            for i, (t, m) in enumerate(zip(tokens, masks)):
-                padded_tokens[i, : t.shape[0]] = t
-                padded_mask[i, : t.shape[0]] = m.bool() if m is not None else True
-            has_mask = any(m is not None for m in masks)
-            if not has_mask and all(t.shape[0] == max_t for t in tokens):
-                padded_mask = None
-        self.add(tensors_keys, EncoderOutput(torch.stack(pooled), padded_tokens, padded_mask))
+        self.add(*stack_outputs(keys, outs))
 
     # -- reading ----------------------------------------------------------------------------------
     def _handle(self, shard: str) -> tuple[Any, frozenset]:
@@ -343,12 +340,17 @@ class FeatureCache:
         if not self.has(key):
             raise KeyError(f"feature cache {self.directory}: no entry for content key {key[:16]}…; run build() first")
         shard, with_tokens = self._index[key]
-        f, names = self._handle(shard)
-        entry = {"pooled": f.get_tensor(f"{key}/pooled")}
-        if with_tokens and self.store_tokens:
-            entry["tokens"] = f.get_tensor(f"{key}/tokens")
-            if f"{key}/mask" in names:
-                entry["mask"] = f.get_tensor(f"{key}/mask").bool()
+        try:
+            f, names = self._handle(shard)
+            entry = {"pooled": f.get_tensor(f"{key}/pooled")}
+            if with_tokens and self.store_tokens:
+                entry["tokens"] = f.get_tensor(f"{key}/tokens")
+                if f"{key}/mask" in names:
+                    entry["mask"] = f.get_tensor(f"{key}/mask").bool()
+        except Exception as err:  # noqa: BLE001 - the shard changed after it was checked
+            raise DataError(f"feature cache {self.directory}: shard {shard} cannot be read ({type(err).__name__}: "
+                            f"{err}); it changed after this run checked it. The next run removes it and encodes "
+                            "its entries again") from None
         return entry
 
     def load(self, keys: Sequence[str]) -> EncoderOutput:

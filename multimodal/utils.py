@@ -60,10 +60,14 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> str:
     return write_text(path, json.dumps(jsonable(obj), indent=indent))
 
 
-def process_state() -> Any:
+def process_state(timeout_s: float | None = None) -> Any:
     """accelerate's `PartialState`, honouring ``ACCELERATE_USE_CPU`` (as `Accelerator` does) so that
-    ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2`` runs DDP on CPU (gloo)."""
+    ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2`` runs DDP on CPU (gloo).
+    `timeout_s` bounds every collective of the process group (it applies where the group is first set up)."""
+    from datetime import timedelta
+
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    kwargs = {"timeout": timedelta(seconds=float(timeout_s))} if timeout_s else {}
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kwargs)

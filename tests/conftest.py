@@ -15,6 +15,8 @@ os.environ.setdefault("MULTIMODAL_CACHE", tempfile.mkdtemp(prefix="multimodal-te
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from multimodal import load_config, run  # noqa: E402
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
@@ -76,3 +78,18 @@ def tiny_audio_dir(tmp_path_factory) -> str:
         feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=True
     ).save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, tiny_text_dir) -> str:
+    """Output folder of a small text-image classifier trained by `multimodal.run` on the built-in demo."""
+    out = tmp_path_factory.mktemp("demo_run")
+    cfg = load_config(None, [
+        "data.demo=text_image", "data.demo_size=120", "data.audio_column=null", "data.num_workers=0",
+        "data.feature_cache=null", f"model.encoders={{text: 'text:{tiny_text_dir}', image: 'image:test_efficientnet'}}",
+        "model.encoder_kwargs={image: {img_size: 32}}", "model.pretrained=false", "model.fusion_dim=16",
+        "train.epochs=2", "train.batch_size=16", "train.head_lr=0.01", "train.log_with=none",
+        "train.progress_bar=false", "train.save_checkpoints=false", f"train.output_dir={out}",
+    ])
+    run(cfg)
+    return str(out)

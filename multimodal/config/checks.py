@@ -1,4 +1,4 @@
-"""Config checks against the registries (tasks, fusions, encoder kinds, demos) and across fields.
+"""Config checks against the registries (tasks, fusions, encoder kinds, demos), ranges and across fields.
 
 They run when a config is loaded, before any data is read or a model is built, and raise `ConfigError`
 naming the key. Task-specific rules come from the task class (`Task.check_config`, `Task.metric_names`).
@@ -12,7 +12,9 @@ from typing import Any
 from encoders import EncoderError, parse_spec
 from fusion import list_fusions
 from multimodal.config.experiments import check_experiment_options
+from multimodal.config.finetune_checks import check_finetune
 from multimodal.config.schema import ConfigError, ExperimentConfig, ModelConfig
+from multimodal.config.validation import check_cross_fields, check_paths, check_ranges, short
 from multimodal.data.demos import get_demo, list_demos
 from multimodal.registry import get_task, task_names
 from multimodal.utils import deep_merge
@@ -43,7 +45,7 @@ def layered_defaults(values: dict) -> dict:
 
 
 def _did_you_mean(value: str, choices: list[str]) -> str:
-    hint = difflib.get_close_matches(str(value), choices, n=1)
+    hint = difflib.get_close_matches(short(value), choices, n=1)
     return f" (did you mean {hint[0]!r}?)" if hint else ""
 
 
@@ -55,18 +57,19 @@ def _check_names(key: str, names: Any, encoders: dict) -> None:
 
 def _check_registered(key: str, what: str, value: str, names: list[str], hint: str) -> None:
     if value not in names:
-        raise ConfigError(f"{key}: unknown {what} {value!r}{_did_you_mean(value, names)}; registered: "
+        raise ConfigError(f"{key}: unknown {what} {short(value)}{_did_you_mean(value, names)}; registered: "
                           f"{', '.join(names)} ({hint})")
 
 
 def check_config(cfg: ExperimentConfig) -> None:
     """Raise `ConfigError` naming the key for anything that would fail later (see module docstring)."""
     model, data = cfg.model, cfg.data
+    check_ranges(cfg)  # numbers first: every later check may rely on them
     try:
         task_cls = get_task(model.task)
     except KeyError:
         raise ConfigError(
-            f"model.task: unknown task {model.task!r}{_did_you_mean(model.task, task_names())}; "
+            f"model.task: unknown task {short(model.task)}{_did_you_mean(model.task, task_names())}; "
             f"registered: {', '.join(task_names())} (register your own with multimodal.register_task)"
         ) from None
     if not model.encoders:
@@ -85,6 +88,13 @@ def check_config(cfg: ExperimentConfig) -> None:
                           "register your own with fusion.register_fusion")
     if data.demo:
         _check_registered("data.demo", "demo", data.demo, [d.name for d in list_demos()], "see multimodal.data.list_demos()")
+    if data.webdataset and data.stream_files:
+        raise ConfigError("data.webdataset and data.stream_files are both set: stream from one of them")
+    if (data.webdataset or data.stream_files) and model.task == "retrieval":
+        raise ConfigError("data.webdataset / data.stream_files: streaming is for classification tasks; retrieval "
+                          "draws one caption per item, which needs the whole table (use data.train)")
+    if (data.webdataset or data.stream_files) and data.shuffle_buffer < 1:
+        raise ConfigError(f"data.shuffle_buffer must be >= 1, got {data.shuffle_buffer}")
     if data.val_fraction + data.test_fraction >= 1:
         raise ConfigError(
             f"data.val_fraction ({data.val_fraction}) + data.test_fraction ({data.test_fraction}) must be < 1: "
@@ -92,11 +102,14 @@ def check_config(cfg: ExperimentConfig) -> None:
         )
     check_experiment_options(cfg)
     task_cls.check_config(cfg)
+    check_finetune(cfg)
     metric = cfg.train.metric_for_best
     if metric != "auto":
         names = task_cls.metric_names(cfg)
         if names is not None and metric not in names:
             raise ConfigError(
-                f"train.metric_for_best: {metric!r} is not a validation metric of task {model.task!r}"
+                f"train.metric_for_best: {short(metric)} is not a validation metric of task {model.task!r}"
                 f"{_did_you_mean(metric, sorted(names))}; choose one of {sorted(names)}"
             )
+    check_cross_fields(cfg)
+    check_paths(cfg)  # last: the file system is consulted only for an otherwise valid config

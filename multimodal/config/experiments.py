@@ -49,6 +49,12 @@ def _check_adversarial(cfg: ExperimentConfig) -> None:
     adv = cfg.train.adversarial
     if adv is None:
         return
+    if cfg.train.distill is not None:
+        raise ConfigError("train.adversarial and train.distill cannot be combined: the adversarial step replaces the "
+                          "training loss that distillation would also replace; set one of them to null")
+    if cfg.train.linear_probe:
+        raise ConfigError("train.adversarial needs a trained head: train.linear_probe fits a logistic regression on "
+                          "fixed features, with no training step to attack")
     if not adv.on:
         raise ConfigError("train.adversarial.on is empty: list what to perturb (image, audio, text_embeddings)")
     for i, target in enumerate(adv.on):

@@ -24,21 +24,63 @@ import yaml
 
 from multimodal.config.checks import check_config, layered_defaults
 from multimodal.config.schema import ConfigError, ExperimentConfig
+from multimodal.config.validation import short, type_hints
 from multimodal.utils import deep_merge, write_text
 
 T = TypeVar("T")
+
+MAX_DEPTH = 32  # nesting levels a config may have (the schema needs 4)
+MAX_NODES = 100_000  # values in one config, counting each YAML alias expansion
+MAX_FILE_BYTES = 10 * 2**20
 
 
 # --------------------------------------------------------------------------------------------------
 # Parsing and validation
 
 
+def flow_depth(text: str) -> int:
+    """How deeply ``[``/``{`` nest in `text` (a fast upper bound taken before YAML parses it: PyYAML's scanner
+    slows down quadratically with flow nesting, so ``[[[...]]]`` thousands deep would stall a load)."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return 0
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}" and depth:
+            depth -= 1
+    return deepest
+
+
 def parse_value(text: str) -> Any:
-    """Parse one override value with YAML typing (``3`` -> int, ``null`` -> None, ``[a, b]`` -> list)."""
+    """Parse one override value with YAML typing (``3`` -> int, ``null`` -> None, ``[a, b]`` -> list); text that
+    is not YAML (``[a``, ``2020-13-45``) stays a string."""
+    if flow_depth(text) > MAX_DEPTH:
+        raise ConfigError(f"value {short(text)} is nested too deeply (more than {MAX_DEPTH} levels)")
     try:
         return yaml.safe_load(text) if text != "" else ""
-    except yaml.YAMLError:
+    except RecursionError:
+        raise ConfigError(f"value {short(text)} is nested too deeply") from None
+    except Exception:  # noqa: BLE001 - any YAML failure (syntax, a bad date or tag): keep the text as given
         return text
+
+
+def check_shape(values: Any, where: str) -> None:
+    """Refuse a config nested deeper than `MAX_DEPTH` or holding more than `MAX_NODES` values (alias bombs)."""
+    stack: list[tuple[Any, int, Any]] = [(v, 1, k) for k, v in values.items()] if isinstance(values, dict) else []
+    count = len(stack)
+    while stack:
+        node, depth, top = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep (under {short(top)})")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, (list, tuple)) else ()
+        for child in children:
+            count += 1
+            if isinstance(child, (dict, list, tuple)):
+                stack.append((child, depth + 1, top))
+        if count > MAX_NODES:
+            raise ConfigError(f"{where}: more than {MAX_NODES} values (are YAML aliases expanding?)")
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
@@ -46,19 +88,22 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.epochs=3)")
+            raise ConfigError(f"override {short(item)} must look like key=value (e.g. train.epochs=3)")
         key, value = item.split("=", 1)
         key = key.strip()
         if not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"override {item!r} has an empty key part")
+            raise ConfigError(f"override {short(item)} has an empty key part")
         node = nested
         parts = key.split(".")
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r} conflicts with an earlier override of {part!r}")
+                raise ConfigError(f"override {short(item)} conflicts with an earlier override of {short(part)}")
             node = child
-        node[parts[-1]] = parse_value(value)
+        try:
+            node[parts[-1]] = parse_value(value)
+        except ConfigError as err:
+            raise ConfigError(f"override {short(key)}: {err}") from None
     return nested
 
 
@@ -94,37 +139,37 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 errors.append(err)
         if len(errors) == 1:
             raise errors[0]
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {short(value)}")
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint = difflib.get_close_matches(short(value), [str(c) for c in choices], n=1)
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise ConfigError(
-                f"{key}: invalid choice {value!r}; choose one of {', '.join(map(repr, choices))}{extra}"
+                f"{key}: invalid choice {short(value)}; choose one of {', '.join(map(repr, choices))}{extra}"
             )
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {short(value)}")
         return _build_dataclass(tp, value, key)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {short(value)}")
         (item_tp,) = typing.get_args(tp)[:1] or (Any,)
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {short(value)}")
         k_tp, v_tp = typing.get_args(tp) or (Any, Any)
         return {str(k): _coerce(v, v_tp, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected true/false, got {type(value).__name__} {short(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {short(value)}")
         return value
     if tp is float:
         if isinstance(value, str):  # PyYAML reads "3e-3" (no dot) as a string
@@ -133,14 +178,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
-        return float(value)
+            raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {short(value)}")
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{key}: {short(value)} is too large for a number") from None
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {short(value)}")
         return value
     if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {short(value)}")
     return value
 
 
@@ -148,7 +196,7 @@ _BOOL_KEYS = {True: ("on", "yes", "true", "y"), False: ("off", "no", "false", "n
 
 
 def _build_dataclass(cls: type[T], values: dict, prefix: str = "") -> T:
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in values.items():
@@ -156,10 +204,10 @@ def _build_dataclass(cls: type[T], values: dict, prefix: str = "") -> T:
             key = next((n for n in _BOOL_KEYS[key] if n in names), key)
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            hint = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = difflib.get_close_matches(short(key), names, n=1, cutoff=0.5)
             extra = f"; did you mean {(prefix + '.' if prefix else '') + hint[0]!r}?" if hint else ""
             where = f"section {prefix!r}" if prefix else "the top level"
-            raise ConfigError(f"unknown config key {full!r} in {where}{extra} (valid: {', '.join(names)})")
+            raise ConfigError(f"unknown config key {short(full)} in {where}{extra} (valid: {', '.join(names)})")
         kwargs[key] = _coerce(value, hints[key], full)
     return cls(**kwargs)
 
@@ -170,6 +218,7 @@ def config_from_dict(values: Optional[dict], cls: type[T] = ExperimentConfig, ch
         values = {}
     if not isinstance(values, dict):
         raise ConfigError(f"a config must be a mapping at the top level, got {type(values).__name__}")
+    check_shape(values, "the config")
     values = deep_merge(layered_defaults(values), values)
     config = _build_dataclass(cls, values)
     if check:
@@ -185,14 +234,40 @@ def config_to_dict(config: Any) -> dict:
 def read_config_file(path: str) -> dict:
     """The mapping in a YAML config file; every failure is a `ConfigError` naming the file."""
     if not os.path.exists(path):
-        raise ConfigError(f"config file {path!r} does not exist")
-    with open(path, encoding="utf-8") as f:
-        try:
-            values = yaml.safe_load(f) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path!r} is not valid YAML: {err}") from err
+        raise ConfigError(f"config file {short(path)} does not exist")
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {short(path)} is a folder, not a YAML file")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"config file {short(path)} cannot be read: {err.strerror or err}") from None
+    return parse_config_text(raw, f"config file {short(path)}")
+
+
+def parse_config_text(raw: Union[bytes, str], source: str = "the config text") -> dict:
+    """The mapping in a YAML document (bytes or text); every failure is a `ConfigError` naming `source`."""
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{source} is larger than {MAX_FILE_BYTES // 2**20} MiB: is it a YAML config?")
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{source} is not UTF-8 text (byte {err.start}): is it a YAML config?") from None
+    if flow_depth(text) > MAX_DEPTH:
+        raise ConfigError(f"{source} is nested too deeply (more than {MAX_DEPTH} levels of [ or {{)")
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source} is not valid YAML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{source} is nested too deeply") from None
+    except Exception as err:  # noqa: BLE001 - PyYAML's constructors fail in their own ways (2020-13-45, !!timestamp x)
+        raise ConfigError(f"{source} holds a value YAML cannot read: {err}") from None
+    if values is None:
+        return {}
     if not isinstance(values, dict):
-        raise ConfigError(f"config file {path!r} must hold a mapping at the top level")
+        raise ConfigError(f"{source} must hold a mapping at the top level, got {type(values).__name__}")
+    check_shape(values, source)
     return values
 
 
@@ -201,6 +276,18 @@ def load_config(
 ) -> T:
     """Read a YAML config (or start from defaults when `path` is None), apply ``key=value`` overrides, check."""
     values: dict = read_config_file(path) if path is not None else {}
+    return _with_overrides(values, overrides, cls)
+
+
+def load_config_text(
+    text: Union[bytes, str], overrides: Optional[list[str]] = None, cls: type[T] = ExperimentConfig,
+    source: str = "the config text",
+) -> T:
+    """`load_config` for a YAML document held in memory (errors name `source`)."""
+    return _with_overrides(parse_config_text(text, source), overrides, cls)
+
+
+def _with_overrides(values: dict, overrides: Optional[list[str]], cls: type[T]) -> T:
     if overrides:
         values = deep_merge(values, parse_overrides(list(overrides)))
     return config_from_dict(values, cls)
@@ -220,5 +307,7 @@ def parse_cli(
     parser = argparse.ArgumentParser(description="Run a recipe from a YAML config with key=value overrides.")
     parser.add_argument("--config", default=None, help=f"YAML config (default: {default_config})")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 model.fusion=gated")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of a user error (also MULTIMODAL_DEBUG=1)")
     args = parser.parse_args(argv)
     return load_config(args.config or default_config, args.overrides, cls)

@@ -68,6 +68,14 @@ class DataConfig:
     fold_column: Optional[str] = None
     # Seed of the K-shot sample (None: split_seed), so shots can vary while the splits (and a demo) stay fixed.
     shots_seed: Optional[int] = None
+    # Training-time augmentation (see AugmentConfig); an augmented modality is never read from the feature cache.
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig())
+    # Stream the training data instead of data.train (validation/test stay manifests): WebDataset tar shards
+    # written by multimodal-write-shards ("shards/shard-{000000..000099}.tar"), or CSV/JSONL/Parquet files
+    # read with datasets' streaming=True ("parts/*.parquet"). See multimodal.data.streaming.
+    webdataset: Optional[str] = None
+    stream_files: Optional[str] = None
+    shuffle_buffer: int = 1000  # undecoded records per process in the streaming shuffle buffer
 
 
 @dataclass
@@ -99,6 +107,10 @@ class ModelConfig:
     # Frozen encoders train again from this epoch on.
     unfreeze_after_epochs: Optional[int] = None
     grad_checkpointing: bool = False
+    # LoRA adapters through the peft library (see PeftConfig); only adapters and heads train.
+    peft: Optional[PeftConfig] = None
+    # Train only the last N blocks of these encoders (e.g. {image: 2, text: 1}); the rest stays frozen.
+    unlock_last_blocks: dict[str, int] = field(default_factory=dict)
     # Task multitask: name -> {column, task (single_label|multi_label|regression), weight, labels}; one head each.
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     # A saved model folder whose weights start this run (task prompt_classifier: a two-tower model).
@@ -120,6 +132,26 @@ class AdversarialConfig:
     on: list[str] = field(default_factory=lambda: ["image"])  # image, audio, text_embeddings
     # True: each batch trains on its clean and its adversarial copy (half the loss each); False: adversarial only.
     mix: bool = True
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation from a trained teacher model folder (`multimodal.training.distill`)."""
+
+    teacher: str = ""  # the teacher's model folder (save_pretrained), e.g. outputs/<run>/model
+    # Weight of the distillation loss; the task loss gets (1 - alpha).
+    alpha: float = 0.5
+    temperature: float = 2.0
+    # The teacher folder may hold encoders saved with trust_remote_code: allow their code to run.
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.teacher:
+            raise ConfigError("train.distill.teacher: give the teacher's model folder")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"train.distill.alpha must be in [0, 1], got {self.alpha}")
+        if not self.temperature > 0:
+            raise ConfigError(f"train.distill.temperature must be positive, got {self.temperature}")
 
 
 @dataclass
@@ -156,6 +188,28 @@ class TrainConfig:
     progress_bar: bool = True
     # Adversarial training (see AdversarialConfig); null: off.
     adversarial: Optional[AdversarialConfig] = None
+    # Knowledge distillation from a trained teacher (fused: logits; two-tower: similarity matrices); null: off.
+    distill: Optional[DistillConfig] = None
+    # Linear probe: frozen encoders, standardised concatenated features, a multinomial logistic regression
+    # fitted exactly (L-BFGS); its L2 strength C is chosen on validation from probe_cs (default 1e-4 .. 1e2).
+    linear_probe: bool = False
+    probe_cs: Optional[list[float]] = None
+    # After choosing C (probe) or the epoch count (trained heads) on validation, refit on train+validation.
+    # null: on for the linear probe, off otherwise.
+    refit_full: Optional[bool] = None
+    # Layer-wise LR decay: an encoder layer k below the top gets encoder_lr * layer_decay**k (e.g. 0.75).
+    layer_decay: Optional[float] = None
+    # EMA of the weights (timm ModelEmaV3), updated every optimizer step, evaluated every epoch, checkpointed.
+    ema_decay: Optional[float] = None
+    ema_warmup: bool = True  # decay ramps up from 0 (1 - (1 + step)^-2/3), so short runs average sensibly
+    ema_save: bool = True  # select the best epoch on, and save, the EMA weights (false: the raw weights)
+    # WiSE-FT: interpolate start and fine-tuned weights at these alphas, keep the best on validation.
+    wise_ft_alphas: Optional[list[float]] = None
+    # Replace an earlier run found in output_dir (metrics.json, model/, checkpoints/); false: refuse to start.
+    overwrite_output_dir: bool = False
+    # Seconds any collective may wait for the other processes before failing the run (null: torch's default,
+    # 10-30 min); a hung or lost rank then ends the job with an error instead of stalling it.
+    dist_timeout_s: Optional[float] = None
 
 
 @dataclass
@@ -198,3 +252,41 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation, seeded per batch by the collate function (resume stays bit-identical).
+
+    Image and audio options wrap the encoder's own train preprocessing; mixup/cutmix mix whole batches
+    (image and audio modalities only) with soft labels. null/0 leaves the encoder's defaults.
+    """
+
+    # timm RandAugment string (e.g. "rand-m9-mstd0.5-inc1"), or "randaugment" / "trivialaugment".
+    image_auto_augment: Optional[str] = None
+    image_scale: Optional[list[float]] = None  # RandomResizedCrop area range; timm's default (0.08, 1)
+    image_hflip: Optional[float] = None  # flip probability; timm's default 0.5 (use 0 for digits and text)
+    image_color_jitter: Optional[float] = None  # timm's default 0.4
+    audio_gain_db: float = 0.0  # random gain, uniform in +-dB
+    audio_shift_seconds: float = 0.0  # random circular time shift, uniform in +-seconds
+    spec_freq_masks: int = 0  # SpecAugment frequency masks per clip (audio-mel encoders)
+    spec_freq_mask_width: float = 0.15  # widest mask, as a fraction of the mel bins
+    spec_time_masks: int = 0  # SpecAugment time masks per clip (audio-mel encoders)
+    spec_time_mask_width: float = 0.1  # widest mask, as a fraction of the clip
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing of pairs (timm's helpers); 0 = off
+    cutmix_alpha: float = 0.0  # images only; with mixup too, each batch picks one of the two
+    mix_prob: float = 1.0  # probability that a batch is mixed
+    label_smoothing: float = 0.0  # applied with mixup/cutmix targets
+
+
+@dataclass
+class PeftConfig:
+    """LoRA through the peft library. target_modules: module-name suffixes, for all encoders (a list) or per
+    modality (a mapping); null: the family default (see multimodal.models.peft.DEFAULT_TARGETS)."""
+
+    method: Literal["lora"] = "lora"
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: Optional[Union[list[str], dict[str, list[str]]]] = None
+    modalities: Optional[list[str]] = None  # null: every encoder

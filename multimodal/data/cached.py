@@ -17,6 +17,9 @@ import torch
 from torch.utils.data import Dataset
 
 from multimodal.cache import ABSENT, FeatureCache
+from multimodal.data.loading import usable_samples
+from multimodal.data.manifest import DataError
+from multimodal.data.media import FILE_MODALITIES, describe
 
 
 class CachedFeatureDataset(Dataset):
@@ -54,6 +57,7 @@ class CachedFeatureCollator:
         self.caches = caches
 
     def __call__(self, samples: list[dict]) -> dict:
+        samples = usable_samples(samples, getattr(self.collator, "min_samples", 1))  # rows skipped while loading
         batch = self.collator(samples)
         batch.setdefault("inputs", {})
         batch.setdefault("present", {})
@@ -101,7 +105,9 @@ def cache_datasets(
     wrapped datasets and the caches; build the collate function with
     ``CachedFeatureCollator(Collator(uncached preprocessors), caches)``. Modalities default to the frozen
     ones; tokens are stored only when the model reads them (`model.requires_tokens`), unless `store_tokens`
-    says. Features use eval-mode preprocessing: cached modalities get no training augmentation.
+    says. Features use eval-mode preprocessing: cached modalities get no training augmentation. An item the
+    cache cannot read or hash (a file that is missing or does not decode, e.g. under ``data.validate=false``) is
+    handled by the dataset's ``on_bad_sample``: `BadSampleError` naming the row, or the row is dropped and counted.
     """
     modalities = frozen_modalities(model) if modalities is None else list(modalities)
     for m in modalities:
@@ -115,11 +121,22 @@ def cache_datasets(
         if ds is None or not modalities:
             wrapped[name] = ds
             continue
-        keys = {}
+        keys: dict[str, list[str]] = {}
+        bad: dict[int, tuple[str, str]] = {}  # item -> (modality, message): could not be read or hashed
         for m in modalities:
             if m not in ds.columns:
                 continue
             sources = [ds.source_of(i, m) for i in range(len(ds))]
-            keys[m] = caches[m].build(sources, batch_size=batch_size, accelerator=accelerator, show_progress=show_progress)
+            errors: dict[int, str] = {}
+            keys[m] = caches[m].build(sources, batch_size=batch_size, accelerator=accelerator,
+                                      show_progress=show_progress, errors=errors)
+            for i, reason in errors.items():
+                where = describe(sources[i], None) if m in FILE_MODALITIES else ""
+                bad.setdefault(i, (m, f"{m} column {ds.columns[m]!r}{where}: {reason}"))
+        if bad:
+            ds.discard(bad)  # on_bad_sample="error": BadSampleError naming the first row; "skip": counted
+            keys = {m: [k for i, k in enumerate(ks) if i not in bad] for m, ks in keys.items()}
+            if not len(ds):
+                raise DataError(f"{ds.source}: no usable rows left in the {name} split ({ds.skipped.to_dict()})")
         wrapped[name] = CachedFeatureDataset(ds, keys)
     return wrapped, caches

@@ -5,6 +5,11 @@ rows share it), labels encoded. A bad row raises `BadSampleError` naming the sou
 ``on_bad_sample="skip"`` it is dropped and counted in `MultimodalDataset.skipped`. A missing value (empty
 cell, None, NaN) for an optional modality is not an error: the sample gets ``present=False`` and the
 encoder's preprocessor receives None (a neutral placeholder).
+
+With ``validate=False`` files are not opened up front; a file that fails to load later follows the same
+rule: ``"error"`` raises `BadSampleError` naming the row, ``"skip"`` returns a marker item
+(``{"index", "skipped"}``) that the collate function leaves out, and records the row in `skip_log`, so
+`skip_counts` covers rows skipped up front and while loading, in any process.
 """
 
 from __future__ import annotations
@@ -18,14 +23,11 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from multimodal.data.labels import LabelVocab
-from multimodal.data.manifest import cell, is_missing
+from multimodal.data.manifest import DataError, cell, is_missing
 from multimodal.data.media import FILE_MODALITIES, cell_path, check_sample, describe, load_sample
+from multimodal.data.skiplog import SkipLog
 
 LABEL_TYPES = ("single_label", "multi_label", "regression")
-
-
-class DataError(ValueError):
-    """A table cannot be used as given (missing column, no rows, too few classes); the message names it."""
 
 
 class BadSampleError(DataError):
@@ -42,21 +44,26 @@ class SkipCounts:
 
     by_reason: dict[str, int] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)  # row numbers as the messages give them (1-based)
+    while_loading: int = 0  # of the total, rows found bad only when loaded (validate=False)
 
     @property
     def total(self) -> int:
         """All skipped rows."""
         return sum(self.by_reason.values())
 
-    def add(self, reason: str, message: str) -> None:
-        """Count one skipped row (the first few messages are kept for the report)."""
+    def add(self, reason: str, message: str, row: Optional[int] = None) -> None:
+        """Count one skipped row (the first few messages and the first 1,000 row numbers are kept)."""
         self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
         if len(self.examples) < 5:
             self.examples.append(message)
+        if row is not None and len(self.rows) < 1000:
+            self.rows.append(row)
 
     def to_dict(self) -> dict:
         """JSON-ready summary."""
-        return {"total": self.total, "by_reason": dict(self.by_reason), "examples": list(self.examples)}
+        return {"total": self.total, "by_reason": dict(self.by_reason), "examples": list(self.examples),
+                "rows": list(self.rows), "while_loading": self.while_loading}
 
 
 class MultimodalDataset(Dataset):
@@ -96,7 +103,8 @@ class MultimodalDataset(Dataset):
         self.required = set(required_modalities)
         self.separator = multi_label_separator
         self.row_ids = list(row_ids) if row_ids is not None else list(range(len(rows)))
-        self.skipped = SkipCounts()
+        self.skipped = SkipCounts()  # rows skipped up front; `skip_counts` adds those skipped while loading
+        self.skip_log = SkipLog()
         self._check_columns()
         raw_labels = [self._raw_label(i) for i in range(len(rows))] if self.has_labels else None
         if self.has_labels and vocab is None and self.label_type in ("single_label", "multi_label"):
@@ -116,7 +124,7 @@ class MultimodalDataset(Dataset):
             except BadSampleError as err:
                 if self.on_bad_sample == "error":
                     raise
-                self.skipped.add(err.reason, str(err))
+                self.skipped.add(err.reason, str(err), self.row_ids[i] + 1)
                 continue
             self.indices.append(i)
 
@@ -258,9 +266,38 @@ class MultimodalDataset(Dataset):
             try:
                 item[modality] = load_sample(modality, value, self.base_dir)
             except Exception as err:  # noqa: BLE001
-                raise BadSampleError(
-                    f"{self.where(i)}: {modality} column {column!r}{describe(value, self.base_dir)}: {err}", modality
-                ) from err
+                bad = BadSampleError(
+                    f"{self.where(i)}: {modality} column {column!r}{describe(value, self.base_dir)}: "
+                    f"{type(err).__name__}: {err}", modality
+                )
+                if self.on_bad_sample == "error":
+                    raise bad from err
+                self.skip_log.add(i, modality, str(bad))
+                return {"index": int(idx), "skipped": str(bad)}  # the collate function leaves it out
         if self.has_labels:
             item["label"] = self._labels[i]
         return item
+
+    # -- skips found after the up-front checks ---------------------------------------------------------------
+    def discard(self, bad: dict[int, tuple[str, str]]) -> None:
+        """Drop dataset items found bad after the up-front checks (e.g. by the feature cache): `bad` maps an
+        item to (reason, message). With on_bad_sample="error" the first raises `BadSampleError` naming its row."""
+        for idx in sorted(bad):
+            reason, message = bad[idx]
+            err = self._bad(self.indices[idx], reason, message)
+            if self.on_bad_sample == "error":
+                raise err
+            self.skipped.add(reason, str(err), self.row_ids[self.indices[idx]] + 1)
+        self.indices = [i for k, i in enumerate(self.indices) if k not in bad]
+
+    def skipped_while_loading(self) -> set[int]:
+        """Table positions of the rows skipped when they were loaded (in any process that reported them)."""
+        return {int(r["row"]) for r in self.skip_log.records()}
+
+    def skip_counts(self) -> SkipCounts:
+        """Rows skipped up front plus those skipped while loading, each row once."""
+        counts = SkipCounts(dict(self.skipped.by_reason), list(self.skipped.examples), list(self.skipped.rows))
+        for rec in self.skip_log.records():
+            counts.add(rec["reason"], rec["message"], self.row_ids[int(rec["row"])] + 1)
+            counts.while_loading += 1
+        return counts

@@ -22,6 +22,23 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from multimodal.data.manifest import DataError
+
+SKIPPED = "skipped"
+"""Key of the marker item a dataset returns for a row it skipped while loading (its value: the reason)."""
+
+
+def usable_samples(samples: list[dict], min_samples: int = 1) -> list[dict]:
+    """`samples` without the rows skipped while loading; `DataError` naming them if fewer than
+    ``min(min_samples, len(samples))`` remain (a batch cannot be empty; BatchNorm needs two when training)."""
+    kept = [s for s in samples if SKIPPED not in s]
+    if len(kept) < min(min_samples, len(samples)):
+        reasons = "; ".join(s[SKIPPED] for s in samples if SKIPPED in s)
+        raise DataError(f"{len(samples) - len(kept)} of the {len(samples)} rows of a batch are bad, too few remain "
+                        f"to train on: {reasons}. With this much bad data, set data.validate=true so bad rows are "
+                        "dropped before batches are formed")
+    return kept
+
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """The one seed of an epoch's shuffling, augmentation and worker seeding."""
@@ -63,14 +80,18 @@ class Collator:
 
     `preprocessors` maps modality -> preprocessor (from `model.get_preprocessors(train)`); absent samples
     are passed as None and flagged ``present=False``. `label_type` (single_label / multi_label / regression)
-    decides the label tensor's dtype and shape.
+    decides the label tensor's dtype and shape. Rows the dataset skipped while loading are left out.
     """
 
-    def __init__(self, preprocessors: dict[str, Callable[[list], dict]], label_type: Optional[str] = "single_label") -> None:
+    def __init__(self, preprocessors: dict[str, Callable[[list], dict]], label_type: Optional[str] = "single_label",
+                 batch_transform: Optional[Callable[[dict], dict]] = None, min_samples: int = 1) -> None:
         self.preprocessors = dict(sorted(preprocessors.items()))
         self.label_type = label_type
+        self.batch_transform = batch_transform  # e.g. mixup (multimodal.data.augment), seeded like the rest
+        self.min_samples = min_samples  # left after rows skipped while loading (see `usable_samples`)
 
     def __call__(self, samples: list[dict]) -> dict:
+        samples = usable_samples(samples, self.min_samples)
         batch: dict[str, Any] = {"inputs": {}, "present": {}}
         aug_seed = samples[0].get("aug_seed") if samples else None
         context = (
@@ -93,6 +114,9 @@ class Collator:
                     stacked = stacked[:, 0]
                 batch["labels"] = stacked
         batch["index"] = torch.tensor([s["index"] for s in samples], dtype=torch.long)
+        if self.batch_transform is not None and aug_seed is not None:
+            with seeded_rngs([int(aug_seed), *(int(s["index"]) for s in samples), 1]):  # own stream, same seeding
+                batch = self.batch_transform(batch)
         return batch
 
 

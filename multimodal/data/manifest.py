@@ -21,24 +21,33 @@ SPLIT_ALIASES = {
 SPLITS = ("train", "validation", "test")
 
 
+class DataError(ValueError):
+    """A table cannot be used as given (missing column, no rows, too few classes); the message names it."""
+
+
 def read_manifest(path: str) -> list[dict]:
     """Read a CSV, TSV, JSONL/JSON-lines, JSON or Parquet manifest into a list of row dicts."""
     import pandas as pd
 
     if not os.path.exists(path):
-        raise FileNotFoundError(f"manifest {path!r} does not exist")
+        raise DataError(f"manifest {path!r} does not exist")
+    if os.path.isdir(path):
+        raise DataError(f"manifest {path!r} is a folder, not a table file")
     lower = path.lower()
-    if lower.endswith((".csv", ".tsv")):
-        # Only empty cells are missing: "NA", "None", "null" or "nan" are real text/labels, not NaN.
-        frame = pd.read_csv(
-            path, sep="\t" if lower.endswith(".tsv") else ",", keep_default_na=False, na_values=[""], dtype=object
-        )
-    elif lower.endswith((".jsonl", ".ndjson", ".json")):
-        frame = pd.read_json(path, lines=not lower.endswith(".json") or _looks_like_jsonl(path), dtype=False)
-    elif lower.endswith((".parquet", ".pq")):
-        frame = pd.read_parquet(path)
-    else:
-        raise ValueError(f"manifest {path!r}: unsupported extension (use .csv, .tsv, .jsonl, .json or .parquet)")
+    if not lower.endswith((".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet", ".pq")):
+        raise DataError(f"manifest {path!r}: unsupported extension (use .csv, .tsv, .jsonl, .json or .parquet)")
+    try:
+        if lower.endswith((".csv", ".tsv")):
+            # Only empty cells are missing: "NA", "None", "null" or "nan" are real text/labels, not NaN.
+            frame = pd.read_csv(
+                path, sep="\t" if lower.endswith(".tsv") else ",", keep_default_na=False, na_values=[""], dtype=object
+            )
+        elif lower.endswith((".jsonl", ".ndjson", ".json")):
+            frame = pd.read_json(path, lines=not lower.endswith(".json") or _looks_like_jsonl(path), dtype=False)
+        else:
+            frame = pd.read_parquet(path)
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise DataError(f"manifest {path!r} cannot be read: {type(err).__name__}: {str(err)[:300]}") from err
     return frame.to_dict("records")
 
 
@@ -72,5 +81,5 @@ def split_name(name: Any, where: str) -> str:
     """'train' / 'validation' / 'test' for a split name or alias; the error says `where` it came from."""
     key = SPLIT_ALIASES.get(str(name).strip().lower())
     if key is None:
-        raise ValueError(f"{where}: unknown split name {name!r} (use train/validation/test)")
+        raise DataError(f"{where}: unknown split name {name!r} (use train/validation/test)")
     return key

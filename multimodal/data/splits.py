@@ -25,7 +25,7 @@ from multimodal.data.manifest import SPLITS, cell, is_missing, read_manifest, sp
 from multimodal.data.media import FILE_MODALITIES, cell_path
 from multimodal.data.partition import assign_splits
 from multimodal.data.subsets import apply_shots
-from multimodal.utils import write_json
+from multimodal.utils import write_json, write_text
 
 
 @dataclass
@@ -48,8 +48,8 @@ class DataSplits:
         return {n: len(d) for n, d in self.items()}
 
     def skip_report(self) -> dict:
-        """Skip counts per split (JSON-ready)."""
-        return {n: d.skipped.to_dict() for n, d in self.items()}
+        """Skip counts per split, up front and while loading (JSON-ready)."""
+        return {n: d.skip_counts().to_dict() for n, d in self.items()}
 
 
 class _Rows(Sequence):
@@ -95,7 +95,11 @@ def _tables(cfg: Any, wanted_columns: list[str], dataset: Any) -> tuple[dict[str
         if dataset is None:
             import datasets as hfds
 
-            dataset = hfds.load_from_disk(cfg.hf_dataset)
+            try:
+                dataset = hfds.load_from_disk(cfg.hf_dataset)
+            except (OSError, ValueError) as err:
+                raise DataError(f"data.hf_dataset: {cfg.hf_dataset!r} is not a folder written by datasets' "
+                                f"save_to_disk ({type(err).__name__}: {err})") from err
         source = cfg.hf_dataset or "<datasets>"
         keep = [c for c in (*wanted_columns, split_column) if c]
 
@@ -232,12 +236,14 @@ def write_splits(splits: DataSplits, directory: str) -> dict[str, str]:
     os.makedirs(directory, exist_ok=True)
     paths = {}
     for name, ds in splits.items():
-        rows = [dict(ds.row(i)) for i in range(len(ds))]
+        dropped = ds.skipped_while_loading()
+        kept = [i for i in range(len(ds)) if ds.indices[i] not in dropped]
+        rows = [dict(ds.row(i)) for i in kept]
         file_columns = [c for m, c in ds.columns.items() if m in FILE_MODALITIES]
         in_memory = any(not isinstance(r.get(c), (str, type(None), float)) for r in rows for c in file_columns)
         if in_memory:
             paths[name] = write_json(os.path.join(directory, f"{name}.rows.json"),
-                                     {"source": ds.source, "row_ids": [ds.row_ids[i] for i in ds.indices]})
+                                     {"source": ds.source, "row_ids": [ds.row_ids[ds.indices[i]] for i in kept]})
             continue
         for r in rows:
             for c in file_columns:
@@ -245,5 +251,5 @@ def write_splits(splits: DataSplits, directory: str) -> dict[str, str]:
                 if path is not None:
                     r[c] = path
         paths[name] = os.path.join(directory, f"{name}.csv")
-        pd.DataFrame(rows).to_csv(paths[name], index=False)
+        write_text(paths[name], pd.DataFrame(rows).to_csv(index=False))
     return paths

@@ -23,7 +23,6 @@ from typing import Any, Optional
 
 import torch
 
-from encoders import EncoderError
 from multimodal.config.experiments import ADVERSARIAL_TARGETS
 from multimodal.config.schema import AdversarialConfig, ConfigError, ExperimentConfig
 from multimodal.data.cached import CachedFeatureCollator, cache_datasets, frozen_modalities
@@ -36,6 +35,7 @@ from multimodal.registry import get_task
 from multimodal.tasks.base import Task
 from multimodal.training.adversarial import Adversary
 from multimodal.training.predict import predict
+from multimodal.usererrors import DEBUG_HELP, user_errors
 from multimodal.utils import write_json
 
 TASKS = ("classification", "retrieval", "zero_shot")
@@ -45,10 +45,31 @@ def saved_labels(model_dir: str) -> Optional[list[str]]:
     """The training label order from ``labels.json`` in the model folder or next to it, if there is one."""
     for path in (os.path.join(model_dir, "labels.json"), os.path.join(os.path.dirname(os.path.abspath(model_dir)), "labels.json")):
         if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-            return list(data["labels"] if isinstance(data, dict) else data)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    data = json.load(f)
+                names = data["labels"] if isinstance(data, dict) else data
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise DataError(f"{path}: not a label list written by a run ({type(err).__name__}: {err})") from None
+            if not isinstance(names, list):
+                raise DataError(f"{path}: 'labels' must be a list of class names, got {type(names).__name__}")
+            return [str(n) for n in names]
     return None
+
+
+def _count(minimum: int):
+    """An argparse type: an integer >= `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def task_for(model: Any, task: str, columns: dict[str, Optional[str]], label_column: Optional[str],
@@ -156,14 +177,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="zero-shot prompt templates with {} for the class name, or one file with a template per line")
     parser.add_argument("--classes", nargs="+", default=None,
                         help="class names (zero-shot: default = distinct labels; classification: the training label order)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=_count(1), default=64)
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--image-column", default="image")
     parser.add_argument("--audio-column", default="audio")
     parser.add_argument("--item-column", default=None, help="column of the one non-text modality (overrides its default)")
     parser.add_argument("--label-column", default="label")
     parser.add_argument("--cache-dir", default=None, help="reuse/store the features of frozen (locked) encoders here")
-    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--num-workers", type=_count(0), default=0)
     parser.add_argument("--html", action="store_true", help="also write report.html")
     parser.add_argument("--attack", choices=("pgd", "fgsm"), default=None,
                         help="also score robust accuracy under this attack (classification)")
@@ -172,13 +193,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--attack-steps", type=int, default=10, help="PGD steps (default 10)")
     parser.add_argument("--attack-step-size", type=float, default=None, help="default: 2.5 * epsilon / steps")
     parser.add_argument("--attack-on", nargs="+", default=["image"], help="image, audio and/or text_embeddings")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let Python code shipped in the model folder (transformers auto_map) run; off by default")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
+    with user_errors(args.debug):
         if not os.path.exists(os.path.join(args.model, "config.json")):
             raise DataError(f"{args.model!r} is not a saved model directory (no config.json); point --model at the "
                             "'model' folder a recipe writes")
-        model = load_model(args.model)
+        model = load_model(args.model, trust_remote_code=args.trust_remote_code)
         columns = {"text": args.text_column, "image": args.image_column, "audio": args.audio_column}
         others = [m for m in model.encoders if m != "text"]
         if args.item_column and len(others) == 1:
@@ -192,8 +216,6 @@ def main(argv: Optional[list[str]] = None) -> int:
                                        step_size=args.attack_step_size, on=list(args.attack_on))
         result = evaluate_manifest(model, args.data, args.task, columns, args.label_column, args.templates, classes,
                                    args.batch_size, args.cache_dir, args.num_workers, attack=attack)
-    except (ConfigError, DataError, EncoderError, FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
     output = args.output or os.path.join(args.model, f"eval-{args.task}")
     metrics = {"task": args.task, "data": os.path.abspath(args.data), **result.metrics}
     write_json(os.path.join(output, "metrics.json"), metrics)

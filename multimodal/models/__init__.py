@@ -2,6 +2,7 @@
 
 from multimodal.models.base import (
     EncoderModel,
+    ModelFolderError,
     ModelOutput,
     load_model,
     load_weights,
@@ -17,6 +18,7 @@ from multimodal.models.prompt import PromptClassifier, PromptHead
 __all__ = [
     "DualEncoder",
     "EncoderModel",
+    "ModelFolderError",
     "ModelOutput",
     "MultiTaskHead",
     "MultiTaskModel",

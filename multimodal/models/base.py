@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from encoders import Encoder, encoder_from_config
+from encoders import Encoder, EncoderError, encoder_from_config
 from encoders.base import EncoderOutput, Preprocessor
+from multimodal.models import peft as peft_support
 from multimodal.utils import write_text
 
 FORMAT_VERSION = 1
@@ -30,6 +32,14 @@ CONFIG_NAME = "config.json"
 ENCODER_ASSETS_DIR = "encoders"
 
 _MODEL_TYPES: dict[str, type] = {}
+
+
+class ModelFolderError(ValueError):
+    """A saved model folder cannot be loaded as written: the message names the file and the field."""
+
+
+class ModelFileMissingError(ModelFolderError, FileNotFoundError):
+    """A file a saved model folder needs (config.json, model.safetensors) is not there."""
 
 
 @dataclass
@@ -175,11 +185,13 @@ class EncoderModel(nn.Module):
         """Build the model's architecture (fresh weights) from its config and rebuilt encoders."""
         raise NotImplementedError
 
-    def save_pretrained(self, directory: Union[str, os.PathLike]) -> None:
-        """Write `model.safetensors`, `config.json` and each encoder's assets under `encoders/<modality>/`."""
+    def save_pretrained(self, directory: Union[str, os.PathLike], state_dict: Optional[dict] = None) -> None:
+        """Write `model.safetensors`, `config.json` and each encoder's assets under `encoders/<modality>/`
+        (`state_dict`: the weights to write instead of this module's own, e.g. gathered from FSDP shards)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors, tied = untie_state_dict(self.state_dict())
+        # LoRA: adapters + heads only; under FSDP the caller passes the gathered full state dict
+        tensors, tied = untie_state_dict(peft_support.weights_to_save(self, state_dict))
         tmp = directory / f".{WEIGHTS_NAME}.tmp"
         save_file(tensors, str(tmp), metadata={"format": "pt", "format_version": str(FORMAT_VERSION)})
         os.replace(tmp, directory / WEIGHTS_NAME)
@@ -187,13 +199,14 @@ class EncoderModel(nn.Module):
             assets = directory / ENCODER_ASSETS_DIR / m
             assets.mkdir(parents=True, exist_ok=True)
             enc.save_assets(str(assets))
-        config = {**self.get_config(), "tied_weights": tied}
+        config = {**self.get_config(), **peft_support.config_entries(self), "tied_weights": tied}
         write_text(directory / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True))
 
     @classmethod
-    def from_pretrained(cls, directory: Union[str, os.PathLike]) -> EncoderModel:
-        """Rebuild a model saved by `save_pretrained`, offline; returns it in eval mode."""
-        model = load_model(directory)
+    def from_pretrained(cls, directory: Union[str, os.PathLike], trust_remote_code: bool = False) -> EncoderModel:
+        """Rebuild a model saved by `save_pretrained`, offline; returns it in eval mode. Python code shipped in the
+        folder never runs unless this call passes ``trust_remote_code=True`` (the saved config cannot turn it on)."""
+        model = load_model(directory, trust_remote_code=trust_remote_code)
         if not isinstance(model, cls):
             raise TypeError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}; use multimodal.load_model")
         return model
@@ -205,35 +218,64 @@ def read_model_config(directory: Union[str, os.PathLike]) -> dict[str, Any]:
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     for path in (config_path, weights_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: not a directory written by save_pretrained")
+            raise ModelFileMissingError(f"{path} not found: not a directory written by save_pretrained")
     try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_path}: invalid JSON ({err})") from err
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ModelFolderError(f"{config_path}: invalid JSON ({type(err).__name__}: {err})") from err
     if not isinstance(config, dict):
-        raise ValueError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
+        raise ModelFolderError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
     version = config.get("format_version")
     if version != FORMAT_VERSION:
-        raise ValueError(f"{config_path}: format_version {version!r} is not supported (this code reads {FORMAT_VERSION})")
-    if not isinstance(config.get("encoders"), dict) or not config["encoders"]:
-        raise ValueError(f"{config_path}: field 'encoders' must be a non-empty object (modality -> encoder config)")
+        raise ModelFolderError(f"{config_path}: format_version {version!r} is not supported (this code reads {FORMAT_VERSION})")
+    encoders = config.get("encoders")
+    if not isinstance(encoders, dict) or not encoders:
+        raise ModelFolderError(f"{config_path}: field 'encoders' must be a non-empty object (modality -> encoder "
+                               f"config), got {type(encoders).__name__}")
+    for m, enc in encoders.items():
+        if not isinstance(enc, dict):
+            raise ModelFolderError(f"{config_path}: field 'encoders.{m}' must be an object (the encoder's config), "
+                                   f"got {type(enc).__name__}")
+    frozen = config.get("frozen", [])
+    if not isinstance(frozen, list) or any(m not in encoders for m in frozen):
+        raise ModelFolderError(f"{config_path}: field 'frozen' must list modalities of 'encoders' "
+                               f"({sorted(encoders)}), got {frozen!r}")
+    tied = config.get("tied_weights", {})
+    if not isinstance(tied, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tied.items()):
+        raise ModelFolderError(f"{config_path}: field 'tied_weights' must map tensor names to tensor names")
     return config
 
 
-def load_model(directory: Union[str, os.PathLike]) -> EncoderModel:
-    """Rebuild any model saved by `save_pretrained` (class from ``model_type``), offline, in eval mode."""
+def load_model(directory: Union[str, os.PathLike], trust_remote_code: bool = False) -> EncoderModel:
+    """Rebuild any model saved by `save_pretrained` (class from ``model_type``), offline, in eval mode; code in the
+    folder runs only with ``trust_remote_code=True`` passed here."""
     directory = Path(directory)
     config = read_model_config(directory)
     model_type = config.get("model_type") or ("dual_encoder" if (config.get("fusion") or {}).get("name") == "contrastive"
                                               else "fused")  # folders written before model_type existed
-    if model_type not in _MODEL_TYPES:
-        raise ValueError(f"{directory / CONFIG_NAME}: unknown model_type {model_type!r}; known: {sorted(_MODEL_TYPES)}")
+    config_path = directory / CONFIG_NAME
+    if not isinstance(model_type, str) or model_type not in _MODEL_TYPES:
+        raise ModelFolderError(f"{config_path}: unknown model_type {model_type!r}; known: {sorted(_MODEL_TYPES)}")
     cls = _MODEL_TYPES[model_type]
     encoders = {}
     for m, enc_config in config["encoders"].items():
         assets = directory / ENCODER_ASSETS_DIR / m
-        encoders[m] = encoder_from_config(enc_config, str(assets) if assets.is_dir() else None)
-    model = cls._from_config(config, encoders)
+        try:
+            encoders[m] = encoder_from_config(enc_config, str(assets) if assets.is_dir() else None,
+                                              trust_remote_code=trust_remote_code)
+        except KeyError as err:
+            raise ModelFolderError(f"{config_path}: field 'encoders.{m}' lacks {err}") from err
+        except (EncoderError, TypeError, ValueError, RuntimeError, OSError) as err:
+            raise ModelFolderError(f"{config_path}: field 'encoders.{m}' does not rebuild an encoder: "
+                                   f"{type(err).__name__}: {err}") from err
+    encoders = peft_support.restore_encoders(config, encoders)  # LoRA: pretrained base from its spec + adapters
+    try:
+        model = cls._from_config(config, encoders)
+    except KeyError as err:
+        raise ModelFolderError(f"{config_path}: a {model_type} model needs field {err}") from err
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ModelFolderError(f"{config_path}: cannot rebuild the {model_type} model: {err}") from err
+    peft_support.finish_restore(model, config)
     load_weights(model, directory, config)
     for m in config.get("frozen", []):
         model.encoders[m].freeze()
@@ -245,20 +287,26 @@ def load_weights(model: nn.Module, directory: Union[str, os.PathLike], config: O
     directory = Path(directory)
     weights_path = directory / WEIGHTS_NAME
     if not weights_path.is_file():
-        raise FileNotFoundError(f"{weights_path} not found: was the model saved?")
+        raise ModelFileMissingError(f"{weights_path} not found: was the model saved?")
     config = read_model_config(directory) if config is None else config
-    state = load_file(str(weights_path))
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as err:  # a torn, truncated or foreign file
+        raise ModelFolderError(f"{weights_path}: not a readable safetensors file ({type(err).__name__}: {err})") from err
     for alias, canonical in config.get("tied_weights", {}).items():
         if canonical not in state:
-            raise ValueError(f"{weights_path}: tied weight {alias!r} points to missing tensor {canonical!r}")
+            raise ModelFolderError(f"{weights_path}: tied weight {alias!r} points to missing tensor {canonical!r}")
         state[alias] = state[canonical]
     rename = getattr(model, "legacy_state_names", None)
     if callable(rename):
         state = rename(state, config)
+    if config.get("peft"):  # adapters + heads; the base came from its spec
+        peft_support.load_partial(model, state, str(weights_path))
+        return
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"{weights_path} does not match the architecture in {directory / CONFIG_NAME}: {err}") from err
+        raise ModelFolderError(f"{weights_path} does not match the architecture in {directory / CONFIG_NAME}: {err}") from err
 
 
 def untie_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

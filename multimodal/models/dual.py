@@ -89,12 +89,16 @@ class DualEncoder(EncoderModel):
     @classmethod
     def _from_config(cls, config: dict[str, Any], encoders: dict[str, Encoder]) -> DualEncoder:
         if isinstance(config.get("head"), dict):
-            return cls(encoders, ContrastiveHead.from_config(config["head"]))
+            try:
+                head = ContrastiveHead.from_config(config["head"])
+            except (KeyError, TypeError, ValueError) as err:
+                raise ValueError(f"field 'head': {err}") from err
+            return cls(encoders, head)
         legacy = config.get("fusion")  # written by MultimodalModel + ContrastiveFusion (before DualEncoder)
         if isinstance(legacy, dict) and legacy.get("name") == "contrastive":
             kwargs = {k: v for k, v in (legacy.get("kwargs") or {}).items() if k != "pairs"}
             return cls(encoders, ContrastiveHead(legacy["input_dims"], legacy["output_dim"], **kwargs))
-        raise ValueError("config.json: a dual_encoder needs a 'head' object (the contrastive head's config)")
+        raise ValueError("a dual_encoder needs a 'head' object (the contrastive head's config)")
 
     def legacy_state_names(self, state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Tensor names of folders saved before DualEncoder existed (``fusion.*`` -> ``head.*``)."""

@@ -104,6 +104,13 @@ class MultimodalModel(EncoderModel):
     @classmethod
     def _from_config(cls, config: dict[str, Any], encoders: dict[str, Encoder]) -> MultimodalModel:
         if not isinstance(config.get("fusion"), dict):
-            raise ValueError("config.json: missing field 'fusion' (an object with name, input_dims, output_dim)")
-        head = TaskHead(**config["head"]) if config.get("head") else None
-        return cls(encoders, fusion_from_config(config["fusion"]), head, modality_dropout=config.get("modality_dropout", 0.0))
+            raise ValueError("missing field 'fusion' (an object with name, input_dims, output_dim)")
+        try:
+            head = TaskHead(**config["head"]) if config.get("head") else None
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"field 'head': {err}") from err
+        try:
+            fusion = fusion_from_config(config["fusion"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"field 'fusion': {err}") from err
+        return cls(encoders, fusion, head, modality_dropout=config.get("modality_dropout", 0.0))

@@ -59,6 +59,8 @@ class TaskHead(nn.Module):
         batch = logits.shape[0]
         labels = labels.to(logits.device)
         if self.task == "single_label":
+            if labels.is_floating_point() and labels.shape == (batch, self.num_outputs):  # soft targets (mixup)
+                return F.cross_entropy(logits, labels.to(logits.dtype))
             if labels.shape != (batch,) or labels.is_floating_point():
                 raise ValueError(
                     f"single_label labels must be an integer tensor of shape ({batch},), "

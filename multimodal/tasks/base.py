@@ -18,8 +18,10 @@ from multimodal.config.schema import ConfigError, ExperimentConfig
 from multimodal.data.dataset import MultimodalDataset
 from multimodal.data.labels import LabelVocab
 from multimodal.data.splits import DataSplits, build_splits
+from multimodal.data.streaming import streaming_splits
 from multimodal.evaluation.metrics import metric_mode
 from multimodal.evaluation.report import EvalResult, write_result
+from multimodal.utils import process_state
 
 BUILTIN_COLUMNS = ("text", "image", "audio")
 
@@ -101,7 +103,12 @@ class Task:
         return None
 
     def build_splits(self, dataset: Any = None, progress: bool = True) -> DataSplits:
-        """Validated train/validation/test splits of the configured data."""
+        """Validated train/validation/test splits of the configured data (training streamed with
+        ``data.webdataset`` / ``data.stream_files``)."""
+        if self.cfg.data.webdataset or self.cfg.data.stream_files:
+            state = process_state()
+            return streaming_splits(self.cfg, modality_columns(self.cfg, self.modalities), self.label_column(),
+                                    self.label_type, state.process_index, state.num_processes)
         return build_splits(self.cfg.data, modality_columns(self.cfg, self.modalities), self.label_column(),
                             self.label_type, self.group_column(), dataset=dataset, progress=progress)
 

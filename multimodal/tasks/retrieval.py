@@ -50,7 +50,7 @@ def read_templates(templates: Optional[list[str]], modality: str) -> list[str]:
             templates = [line.rstrip("\n") for line in f if line.strip() and not line.startswith("#")]
     for t in templates:
         if "{}" not in t:
-            raise ValueError(f"prompt template {t!r} has no '{{}}' placeholder for the class name")
+            raise ConfigError(f"prompt template {t!r} has no '{{}}' placeholder for the class name")
     return list(templates)
 
 

@@ -12,27 +12,32 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
 from typing import Any, Optional
 
 import torch
+from accelerate.utils import gather_object
 
-from encoders import EncoderError
 from encoders.base import jsonable
 from multimodal.config.experiments import ADVERSARIAL_TARGETS
 from multimodal.config.loading import config_to_dict, parse_cli, save_config
-from multimodal.config.schema import ConfigError, ExperimentConfig
+from multimodal.config.schema import ExperimentConfig
+from multimodal.data import augment
 from multimodal.data.cached import CachedFeatureCollator, cache_datasets, frozen_modalities, resolve_cache_dir
-from multimodal.data.dataset import DataError
 from multimodal.data.loading import Collator, make_dataloader
 from multimodal.data.splits import DataSplits, write_splits
+from multimodal.data.streaming import StreamingDataset, stream_loader
 from multimodal.evaluation.plots import plot_training_curves
 from multimodal.evaluation.report import EvalResult
-from multimodal.models.base import load_weights
 from multimodal.registry import get_task
+from multimodal.tasks import finetune
 from multimodal.tasks.base import Task
 from multimodal.tasks.crossval import run_crossval
+from multimodal.tasks.outputs import prepare_output_dir, remove_run_outputs, require_model
+from multimodal.training.distill import build_distillation
 from multimodal.training.trainer import Trainer
+from multimodal.usererrors import debug_requested, user_errors
 from multimodal.utils import process_state, write_json
 
 
@@ -45,29 +50,38 @@ def build_loaders(task: Task, model: Any, splits: DataSplits, accelerator: Any =
     datasets: dict[str, Any] = {"train": splits.train, "validation": splits.validation, "test": splits.test}
     cached: dict[str, Any] = {}
     cache_dir = resolve_cache_dir(cfg.data.feature_cache)
+    live = augment.live_modalities(model, cfg.data.augment)  # augmented: eval-mode cached features would ignore it
     attacked = {ADVERSARIAL_TARGETS[t] for t in (cfg.train.adversarial.on if cfg.train.adversarial else [])}
-    cacheable = [m for m in frozen_modalities(model) if m not in attacked]  # adversarial inputs need the encoder
-    if cache_dir and cfg.model.unfreeze_after_epochs is None and cacheable:
-        datasets, cached = cache_datasets(model, datasets, cache_dir, modalities=cacheable, accelerator=accelerator,
+    frozen = [m for m in frozen_modalities(model) if m not in live and m not in attacked]  # attacks need the encoder
+    streamed = isinstance(splits.train, StreamingDataset)  # no cache: the cache enumerates every item up front
+    if cache_dir and not streamed and cfg.model.unfreeze_after_epochs is None and frozen:
+        datasets, cached = cache_datasets(model, datasets, cache_dir, modalities=frozen, accelerator=accelerator,
                                           show_progress=progress)
 
     def collator(train: bool) -> Any:
-        base = Collator({m: p for m, p in model.get_preprocessors(train).items() if m not in cached}, task.label_type)
+        preprocessors = augment.train_preprocessors(model, cfg.data.augment) if train else model.get_preprocessors(False)
+        mixer = augment.batch_mixer(model, cfg.data.augment, task.label_type) if train else None
+        base = Collator({m: p for m, p in preprocessors.items() if m not in cached}, task.label_type, mixer,
+                        min_samples=2 if train else 1)  # rows skipped while loading must leave BatchNorm two
         return CachedFeatureCollator(base, cached) if cached else base
 
     tcfg, workers = cfg.train, cfg.data.num_workers
     eval_bs = cfg.eval.batch_size or tcfg.batch_size
-    groups = task.train_groups(splits.train)
+    groups = None if streamed else task.train_groups(splits.train)
     # A last training batch of one sample breaks BatchNorm (and has no negatives for InfoNCE): drop that one.
     per_process = -(-(len(groups) if groups is not None else len(splits.train)) // max(1, getattr(accelerator, "num_processes", 1)))
     loaders: dict[str, Optional[torch.utils.data.DataLoader]] = {
-        "train": make_dataloader(datasets["train"], collator(True), tcfg.batch_size, shuffle=True, num_workers=workers,
-                                 seed=tcfg.seed, groups=groups, drop_last=per_process % tcfg.batch_size == 1)
+        "train": stream_loader(splits.train, collator(True), workers) if streamed else
+        make_dataloader(datasets["train"], collator(True), tcfg.batch_size, shuffle=True, num_workers=workers,
+                        seed=tcfg.seed, groups=groups, drop_last=per_process % tcfg.batch_size == 1)
     }
     for name in ("validation", "test"):
         ds = datasets[name]
         loaders[name] = (make_dataloader(ds, collator(False), eval_bs, num_workers=workers, seed=tcfg.seed)
                          if ds is not None and len(ds) else None)
+    if tcfg.linear_probe:  # the probe reads training features once, with eval preprocessing
+        loaders["train_eval"] = make_dataloader(datasets["train"], collator(False), eval_bs, num_workers=workers,
+                                                seed=tcfg.seed)
     return loaders
 
 
@@ -78,6 +92,7 @@ def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modaliti
     cfg = task.cfg
     state = process_state()
     model = task.build_model(splits, modalities)
+    model = finetune.prepare_model(model, cfg, task.label_type)  # probe head, LoRA, unlocked blocks
     loaders = build_loaders(task, model, splits, accelerator=state if state.num_processes > 1 else None,
                             progress=state.is_main_process)
     tcfg = copy.deepcopy(cfg.train)
@@ -85,17 +100,21 @@ def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modaliti
     if not main:
         tcfg.log_with, tcfg.save_checkpoints, tcfg.resume_from = "none", False, None
     metric = tcfg.metric_for_best if tcfg.metric_for_best != "auto" else task.default_metric()
+    loss_fn = build_distillation(cfg, splits.train, model, state.device) if main and cfg.train.distill else None
     trainer = Trainer(
         model, tcfg, loaders["train"], loaders["validation"],
         compute_metrics_fn=lambda preds: task.evaluate(preds, splits.validation, model, full=False).metrics,
         metric_for_best=metric, metric_mode_for_best=task.metric_mode(metric), tracker_config=config_to_dict(cfg), run_name="run" if main else "baseline",
         unfreeze_after_epochs=cfg.model.unfreeze_after_epochs, eval_batch_loss=task.batch_loss, callbacks=callbacks,
+        loss_fn=loss_fn,
     )
     start = time.time()
-    trainer.train()
+    extra = finetune.train_model(trainer, task, model, loaders, splits, cfg, output_dir)  # probe fit or trainer.train()
     train_time = time.time() - start
     trainer.accelerator.wait_for_everyone()
-    load_weights(trainer.unwrapped_model, os.path.join(output_dir, "model"))
+    require_model(output_dir, tcfg, trainer.state)  # stop_after_steps before the first epoch ended: say so
+    trainer.load_model_weights(os.path.join(output_dir, "model"))  # the best epoch's weights (also under FSDP)
+    extra = finetune.after_training(trainer, task, model, splits, cfg, output_dir, extra)  # WiSE-FT, counts
     result: dict[str, Any] = {
         "modalities": sorted(modalities or cfg.model.encoders),
         "frozen": [m for m, e in model.encoders.items() if e.frozen],
@@ -104,6 +123,7 @@ def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modaliti
         "stopped_early": trainer.state.stopped_early,
         "train_time_s": round(train_time, 2),
         "metric_for_best": trainer.metric_for_best,
+        **extra,
     }
     evaluations: dict[str, EvalResult] = {}
     for name, dataset in (("validation", splits.validation), ("test", splits.test)):
@@ -131,10 +151,14 @@ def run(cfg: ExperimentConfig, dataset: Any = None, splits: Optional[DataSplits]
     replaces the splits the task would build; `callbacks` go to the main model's `Trainer`."""
     if splits is None and (cfg.data.folds is not None or cfg.data.fold_column):
         return run_crossval(cfg, run, dataset)
-    state = process_state()
+    state = process_state(cfg.train.dist_timeout_s)
     main = state.is_main_process
     task = get_task(cfg.model.task)(cfg)
     out = cfg.train.output_dir
+    note = prepare_output_dir(cfg.train, is_main=main)  # refuses a folder holding another run's results
+    if note:
+        state.print(note)
+    state.wait_for_everyone()
     if main:
         os.makedirs(out, exist_ok=True)
         save_config(cfg, os.path.join(out, "config.yaml"))
@@ -149,6 +173,7 @@ def run(cfg: ExperimentConfig, dataset: Any = None, splits: Optional[DataSplits]
         if splits.vocab is not None:
             splits.vocab.save(os.path.join(out, "labels.json"))
     fused, evaluations = train_and_evaluate(task, splits, out, main=True, callbacks=callbacks)
+    share_skips(state, splits)  # rows skipped while loading (data.validate=false), on whichever process
     if main and splits.vocab is not None:
         splits.vocab.save(os.path.join(out, "model", "labels.json"))  # travels with the model
     modalities = sorted(cfg.model.encoders)
@@ -173,6 +198,9 @@ def run(cfg: ExperimentConfig, dataset: Any = None, splits: Optional[DataSplits]
         metrics["baselines"] = {}
         for m in modalities:
             state.print(f"baseline: {m} only")
+            if main:
+                remove_run_outputs(os.path.join(out, "baselines", m))  # trained afresh: nothing of an earlier attempt
+            state.wait_for_everyone()
             result, _ = train_and_evaluate(task, splits, os.path.join(out, "baselines", m), [m], main=False)
             result.pop("train_log", None)
             metrics["baselines"][m] = result
@@ -184,6 +212,8 @@ def run(cfg: ExperimentConfig, dataset: Any = None, splits: Optional[DataSplits]
             metrics["comparison"] = {"split": eval_name, "metric": metric, **summary}
     metrics["wall_time_s"] = round(time.time() - t0, 2)
     if main:
+        if any(ds.skipped_while_loading() for _, ds in splits.items()):
+            write_splits(splits, os.path.join(out, "splits"))  # without the rows found bad while loading
         write_json(os.path.join(out, "metrics.json"), metrics)
         metric_name = fused.get("metric_for_best")
         curves = plot_training_curves(fused.get("train_log", []), fused.get("history", []),
@@ -198,6 +228,16 @@ def run(cfg: ExperimentConfig, dataset: Any = None, splits: Optional[DataSplits]
                               html=cfg.eval.html_report, extra_plots=[("Training curves", curves)])
     state.wait_for_everyone()
     return jsonable(metrics)  # as written to metrics.json (NaN -> None, arrays -> lists)
+
+
+def share_skips(state: Any, splits: DataSplits) -> None:
+    """Under DDP, give every process the rows the others skipped while loading (for metrics.json and splits/)."""
+    if state.num_processes < 2:
+        return
+    mine = {name: ds.skip_log.records() for name, ds in splits.items()}
+    for theirs in gather_object([mine]):
+        for name, ds in splits.items():
+            ds.skip_log.absorb(theirs.get(name, []))
 
 
 def summarize(metrics: dict[str, Any]) -> str:
@@ -228,14 +268,12 @@ def summarize(metrics: dict[str, Any]) -> str:
 
 
 def recipe_main(default_config: str, argv: Optional[list[str]] = None) -> dict[str, Any]:
-    """A recipe's command line: ``[--config FILE] [key=value ...]``, then `run`; user errors exit with the message."""
-    try:
+    """A recipe's command line: ``[--config FILE] [--debug] [key=value ...]``, then `run`; a user error exits with
+    its message alone (``--debug`` or ``MULTIMODAL_DEBUG=1``: with the traceback), an internal one with its traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with user_errors(debug_requested(argv)):
         cfg = parse_cli(argv, default_config)
         metrics = run(cfg)
-    except ConfigError as err:
-        raise SystemExit(f"config error: {err}") from None
-    except (DataError, EncoderError) as err:
-        raise SystemExit(f"error: {err}") from None
     if process_state().is_main_process:
         print(summarize(metrics))
         print(f"outputs in {os.path.abspath(cfg.train.output_dir)}")

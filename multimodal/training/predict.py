@@ -53,10 +53,24 @@ def predict(model: Any, loader: Any, accelerator: Any, batch_loss: bool = True,
             loss_count += n
         for k, v in accelerator.gather_for_metrics(local).items():
             parts.setdefault(k, []).append(v.cpu())
-    result = {k: torch.cat(v) for k, v in parts.items()}
+    result = _first_of_each_index({k: torch.cat(v) for k, v in parts.items()})
     if batch_loss:
         totals = accelerator.reduce(torch.stack([loss_sum, loss_count]), reduction="sum")
         if totals[1] > 0:
             result["loss"] = (totals[0] / totals[1]).cpu()
     model.train(was_training)
     return result
+
+
+def _first_of_each_index(result: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keep each example once: when a dataset skipped rows while loading, the last gathered batch can be short
+    on one process, and accelerate's trimming of the padded duplicates then keeps one of them."""
+    index = result.get("index")
+    if index is None or index.numel() == torch.unique(index).numel():
+        return result
+    order = torch.argsort(index, stable=True)
+    ordered = index[order]
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    keep = torch.sort(order[first]).values
+    return {k: v[keep] for k, v in result.items()}

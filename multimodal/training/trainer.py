@@ -22,6 +22,7 @@ The model is any module following the models' contract: ``model(inputs=, present
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -32,10 +33,20 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from multimodal.config.schema import ConfigError
+from multimodal.config.validation import check_ranges
 from multimodal.data.loading import epoch_seed
 from multimodal.evaluation.metrics import metric_mode
 from multimodal.training.adversarial import Adversary
-from multimodal.training.checkpoints import latest_checkpoint, read_state, save_checkpoint
+from multimodal.training.checkpoints import (
+    resolve_latest,
+    resume_target,
+    save_checkpoint,
+)
+from multimodal.training.distributed import configure_fsdp, full_state_dict, is_sharded, load_saved_weights
+from multimodal.training.ema import WeightEma
+from multimodal.training.integrity import check_finite, training_tensors
+from multimodal.training.optim import param_groups
 from multimodal.training.predict import forward_batch, predict
 
 
@@ -93,6 +104,7 @@ class Trainer:
         unfreeze_after_epochs: Optional[int] = None,
         eval_batch_loss: bool = True,
         callbacks: Optional[list[Callable[[Trainer, dict], None]]] = None,
+        loss_fn: Optional[Callable[[dict, Any], torch.Tensor]] = None,
     ) -> None:
         """`config` is a `multimodal.config.TrainConfig`. `compute_metrics_fn` gets the gathered validation
         outputs of `predict` (``index``, ``logits``, ``labels``, ``embeddings.<modality>``, ``loss``) and returns
@@ -103,10 +115,13 @@ class Trainer:
         `eval_batch_loss=False` skips the batch-loss mean when `compute_metrics_fn` computes the loss itself.
         `callbacks` are called as ``callback(trainer, record)`` after every epoch's evaluation (``record`` is that
         epoch's history entry); one may raise to end the run (e.g. ``optuna.TrialPruned``).
-        ``config.adversarial`` (an `AdversarialConfig`) trains on adversarial examples (`Adversary`)."""
+        ``config.adversarial`` (an `AdversarialConfig`) trains on adversarial examples (`Adversary`).
+        `loss_fn(batch, output)`, if given, is the training loss instead of ``output.loss`` (distillation)."""
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
+        if dataclasses.is_dataclass(config):
+            check_ranges(config, "train.")  # e.g. a negative max_grad_norm would turn training into ascent
         self.config = config
         self.output_dir = config.output_dir
         self.unfreeze_epoch = unfreeze_after_epochs
@@ -128,6 +143,7 @@ class Trainer:
         self.callbacks = list(callbacks or [])
         adversarial = getattr(config, "adversarial", None)
         self.adversary = Adversary(adversarial, autocast=accelerator.autocast) if adversarial is not None else None
+        self.loss_fn = loss_fn
         self.state = TrainerState()
         self._epoch_loss: Optional[float] = None
         self._tracker_config = tracker_config or {}
@@ -139,13 +155,21 @@ class Trainer:
         else:
             self.metric_mode = metric_mode_for_best or metric_mode(metric)
         optimizer = self._make_optimizer(model)
+        self.fsdp_block_classes = configure_fsdp(accelerator, model)  # None unless launched with an FSDP config
         frozen = [m for m, enc in getattr(model, "encoders", {}).items() if getattr(enc, "frozen", False)]
         if self.unfreeze_epoch is not None and frozen:
             model.unfreeze_encoders(frozen)  # DDP registers the parameters that require grad when it wraps
-        self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
+        if getattr(getattr(train_loader, "dataset", None), "shards_by_process", False):
+            # A stream that deals its shards to the processes itself (multimodal.data.streaming): not re-split.
+            self.model, self.optimizer = accelerator.prepare(model, optimizer)
+            train_loader.device, self.train_loader = accelerator.device, train_loader
+        else:
+            self.model, self.optimizer, self.train_loader = accelerator.prepare(model, optimizer, train_loader)
         if self.unfreeze_epoch is not None and frozen:
             self.unwrapped_model.freeze_encoders(frozen)
         self.eval_loader = accelerator.prepare(eval_loader) if eval_loader is not None else None
+        ema_decay = getattr(config, "ema_decay", None)
+        self.ema = WeightEma(self.unwrapped_model, ema_decay, getattr(config, "ema_warmup", True)) if ema_decay else None
         self.updates_per_epoch = max(1, math.ceil(len(self.train_loader) / config.grad_accum_steps))
         total = self.updates_per_epoch * config.epochs
         warmup = config.warmup_steps if config.warmup_steps is not None else int(config.warmup_ratio * total)
@@ -174,11 +198,11 @@ class Trainer:
         if self.unfreeze_epoch is not None:
             frozen = [name for name, enc in model.encoders.items() if enc.frozen]
             model.unfreeze_encoders()
-            groups = model.parameter_groups(cfg.encoder_lr, cfg.head_lr, cfg.weight_decay)
+            groups = param_groups(model, cfg)
             if frozen:
                 model.freeze_encoders(frozen)
         else:
-            groups = model.parameter_groups(cfg.encoder_lr, cfg.head_lr, cfg.weight_decay)
+            groups = param_groups(model, cfg)  # layer-wise LR decay when train.layer_decay is set
         groups = [g for g in groups if len(list(g["params"]))]
         if not groups:
             raise ValueError("no trainable parameters: every parameter is frozen")
@@ -200,29 +224,34 @@ class Trainer:
     def _checkpoint_root(self) -> str:
         return os.path.join(self.output_dir, "checkpoints")
 
+    def _check_weights(self, what: str) -> None:
+        ema = self.ema.module if self.ema is not None else None
+        check_finite(self.accelerator, training_tensors(self.unwrapped_model, self.optimizer, ema), what)
+
     def save_checkpoint(self, name: str) -> str:
-        """`accelerator.save_state` plus trainer_state.json into output_dir/checkpoints/<name>."""
+        """`accelerator.save_state`, the EMA weights and trainer_state.json into output_dir/checkpoints/<name>,
+        after checking that nothing it would write is NaN/inf."""
         path = os.path.join(self._checkpoint_root(), name)
+        self._check_weights(f"checkpoint {path} (optimizer step {self.state.global_step})")
+        writers = [self.ema.save] if self.ema is not None else []  # before the state file that marks it complete
         return save_checkpoint(self.accelerator, path, {"trainer": dict(self.state.__dict__)},
-                               keep=self.config.keep_checkpoints)
+                               keep=self.config.keep_checkpoints, writers=writers)
 
     def latest_checkpoint(self) -> Optional[str]:
-        """Newest complete checkpoint directory under output_dir/checkpoints, if any."""
-        return latest_checkpoint(self._checkpoint_root())
+        """Newest usable checkpoint directory under output_dir/checkpoints, if any."""
+        return resolve_latest(self._checkpoint_root())[0]
 
     def load_checkpoint(self, path: str) -> None:
-        """Restore model, optimizer, scheduler, RNG and trainer state from a checkpoint directory."""
-        if path == "latest":
-            latest = self.latest_checkpoint()
-            if latest is None:
-                raise FileNotFoundError(f"resume_from=latest: no checkpoint under {self._checkpoint_root()}")
-            path = latest
-        saved = read_state(path)
+        """Restore model, optimizer, scheduler, RNG and trainer state from a checkpoint directory ("latest": the
+        newest one that is complete and intact; the newer ones skipped are named with the reason)."""
+        path, saved = resume_target(path, self._checkpoint_root(), self.accelerator.print, self.accelerator.num_processes)
         self.state = TrainerState(**saved["trainer"])
         if self.state.unfrozen:
             self.state.unfrozen = False
             self._maybe_unfreeze(self.unfreeze_epoch)
         self.accelerator.load_state(path)
+        if self.ema is not None:
+            self.ema.load(path)
         self.accelerator.print(
             f"resumed from {path}: epoch {self.state.epoch}, batch {self.state.batch_in_epoch}, "
             f"step {self.state.global_step}"
@@ -237,11 +266,21 @@ class Trainer:
         return predict(self.model, loader, self.accelerator, batch_loss=self.eval_batch_loss)
 
     def evaluate(self, loader: Any = None) -> dict[str, float]:
-        """Metrics on a prepared loader (the validation loader by default); ``num_examples`` counts each example once."""
+        """Metrics on a prepared loader (the validation loader by default); ``num_examples`` counts each example once.
+
+        With an EMA, the weights that are selected and saved (``train.ema_save``) give the metrics; the other
+        weights' metrics follow as ``raw.<name>`` (or ``ema.<name>``)."""
         loader = loader if loader is not None else self.eval_loader
         if loader is None:
             return {}
-        preds = self.predict(loader)
+        if self.ema is None:
+            return self._evaluate(self.model, loader)
+        ema, raw = self._evaluate(self.ema.module, loader), self._evaluate(self.model, loader)
+        chosen, other, tag = (ema, raw, "raw") if getattr(self.config, "ema_save", True) else (raw, ema, "ema")
+        return {**chosen, **{f"{tag}.{k}": v for k, v in other.items() if isinstance(v, (int, float))}}
+
+    def _evaluate(self, model: nn.Module, loader: Any) -> dict[str, float]:
+        preds = predict(model, loader, self.accelerator, batch_loss=self.eval_batch_loss)
         metrics = dict(self.compute_metrics_fn(preds)) if self.compute_metrics_fn is not None else {}
         if "index" in preds:
             metrics["num_examples"] = int(preds["index"].shape[0])
@@ -270,11 +309,22 @@ class Trainer:
             )
 
     def save_model(self, directory: str) -> None:
-        """`save_pretrained` of the unwrapped model on the main process."""
+        """`save_pretrained` of the unwrapped model on the main process (under FSDP, of the gathered full weights)."""
         self.accelerator.wait_for_everyone()
+        self._check_weights(f"the model {directory}")
+        model = self.unwrapped_model
+        state = full_state_dict(model) if is_sharded(model) else None  # a collective: every rank gathers
         if self.accelerator.is_main_process:
-            self.unwrapped_model.save_pretrained(directory)
+            use_ema = self.ema is not None and getattr(self.config, "ema_save", True)
+            if use_ema:
+                self.ema.module.save_pretrained(directory)
+            else:
+                model.save_pretrained(directory, **({"state_dict": state} if state is not None else {}))
         self.accelerator.wait_for_everyone()
+
+    def load_model_weights(self, directory: str) -> None:
+        """Load a `save_pretrained` folder's weights into the (possibly sharded) model, on every process."""
+        load_saved_weights(self.unwrapped_model, directory)
 
     def train(self) -> TrainerState:
         """Run (or resume) training; returns the final `TrainerState` (history holds per-epoch metrics)."""
@@ -297,8 +347,9 @@ class Trainer:
                 generator.manual_seed(epoch_seed(cfg.seed, epoch))
             loader = self.train_loader
             skip = self.state.batch_in_epoch
-            if skip:
-                loader = acc.skip_first_batches(self.train_loader, skip)
+            if skip:  # a stream skips its records without decoding them
+                loader = (self.train_loader.continue_epoch(epoch, skip) if hasattr(self.train_loader, "continue_epoch")
+                          else acc.skip_first_batches(self.train_loader, skip))
             stop = self._train_epoch(epoch, loader, skip)
             if stop:
                 break
@@ -313,7 +364,7 @@ class Trainer:
                 improved = True
             else:
                 if value is None:
-                    raise KeyError(
+                    raise ConfigError(
                         f"train.metric_for_best={self.metric_for_best!r} is not among the eval metrics {sorted(metrics)}"
                     )
                 improved = self._is_better(value)
@@ -369,7 +420,7 @@ class Trainer:
                     out = self.adversary.training_output(self.model, self.unwrapped_model, batch)
                 else:
                     out = self._forward(batch)
-                loss = out.loss
+                loss = out.loss if self.loss_fn is None else self.loss_fn(batch, out)
                 if loss is None:
                     raise ValueError("the model returned no loss: does the batch carry labels for this task?")
                 accelerator_loss = loss.detach().float()
@@ -394,6 +445,8 @@ class Trainer:
                 continue
             step_on_device += 1
             self.state.global_step += 1
+            if self.ema is not None:
+                self.ema.update(self.unwrapped_model, self.state.global_step)
             step = self.state.global_step
             end_of_epoch = self.state.batch_in_epoch >= len(self.train_loader)
             if step % max(1, cfg.log_every) == 0 or end_of_epoch:
@@ -412,6 +465,7 @@ class Trainer:
             if cfg.save_checkpoints and (
                 stopping or (cfg.save_every_steps and step % cfg.save_every_steps == 0 and not end_of_epoch)
             ):
+                self._check_finite(first_bad)  # a NaN loss since the last logging step stops before the save
                 self.save_checkpoint(f"step-{step:07d}")
             if stopping:
                 self._check_finite(first_bad)

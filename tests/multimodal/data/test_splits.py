@@ -123,9 +123,16 @@ def test_each_distinct_file_is_checked_once(tmp_path, monkeypatch):
     assert len(rows) == 12 and len(image_calls) == 6 and len(set(image_calls)) == 6
 
 
-def test_table_errors_name_the_manifest_and_column(tmp_path):
+@pytest.mark.parametrize("validate", [True, False])
+def test_table_errors_name_the_manifest_and_column(tmp_path, validate):
     path = _table(tmp_path, ["only"] * 10)
     with pytest.raises(DataError, match=r"m\.csv: label column 'label' has 1 class \(\['only'\]\)"):
-        _build(DataConfig(train=path, audio_column=None, num_workers=0))
+        _build(DataConfig(train=path, audio_column=None, num_workers=0, validate=validate))
     with pytest.raises(DataError, match=r"m\.csv: column 'caption' \(for the text modality\) not found"):
-        build_splits(DataConfig(train=path, audio_column=None, num_workers=0), {"text": "caption"}, "label", "single_label")
+        build_splits(DataConfig(train=path, audio_column=None, num_workers=0, validate=validate), {"text": "caption"},
+                     "label", "single_label")
+    val = _table(tmp_path, ["a", "b"], name="val.csv", extra=lambda i: {"note": i})
+    pd.read_csv(val).drop(columns=["label"]).to_csv(val, index=False)
+    with pytest.raises(DataError, match=r"val\.csv: column 'label' \(for the labels\) not found"):
+        _build(DataConfig(train=_table(tmp_path, ["a", "b"] * 4), validation=val, audio_column=None, num_workers=0,
+                          validate=validate))

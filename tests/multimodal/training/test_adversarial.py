@@ -138,3 +138,13 @@ def test_adversarial_training_run_and_robust_accuracy_in_the_cli(tmp_path, tiny_
         evaluate([*args, "--attack", "pgd", "--attack-on", "audio"])
     with pytest.raises(ConfigError, match="train.adversarial.epsilon"):
         load_config(str(tmp_path / "cfg.yaml"), ["train.adversarial.epsilon=0"])
+
+
+def test_adversarial_training_refuses_a_probe_or_distillation(tmp_path):
+    # both would silently drop the adversarial step: the probe has no training step, distillation replaces the loss
+    base = ["data.demo=text_image", "train.adversarial={on: [image]}"]
+    with pytest.raises(ConfigError, match="train.linear_probe"):
+        load_config(None, [*base, "train.linear_probe=true"])
+    with pytest.raises(ConfigError, match="train.distill"):
+        load_config(None, [*base, f"train.distill={{teacher: {tmp_path}}}"])
+    assert load_config(None, base).train.adversarial.on == ["image"]

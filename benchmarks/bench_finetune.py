@@ -1,0 +1,173 @@
+"""Fine-tuning methods side by side on real-material dev sets (CPU, packaged EfficientNet-Lite0 weights).
+
+Per dev set and method: test accuracy, trainable encoder parameters, saved model file size, peak RSS and
+seconds per epoch. Each run is its own process (so peak RSS is its own), started from this script in turn:
+
+    PYTHONPATH=$PWD python benchmarks/bench_finetune.py --json /tmp/finetune.json
+    PYTHONPATH=$PWD python benchmarks/bench_finetune.py --devsets mnist --methods probe lora full
+
+Methods: ``sklearn`` (StandardScaler + LogisticRegression on the framework's cached features: C=1 as a user
+would write it, and C chosen on validation then refit on train+validation, like the probe), ``frozen_head``
+(the recipes' concat fusion + MLP head on cached features), ``probe`` (train.linear_probe), ``lora`` (r=8,
+family default targets), ``last2`` (model.unlock_last_blocks: 2), ``full`` (every encoder weight), each
+trained method also ``+ema`` (train.ema_decay=0.998).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+from benchmarks.common import machine_info, print_table
+from benchmarks.devsets import MODALITY, build
+
+SPECS = {"image": "image:tf_efficientnet_lite0", "audio": "audio-mel:tf_efficientnet_lite0"}
+# Per dev set: encoder kwargs and the training augmentation of the fine-tuning preset.
+DEVSET = {
+    "mnist": {"kwargs": {"img_size": 64}, "augment": ["data.augment.image_scale=[0.7, 1.0]", "data.augment.image_hflip=0.0",
+                                                      "data.augment.image_color_jitter=0.0"]},
+    "digits": {"kwargs": {"img_size": 64}, "augment": ["data.augment.image_scale=[0.7, 1.0]", "data.augment.image_hflip=0.0",
+                                                       "data.augment.image_color_jitter=0.0"]},
+    "spoken": {"kwargs": {"max_seconds": 1.0}, "augment": ["data.augment.audio_gain_db=6.0", "data.augment.audio_shift_seconds=0.1",
+                                                           "data.augment.spec_freq_masks=2", "data.augment.spec_time_masks=2"]},
+}
+FINETUNE = ["model.freeze_encoders=false", "data.feature_cache=null", "train.epochs=6", "train.head_lr=1.0e-3",
+            "train.warmup_ratio=0.1", "train.batch_size=32", "model.head_dropout=0.1"]
+METHODS = {
+    "frozen_head": ["model.freeze_encoders=true", "model.head_hidden_dim=128", "train.epochs=30", "train.head_lr=2.0e-3",
+                    "train.early_stopping_patience=6"],
+    "probe": ["model.freeze_encoders=true", "train.linear_probe=true"],
+    "lora": [*FINETUNE, "model.peft.r=8", "model.peft.alpha=16", "train.encoder_lr=1.0e-3"],
+    "last2": [*FINETUNE, "model.unlock_last_blocks.{m}=2", "train.encoder_lr=3.0e-4"],
+    "full": [*FINETUNE, "train.encoder_lr=3.0e-4"],
+}
+EMA = ["train.ema_decay=0.998"]
+
+
+def overrides(devset: str, method: str, manifest: str, out: str, cache: str) -> list[str]:
+    """The run's config overrides."""
+    m = MODALITY[devset]
+    base = method.removesuffix("+ema")
+    items = [f"data.train={manifest}", "data.split_column=split", "data.text_column=null",
+             f"data.image_column={'image' if m == 'image' else 'null'}", f"data.audio_column={'audio' if m == 'audio' else 'null'}",
+             "data.num_workers=0", f"data.feature_cache={cache}", f"model.encoders={{{m}: '{SPECS[m]}'}}",
+             f"train.output_dir={out}", "train.log_with=none", "train.progress_bar=false", "train.save_checkpoints=false",
+             "eval.html_report=false", "train.seed=0"]
+    items += [o.replace("{m}", m) for o in METHODS[base]]
+    if base in ("lora", "last2", "full"):
+        items += DEVSET[devset]["augment"]
+    if method.endswith("+ema"):
+        items += EMA
+    return items
+
+
+def sklearn_baselines(devset: str, manifest: str, cache: str, out: str) -> dict:
+    """scikit-learn logistic regression on the framework's own cached (frozen) features."""
+    import numpy as np
+    from accelerate import Accelerator
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from multimodal import get_task
+    from multimodal.config import load_config
+    from multimodal.tasks import build_loaders
+    from multimodal.tasks.finetune import prepare_model
+    from multimodal.tasks.probe import DEFAULT_CS, collect_features
+
+    cfg = load_config(None, overrides(devset, "probe", manifest, out, cache))
+    cfg.model.encoder_kwargs = {MODALITY[devset]: DEVSET[devset]["kwargs"]}
+    task = get_task(cfg.model.task)(cfg)
+    splits = task.build_splits(progress=False)
+    model = prepare_model(task.build_model(splits), cfg, task.label_type)
+    loaders = build_loaders(task, model, splits, progress=False)
+    acc = Accelerator(cpu=True)
+    feats = {k: collect_features(model, loaders[k], acc) for k in ("train_eval", "validation", "test")}
+    x = {k: v["raw"].numpy().astype(np.float64) for k, v in feats.items()}
+    y = {k: v["labels"].numpy() for k, v in feats.items()}
+
+    def fit(xs, ys, c):
+        scaler = StandardScaler().fit(xs)
+        return scaler, LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(xs), ys)
+
+    scaler, clf = fit(x["train_eval"], y["train_eval"], 1.0)
+    default = float((clf.predict(scaler.transform(x["test"])) == y["test"]).mean())
+    best_c, best = None, -1.0
+    for c in DEFAULT_CS:
+        scaler, clf = fit(x["train_eval"], y["train_eval"], c)
+        val = float((clf.predict(scaler.transform(x["validation"])) == y["validation"]).mean())
+        if val > best:
+            best, best_c = val, c
+    scaler, clf = fit(np.concatenate([x["train_eval"], x["validation"]]), np.concatenate([y["train_eval"], y["validation"]]), best_c)
+    tuned = float((clf.predict(scaler.transform(x["test"])) == y["test"]).mean())
+    return {"test_accuracy": tuned, "sklearn_C1_test_accuracy": default, "C": best_c}
+
+
+def one(devset: str, method: str, root: str, workdir: str) -> dict:
+    """Run one (dev set, method) in this process and describe it."""
+    from multimodal import run
+    from multimodal.config import load_config
+
+    manifest = build(devset, root)
+    cache = os.path.join(workdir, "cache", devset)
+    out = os.path.join(workdir, f"{devset}_{method}")
+    start = time.time()
+    if method == "sklearn":
+        row = sklearn_baselines(devset, manifest, cache, out)
+    else:
+        cfg = load_config(None, overrides(devset, method, manifest, out, cache))
+        cfg.model.encoder_kwargs = {MODALITY[devset]: DEVSET[devset]["kwargs"]}
+        metrics = run(cfg)
+        params = metrics["parameters"]
+        epochs = max(1, metrics["epochs_run"] or 1)
+        weights = os.path.join(out, "model", "model.safetensors")
+        row = {"test_accuracy": metrics["test"]["accuracy"], "trainable_encoder_params": params["encoders_trainable"],
+               "encoder_params": params["encoders_total"], "trainable_fraction": params["encoders_trainable_fraction"],
+               "model_file_MiB": round(os.path.getsize(weights) / 2**20, 3), "s_per_epoch": metrics["train_time_s"] / epochs,
+               "epochs_run": metrics["epochs_run"], "best_epoch": metrics["best_epoch"]}
+        if "probe" in metrics:
+            row["C"] = metrics["probe"]["C"]
+    row.update({"devset": devset, "method": method, "wall_s": round(time.time() - start, 1),
+                "peak_rss_MiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", default=os.path.expanduser("~/.cache/multimodal-finetune/devsets"))
+    parser.add_argument("--workdir", default="/tmp/bench_finetune")
+    parser.add_argument("--devsets", nargs="*", default=["mnist", "spoken"])
+    parser.add_argument("--methods", nargs="*", default=["probe", "sklearn", "frozen_head", "lora", "last2", "full",
+                                                         "full+ema", "lora+ema", "last2+ema"])
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--one", nargs=2, metavar=("DEVSET", "METHOD"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(one(args.one[0], args.one[1], args.root, args.workdir)), flush=True)
+        return
+    rows = []
+    for devset in args.devsets:
+        for method in args.methods:
+            cmd = [sys.executable, __file__, "--one", devset, method, "--root", args.root, "--workdir", args.workdir]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode or not lines:
+                print(f"{devset} {method} failed:\n{proc.stderr[-3000:]}", flush=True)
+                continue
+            row = json.loads(lines[-1][len("RESULT "):])
+            print(row, flush=True)
+            rows.append(row)
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump({"machine": machine_info(), "rows": rows}, f, indent=2)
+    print_table("fine-tuning methods", rows, ["devset", "method", "test_accuracy", "trainable_encoder_params",
+                                              "trainable_fraction", "model_file_MiB", "peak_rss_MiB", "s_per_epoch",
+                                              "epochs_run"])
+
+
+if __name__ == "__main__":
+    main()
