@@ -101,6 +101,9 @@ def check_config(cfg: ExperimentConfig) -> None:
             "nothing would be left to train on"
         )
     check_experiment_options(cfg)
+    if cfg.train.epochs == 0 and not task_cls.allows_zero_epochs:
+        raise ConfigError(f"train.epochs: 0 is out of range; allowed: >= 1 (0, evaluating the model untrained, only "
+                          f"for tasks that allow it, e.g. prompt_classifier; model.task is {cfg.model.task!r})")
     task_cls.check_config(cfg)
     check_finetune(cfg)
     metric = cfg.train.metric_for_best

@@ -98,6 +98,8 @@ RANGES: dict[str, Range] = {
     "data.split_seed": SEED,
     "data.num_workers": Range(0, 256, note="0 loads in the main process"),
     "data.max_train_samples": Range(1, note="null: all rows"),
+    "data.shots_per_class": Range(1, note="null: every training row"),
+    "data.shots_seed": SEED,
     # model
     "model.fusion_dim": WIDTH,
     "model.head_hidden_dim": Range(1, WIDTH_MAX, note="null: a linear head"),
@@ -110,7 +112,7 @@ RANGES: dict[str, Range] = {
     "train.layer_decay": Range(0, 1, low_open=True, note="1: no decay"),
     "train.ema_decay": Range(0, 1, low_open=True, high_open=True),
     "train.wise_ft_alphas": Range(0, 1, note="0: the starting weights, 1: the fine-tuned ones"),
-    "train.epochs": POSITIVE,
+    "train.epochs": Range(0, note="0 only for tasks that evaluate an untrained model (prompt_classifier)"),
     "train.batch_size": POSITIVE,
     "train.encoder_lr": Range(0, note="0 leaves the trainable encoders unchanged"),
     "train.head_lr": Range(0, low_open=True),

@@ -71,6 +71,8 @@ class Task:
     label_type: Optional[str] = None  # how the dataset encodes labels: single_label, multi_label, regression, None
     uses_fusion: bool = True  # whether model.fusion applies (checked against the fusion registry)
     supports_baselines: bool = False  # whether eval.baselines trains single-modality models too
+    # whether train.epochs=0 is a meaningful run (evaluate the model as built, e.g. a zero-shot classifier)
+    allows_zero_epochs: bool = False
     batch_loss: bool = True  # whether validation needs the batch-mean loss from `predict`
     # Config values this task uses when the YAML and overrides leave them unset (see multimodal.config.schema).
     config_defaults: dict[str, Any] = {}

@@ -44,6 +44,7 @@ class PromptClassifierTask(ClassificationTask):
 
     uses_fusion = False
     supports_baselines = False
+    allows_zero_epochs = True  # train.epochs=0: the pure zero-shot classifier
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         super().__init__(cfg)

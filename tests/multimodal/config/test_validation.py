@@ -30,7 +30,7 @@ REPORTED = [
     ("data.num_workers=-1", "data.num_workers", "in [0, 256]"),
     ("model.fusion_dim=0", "model.fusion_dim", "in [1, 65536]"),
     ("train.epochs=0", "train.epochs", ">= 1"),
-    ("train.epochs=-3", "train.epochs", ">= 1"),
+    ("train.epochs=-3", "train.epochs", ">= 0 (0 only for tasks that evaluate an untrained model"),
     ("train.warmup_ratio=5", "train.warmup_ratio", "in [0, 1]"),
     ("train.warmup_steps=-5", "train.warmup_steps", ">= 0"),
     ("eval.batch_size=0", "eval.batch_size", ">= 1"),
