@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from encoders import Encoder, create_encoder
+from multimodal.config.columns import modality_columns
 from multimodal.config.schema import ConfigError, ExperimentConfig
 from multimodal.data.dataset import MultimodalDataset
 from multimodal.data.labels import LabelVocab
@@ -22,20 +23,6 @@ from multimodal.data.streaming import streaming_splits
 from multimodal.evaluation.metrics import metric_mode
 from multimodal.evaluation.report import EvalResult, write_result
 from multimodal.utils import process_state
-
-BUILTIN_COLUMNS = ("text", "image", "audio")
-
-
-def modality_columns(cfg: ExperimentConfig, modalities: list[str]) -> dict[str, str]:
-    """modality -> table column: ``data.<modality>_column`` for text/image/audio, ``data.columns`` for others."""
-    columns = {}
-    for m in modalities:
-        column = cfg.data.columns.get(m) if m in cfg.data.columns else (
-            getattr(cfg.data, f"{m}_column") if m in BUILTIN_COLUMNS else m)
-        if column is None:
-            raise ConfigError(f"the model has a {m} encoder but data.{m}_column is null")
-        columns[m] = column
-    return columns
 
 
 def create_encoders(cfg: ExperimentConfig, modalities: Optional[list[str]] = None) -> dict[str, Encoder]:

@@ -23,6 +23,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from multimodal.config.columns import modality_columns
 from multimodal.config.schema import ConfigError, DistillConfig, ExperimentConfig
 from multimodal.data.dataset import MultimodalDataset
 from multimodal.data.labels import LabelVocab
@@ -30,7 +31,6 @@ from multimodal.data.loading import Collator, make_dataloader
 from multimodal.models.base import EncoderModel, load_model, read_model_config
 from multimodal.models.dual import DualEncoder
 from multimodal.models.fused import MultimodalModel
-from multimodal.tasks.base import modality_columns
 from multimodal.training.predict import forward_batch
 
 
