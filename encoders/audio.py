@@ -8,6 +8,7 @@ model's own feature extractor. The per-sample attention mask becomes a per-token
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, Optional
 
 import numpy as np
@@ -63,15 +64,17 @@ def resample(arr: np.ndarray, orig: int, target: int) -> np.ndarray:
 
 
 def load_waveforms(
-    batch: list, sample_rate: int, max_seconds: Optional[float], train: bool = False
+    batch: list, sample_rate: int, max_seconds: Optional[float], train: bool = False,
+    resampler: Callable[[np.ndarray, int, int], np.ndarray] = resample,
+    placeholder_seconds: float = PLACEHOLDER_SECONDS,
 ) -> list[np.ndarray]:
     """Raw audio samples -> mono float32 arrays at `sample_rate`, at most `max_seconds` long.
 
     `None` becomes a short silence. In training mode an over-long clip is cropped at a random offset,
-    otherwise from its start.
+    otherwise from its start. `resampler` (default torchaudio's) lets torch-free inference pass its numpy one.
     """
     max_len = int(round(max_seconds * sample_rate)) if max_seconds else None
-    silence = int(round(PLACEHOLDER_SECONDS * sample_rate))
+    silence = int(round(placeholder_seconds * sample_rate))
     if max_len is not None:
         silence = min(silence, max_len)
     waves = []
@@ -84,7 +87,7 @@ def load_waveforms(
         wave, sr = item
         if not isinstance(sr, (int, np.integer)) or int(sr) <= 0:
             raise ValueError(f"audio sample {i}: sample rate must be a positive int, got {sr!r}")
-        arr = resample(to_mono_float(wave, i), int(sr), sample_rate)
+        arr = resampler(to_mono_float(wave, i), int(sr), sample_rate)
         if max_len is not None and arr.shape[0] > max_len:
             start = int(np.random.randint(0, arr.shape[0] - max_len + 1)) if train else 0
             arr = arr[start : start + max_len]

@@ -51,11 +51,12 @@ def message(err: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def user_errors(debug: bool = False) -> Iterator[None]:
-    """Turn a user error inside the block into ``SystemExit`` with its message (unless `debug`)."""
+def user_errors(debug: bool = False, extra: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Turn a user error inside the block (`USER_ERRORS`, plus the command's own `extra` kinds) into
+    ``SystemExit`` with its message (unless `debug`)."""
     try:
         yield
-    except USER_ERRORS as err:
+    except (*USER_ERRORS, *extra) as err:
         if debug or debug_requested():
             raise
         raise SystemExit(message(err)) from None

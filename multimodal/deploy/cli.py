@@ -12,15 +12,11 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
 from typing import Any, Optional
 
 from tqdm.auto import tqdm
 
-from encoders import EncoderError
 from multimodal.config.loading import load_config
-from multimodal.config.schema import ConfigError
-from multimodal.data.dataset import DataError
 from multimodal.data.manifest import read_manifest
 from multimodal.deploy.common import DEPLOY_CONFIG, FORMATS, DeployError
 from multimodal.deploy.export import export_folder
@@ -28,17 +24,13 @@ from multimodal.deploy.loading import load_source_model
 from multimodal.deploy.predictor import Predictor
 from multimodal.deploy.prune import prune_model, recover, save_pruned
 from multimodal.deploy.quantize import quantize_exported
+from multimodal.usererrors import user_errors as report_user_errors
 
-USER_ERRORS = (DeployError, ConfigError, DataError, EncoderError, FileNotFoundError)
 
-
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn the errors a user can fix into ``error: <message>`` and exit status 1."""
-    try:
-        yield
-    except USER_ERRORS as err:
-        raise SystemExit(f"error: {err}") from None
+def user_errors() -> contextlib.AbstractContextManager[None]:
+    """The framework's user-error reporting (`multimodal.usererrors`: ``error: <message>``, exit status 1, no
+    traceback unless MULTIMODAL_DEBUG=1), with the deploy errors and missing files counted as the user's."""
+    return report_user_errors(extra=(DeployError, FileNotFoundError))
 
 
 def _columns(args: argparse.Namespace, modalities: list[str], header: list[str]) -> dict[str, str]:

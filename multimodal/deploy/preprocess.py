@@ -26,7 +26,7 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image
 
-from encoders.audio import to_mono_float
+from encoders.audio import load_waveforms
 from encoders.image import to_rgb
 from multimodal.deploy.common import DeployError
 
@@ -161,24 +161,10 @@ def resample(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
 
 
 def waveforms(batch: list, sample_rate: int, max_seconds: Optional[float], placeholder_seconds: float) -> list[np.ndarray]:
-    """``(waveform, sr)`` samples -> mono float32 at `sample_rate`, cropped from the start; None -> a short silence."""
-    max_len = int(round(max_seconds * sample_rate)) if max_seconds else None
-    silence = int(round(placeholder_seconds * sample_rate))
-    if max_len is not None:
-        silence = min(silence, max_len)
-    out = []
-    for i, item in enumerate(batch):
-        if item is None:
-            out.append(np.zeros(silence, dtype=np.float32))
-            continue
-        if not (isinstance(item, (tuple, list)) and len(item) == 2):
-            raise TypeError(f"audio sample {i}: expected (waveform, sample_rate) or None, got {type(item).__name__}")
-        wave, sr = item
-        if not isinstance(sr, (int, np.integer)) or int(sr) <= 0:
-            raise ValueError(f"audio sample {i}: sample rate must be a positive int, got {sr!r}")
-        arr = resample(to_mono_float(wave, i), int(sr), sample_rate)
-        out.append(np.ascontiguousarray(arr[:max_len] if max_len is not None else arr, dtype=np.float32))
-    return out
+    """``(waveform, sr)`` samples -> mono float32 at `sample_rate`, cropped from the start; None -> a short silence
+    (the encoders' own `load_waveforms` in eval mode, with the numpy resampler above)."""
+    return load_waveforms(batch, sample_rate, max_seconds, train=False, resampler=resample,
+                          placeholder_seconds=placeholder_seconds)
 
 
 class WaveformPreprocessor:

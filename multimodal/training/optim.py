@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import torch
+from torch import nn
+
 from multimodal.models.unlock import encoder_layer_ids
 
 
@@ -47,3 +50,21 @@ def param_groups(model: Any, cfg: Any) -> list[dict[str, Any]]:
     if getattr(cfg, "layer_decay", None):
         return layer_decay_groups(model, cfg.encoder_lr, cfg.head_lr, cfg.weight_decay, cfg.layer_decay)
     return model.parameter_groups(cfg.encoder_lr, cfg.head_lr, cfg.weight_decay)
+
+
+def make_optimizer(model: nn.Module, cfg: Any, unfreeze_later: bool = False) -> torch.optim.Optimizer:
+    """AdamW over the model's parameter groups (layer-wise LR decay when ``train.layer_decay`` is set). With a
+    later unfreeze the encoder groups are included from the start (AdamW skips parameters without gradients),
+    so the optimizer state stays stable."""
+    if unfreeze_later:
+        frozen = [name for name, enc in model.encoders.items() if enc.frozen]
+        model.unfreeze_encoders()
+        groups = param_groups(model, cfg)
+        if frozen:
+            model.freeze_encoders(frozen)
+    else:
+        groups = param_groups(model, cfg)
+    groups = [g for g in groups if len(list(g["params"]))]
+    if not groups:
+        raise ValueError("no trainable parameters: every parameter is frozen")
+    return torch.optim.AdamW(groups, lr=cfg.head_lr)

@@ -27,7 +27,6 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -46,44 +45,15 @@ from multimodal.training.checkpoints import (
 from multimodal.training.distributed import configure_fsdp, full_state_dict, is_sharded, load_saved_weights
 from multimodal.training.ema import WeightEma
 from multimodal.training.integrity import check_finite, training_tensors
-from multimodal.training.optim import param_groups
+from multimodal.training.optim import make_optimizer
 from multimodal.training.predict import forward_batch, predict
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite."""
-
-
-def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
-    """Multiplier of the base LR at an optimizer step: linear warmup, then cosine / linear decay or constant."""
-
-    def fn(step: int) -> float:
-        if warmup > 0 and step < warmup:
-            return (step + 1) / (warmup + 1)
-        if kind == "constant":
-            return 1.0
-        progress = min(max((step - warmup) / max(1, total - warmup), 0.0), 1.0)
-        if kind == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return fn
-
-
-@dataclass
-class TrainerState:
-    """Everything besides model/optimizer/scheduler/RNG that a resumed run needs."""
-
-    epoch: int = 0  # epochs completed
-    batch_in_epoch: int = 0  # batches of the current epoch already consumed
-    global_step: int = 0  # optimizer steps
-    best_metric: Optional[float] = None
-    best_epoch: Optional[int] = None
-    bad_epochs: int = 0
-    unfrozen: bool = False
-    stopped_early: bool = False
-    history: list[dict] = field(default_factory=list)
-    train_log: list[dict] = field(default_factory=list)
+from multimodal.training.state import (
+    NonFiniteLossError,
+    TrainerState,
+    flat_config,
+    lr_lambda,
+    make_accelerator,
+)
 
 
 class Trainer:
@@ -117,8 +87,7 @@ class Trainer:
         epoch's history entry); one may raise to end the run (e.g. ``optuna.TrialPruned``).
         ``config.adversarial`` (an `AdversarialConfig`) trains on adversarial examples (`Adversary`).
         `loss_fn(batch, output)`, if given, is the training loss instead of ``output.loss`` (distillation)."""
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs, set_seed
+        from accelerate.utils import set_seed
 
         if dataclasses.is_dataclass(config):
             check_ranges(config, "train.")  # e.g. a negative max_grad_norm would turn training into ascent
@@ -126,16 +95,7 @@ class Trainer:
         self.output_dir = config.output_dir
         self.unfreeze_epoch = unfreeze_after_epochs
         if accelerator is None:
-            log_with = self._resolve_log_with(config.log_with)
-            # Encoders unfrozen later get gradients only from then on: DDP must tolerate unused parameters.
-            handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if unfreeze_after_epochs is not None else []
-            accelerator = Accelerator(
-                mixed_precision=config.mixed_precision,
-                gradient_accumulation_steps=config.grad_accum_steps,
-                log_with=log_with,
-                project_dir=os.path.join(config.output_dir, "logs") if log_with else None,
-                kwargs_handlers=handlers,
-            )
+            accelerator = make_accelerator(config, unfreeze_later=unfreeze_after_epochs is not None)
         self.accelerator = accelerator
         set_seed(config.seed)
         self.compute_metrics_fn = compute_metrics_fn
@@ -154,7 +114,7 @@ class Trainer:
             self.metric_mode = config.metric_mode
         else:
             self.metric_mode = metric_mode_for_best or metric_mode(metric)
-        optimizer = self._make_optimizer(model)
+        optimizer = make_optimizer(model, config, self.unfreeze_epoch is not None)
         self.fsdp_block_classes = configure_fsdp(accelerator, model)  # None unless launched with an FSDP config
         frozen = [m for m, enc in getattr(model, "encoders", {}).items() if getattr(enc, "frozen", False)]
         if self.unfreeze_epoch is not None and frozen:
@@ -178,36 +138,6 @@ class Trainer:
         accelerator.register_for_checkpointing(self.scheduler)
 
     # ----------------------------------------------------------------------------------------
-    @staticmethod
-    def _resolve_log_with(value: str) -> Optional[str]:
-        if value == "none":
-            return None
-        if value == "tensorboard":
-            return "tensorboard"
-        try:
-            import tensorboard  # noqa: F401
-
-            return "tensorboard"
-        except ImportError:
-            return None
-
-    def _make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        """AdamW over the model's parameter groups; with a later unfreeze the encoder groups are included
-        from the start (AdamW skips parameters without gradients), so the optimizer state stays stable."""
-        cfg = self.config
-        if self.unfreeze_epoch is not None:
-            frozen = [name for name, enc in model.encoders.items() if enc.frozen]
-            model.unfreeze_encoders()
-            groups = param_groups(model, cfg)
-            if frozen:
-                model.freeze_encoders(frozen)
-        else:
-            groups = param_groups(model, cfg)  # layer-wise LR decay when train.layer_decay is set
-        groups = [g for g in groups if len(list(g["params"]))]
-        if not groups:
-            raise ValueError("no trainable parameters: every parameter is frozen")
-        return torch.optim.AdamW(groups, lr=cfg.head_lr)
-
     @property
     def unwrapped_model(self) -> nn.Module:
         """The model without DDP/compile wrappers."""
@@ -335,7 +265,7 @@ class Trainer:
                 acc.print(f"{cfg.resume_from}: that run had already stopped early; nothing left to train")
                 return self.state
         if acc.trackers == [] and acc.log_with:
-            acc.init_trackers(self._run_name, config=_flat(self._tracker_config))
+            acc.init_trackers(self._run_name, config=flat_config(self._tracker_config))
         best_dir = os.path.join(self.output_dir, "model")
         self.model.train()
         stop = False
@@ -487,16 +417,3 @@ class Trainer:
         for tracker in self.accelerator.trackers:
             tracker.finish()
         self.accelerator.trackers = []
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        elif isinstance(v, (int, float, str, bool)):
-            out[key] = v
-        else:
-            out[key] = str(v)
-    return out
