@@ -45,6 +45,16 @@ def check_finetune(cfg: ExperimentConfig) -> None:
                            ("train.wise_ft_alphas", train.wise_ft_alphas), ("train.ema_decay", train.ema_decay)):
             if value:
                 raise ConfigError(f"train.linear_probe keeps the encoders frozen and trains nothing: unset {key}")
+    if train.probe_init:
+        if train.linear_probe:
+            raise ConfigError("train.probe_init fine-tunes from a fitted probe, train.linear_probe stops at the probe: "
+                              "set one of them")
+        if model.task not in ("single_label", "multi_label"):
+            raise ConfigError(f"train.probe_init starts a classifier from a linear probe; model.task={model.task!r} "
+                              "is not supported")
+        if model.fusion != "concat" or model.head_hidden_dim is not None:
+            raise ConfigError("train.probe_init replaces the fusion and head with the probe's standardised "
+                              "concatenation and linear head: leave model.fusion=concat and model.head_hidden_dim=null")
     if train.probe_cs is not None and (not train.probe_cs or any(c <= 0 for c in train.probe_cs)):
         raise ConfigError(f"train.probe_cs must be a non-empty list of positive numbers, got {train.probe_cs}")
     if train.refit_full and not train.linear_probe:

@@ -197,6 +197,9 @@ class TrainConfig:
     # After choosing C (probe) or the epoch count (trained heads) on validation, refit on train+validation.
     # null: on for the linear probe, off otherwise.
     refit_full: Optional[bool] = None
+    # LP-FT: fit the linear probe first (as train.linear_probe, C chosen on validation, no refit), then
+    # fine-tune from it. The fusion becomes the probe's standardised concatenation and the head linear.
+    probe_init: bool = False
     # Layer-wise LR decay: an encoder layer k below the top gets encoder_lr * layer_decay**k (e.g. 0.75).
     layer_decay: Optional[float] = None
     # EMA of the weights (timm ModelEmaV3), updated every optimizer step, evaluated every epoch, checkpointed.

@@ -12,6 +12,7 @@ from multimodal.config.schema import ExperimentConfig
 from multimodal.models.peft import apply_peft
 from multimodal.models.unlock import unlock_last_blocks
 from multimodal.tasks.probe import as_probe_model, fit_probe
+from multimodal.training.ema import WeightEma
 from multimodal.training.wise import snapshot, wise_ft_sweep
 
 
@@ -19,6 +20,10 @@ def prepare_model(model: Any, cfg: ExperimentConfig, label_type: Optional[str]) 
     """Apply the configured method to a freshly built model: linear probe head, LoRA adapters, unlocked blocks."""
     if cfg.train.linear_probe:
         return as_probe_model(model, label_type)
+    if cfg.train.probe_init:  # LP-FT: the probe's fusion and linear head, the encoders as configured
+        trainable = [m for m, enc in model.encoders.items() if not enc.frozen]
+        as_probe_model(model, label_type)
+        model.unfreeze_encoders(trainable)
     if cfg.model.unlock_last_blocks:
         unlock_last_blocks(model, cfg.model.unlock_last_blocks)
     if cfg.model.peft is not None:
@@ -41,9 +46,19 @@ def train_model(trainer: Any, task: Any, model: Any, loaders: dict, splits: Any,
                 output_dir: str) -> dict[str, Any]:
     """Fit the probe (then save it as the best model), or run the Trainer; returns extra result entries."""
     if not cfg.train.linear_probe:
-        start = snapshot(model) if cfg.train.wise_ft_alphas else None
+        extra: dict[str, Any] = {}
+        if cfg.train.probe_init and not cfg.train.resume_from:  # a resumed run has the fitted head already
+            acc = trainer.accelerator
+            info = fit_probe(trainer.unwrapped_model, task, acc, acc.prepare(loaders["train_eval"]), trainer.eval_loader,
+                             splits.validation, trainer.metric_for_best, trainer.metric_mode, cs=cfg.train.probe_cs,
+                             refit=False)
+            extra["probe_init"] = {k: info[k] for k in ("C", "num_train")}
+            acc.print(f"probe_init: linear probe fitted (C={info['C']:g}); fine-tuning from it")
+            if trainer.ema is not None:  # the average starts from the probe-initialised weights
+                trainer.ema = WeightEma(trainer.unwrapped_model, cfg.train.ema_decay, cfg.train.ema_warmup)
+        start = snapshot(model) if cfg.train.wise_ft_alphas else None  # WiSE-FT then interpolates LP -> FT
         trainer.train()
-        return {"_start_state": start} if start is not None else {}
+        return {**extra, "_start_state": start} if start is not None else extra
     acc = trainer.accelerator
     train_loader = acc.prepare(loaders["train_eval"])
     refit = True if cfg.train.refit_full is None else bool(cfg.train.refit_full)

@@ -79,7 +79,7 @@ def build_loaders(task: Task, model: Any, splits: DataSplits, accelerator: Any =
         ds = datasets[name]
         loaders[name] = (make_dataloader(ds, collator(False), eval_bs, num_workers=workers, seed=tcfg.seed)
                          if ds is not None and len(ds) else None)
-    if tcfg.linear_probe:  # the probe reads training features once, with eval preprocessing
+    if tcfg.linear_probe or tcfg.probe_init:  # the probe reads training features once, with eval preprocessing
         loaders["train_eval"] = make_dataloader(datasets["train"], collator(False), eval_bs, num_workers=workers,
                                                 seed=tcfg.seed)
     return loaders

@@ -96,3 +96,29 @@ def test_probe_config_errors(tmp_path):
         load_config(None, _overrides(tmp_path, "model.peft.r=4"))
     with pytest.raises(ConfigError, match="train.probe_cs"):
         load_config(None, _overrides(tmp_path, "train.probe_cs=[0]"))
+
+
+def test_probe_init_starts_fine_tuning_at_the_probe_solution(tmp_path):
+    # LP-FT with (almost) no learning is the probe without refit: same C, same head, same test predictions.
+    # A LayerNorm backbone: BatchNorm running statistics would move in the training epoch even at LR 0.
+    ln = "model.encoders={image: 'image:test_efficientnet_ln'}"
+    probe = run(load_config(None, _overrides(tmp_path / "lp", "train.refit_full=false", "train.probe_cs=[0.01, 1.0]", ln)))
+    lpft = _overrides(tmp_path / "lpft", "train.probe_cs=[0.01, 1.0]", "train.epochs=1", "train.head_lr=1e-12",
+                      "train.encoder_lr=0", "model.freeze_encoders=false", "data.feature_cache=null", ln)
+    lpft = [o for o in lpft if o != "train.linear_probe=true"] + ["train.probe_init=true"]
+    metrics = run(load_config(None, lpft))
+    assert metrics["probe_init"]["C"] == probe["probe"]["C"]
+    assert metrics["parameters"]["encoders_trainable"] > 0  # the encoders fine-tune from the probe
+    assert metrics["test"]["accuracy"] == probe["test"]["accuracy"] >= 0.8
+    a = MultimodalModel.from_pretrained(tmp_path / "lp" / "out" / "model").head.net[-1].weight
+    b = MultimodalModel.from_pretrained(tmp_path / "lpft" / "out" / "model").head.net[-1].weight
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_probe_init_config_errors(tmp_path):
+    base = [o for o in _overrides(tmp_path, "model.freeze_encoders=false") if o != "train.linear_probe=true"]
+    with pytest.raises(ConfigError, match="set one of them"):
+        load_config(None, [*base, "train.probe_init=true", "train.linear_probe=true"])
+    with pytest.raises(ConfigError, match="model.head_hidden_dim=null"):
+        load_config(None, [*base, "train.probe_init=true", "model.head_hidden_dim=64"])
+    assert load_config(None, [*base, "train.probe_init=true"]).train.probe_init
