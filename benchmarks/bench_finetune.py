@@ -10,8 +10,8 @@ Methods: ``sklearn`` (StandardScaler + LogisticRegression on the framework's cac
 would write it, and C chosen on validation by macro-F1 as the probe chooses it, or by accuracy, then refit on
 train+validation, like the probe), ``frozen_head``
 (the recipes' concat fusion + MLP head on cached features), ``probe`` (train.linear_probe), ``lora`` (r=8,
-family default targets), ``last2`` (model.unlock_last_blocks: 2), ``full`` (every encoder weight), each
-trained method also ``+ema`` (train.ema_decay=0.998).
+family default targets), ``last2`` (model.unlock_last_blocks: 2), ``full`` (every encoder weight), ``lpft_lora`` / ``lpft_full`` (the same, started
+from the fitted probe: train.probe_init), each trained method also ``+ema`` (train.ema_decay=0.998).
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ METHODS = {
     "lora": [*FINETUNE, "model.peft.r=8", "model.peft.alpha=16", "train.encoder_lr=1.0e-3"],
     "last2": [*FINETUNE, "model.unlock_last_blocks.{m}=2", "train.encoder_lr=3.0e-4"],
     "full": [*FINETUNE, "train.encoder_lr=3.0e-4"],
+    # LP-FT: the same fine-tuning, started from the fitted linear probe (train.probe_init)
+    "lpft_lora": [*FINETUNE, "model.peft.r=8", "model.peft.alpha=16", "train.encoder_lr=1.0e-3", "train.probe_init=true"],
+    "lpft_full": [*FINETUNE, "train.encoder_lr=3.0e-4", "train.probe_init=true"],
 }
 EMA = ["train.ema_decay=0.998"]
 
@@ -60,7 +63,7 @@ def overrides(devset: str, method: str, manifest: str, out: str, cache: str) -> 
              f"train.output_dir={out}", "train.log_with=none", "train.progress_bar=false", "train.save_checkpoints=false",
              "eval.html_report=false", "train.seed=0"]
     items += [o.replace("{m}", m) for o in METHODS[base]]
-    if base in ("lora", "last2", "full"):
+    if base in ("lora", "last2", "full", "lpft_lora", "lpft_full"):
         items += DEVSET[devset]["augment"]
     if method.endswith("+ema"):
         items += EMA
@@ -142,8 +145,8 @@ def one(devset: str, method: str, root: str, workdir: str) -> dict:
                "encoder_params": params["encoders_total"], "trainable_fraction": params["encoders_trainable_fraction"],
                "model_file_MiB": round(os.path.getsize(weights) / 2**20, 3), "s_per_epoch": metrics["train_time_s"] / epochs,
                "epochs_run": metrics["epochs_run"], "best_epoch": metrics["best_epoch"]}
-        if "probe" in metrics:
-            row["C"] = metrics["probe"]["C"]
+        if "probe" in metrics or "probe_init" in metrics:
+            row["C"] = (metrics.get("probe") or metrics["probe_init"])["C"]
     row.update({"devset": devset, "method": method, "wall_s": round(time.time() - start, 1),
                 "peak_rss_MiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
     return row
