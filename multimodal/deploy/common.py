@@ -3,7 +3,12 @@ predictions (numpy only, so PyTorch and ONNX Runtime results are formatted by th
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from typing import Any, Optional
 
 import numpy as np
@@ -81,3 +86,22 @@ def format_logits(logits: np.ndarray, task: str, labels: Optional[list[str]], th
     else:
         raise DeployError(f"cannot format outputs of task {task!r}; expected one of {CLASSIFIER_TASKS}")
     return out
+
+
+@contextlib.contextmanager
+def staged_folder(output: str, prefix: str) -> Iterator[str]:
+    """A temporary folder beside `output` to write an exported folder into; on success it replaces `output`
+    (which must be absent or an exported folder), so a failed or killed export never leaves half a folder."""
+    if os.path.exists(output) and not os.path.exists(os.path.join(output, DEPLOY_CONFIG)):
+        raise DeployError(f"{output} exists and is not an exported folder; choose a new --output")
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    try:
+        yield tmp
+        if os.path.exists(output):
+            shutil.rmtree(output)
+        os.replace(tmp, output)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)

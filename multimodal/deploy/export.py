@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from typing import Any, Optional, Union
 
@@ -30,6 +28,7 @@ from multimodal.deploy.common import (
     FORMATS,
     DeployError,
     package_versions,
+    staged_folder,
 )
 from multimodal.deploy.describe import describe_encoder
 from multimodal.deploy.loading import load_source_model
@@ -188,12 +187,7 @@ def export_model(model: EncoderModel, output: Union[str, os.PathLike], fmt: str 
         raise DeployError(f"unknown export format {fmt!r}; choose one of {FORMATS}")
     output = os.fspath(output)
     model = model.eval().cpu()
-    if os.path.exists(output) and not os.path.exists(os.path.join(output, DEPLOY_CONFIG)):
-        raise DeployError(f"{output} exists and is not an exported folder; choose a new --output")
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    try:
+    with staged_folder(output, ".export-") as tmp:
         preprocessing = {m: describe_encoder(enc, tmp, m) for m, enc in model.encoders.items()}
         graphs: dict[str, Any] = {}
         for name, (graph, layout, out_name) in _graphs(model).items():
@@ -217,12 +211,6 @@ def export_model(model: EncoderModel, output: Union[str, os.PathLike], fmt: str 
         if verify:
             manifest["verification"] = verify_export(model, tmp)
             write_text(os.path.join(tmp, DEPLOY_CONFIG), json.dumps(manifest, indent=2))
-        if os.path.exists(output):
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp)
     return manifest
 
 

@@ -14,13 +14,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from typing import Any, Optional
 
 import numpy as np
 
-from multimodal.deploy.common import DEPLOY_CONFIG, DeployError
+from multimodal.deploy.common import DEPLOY_CONFIG, DeployError, staged_folder
 from multimodal.deploy.loading import read_deploy_config
 from multimodal.deploy.probes import probe_batches
 from multimodal.deploy.runtime import ExportedModel
@@ -66,13 +65,8 @@ def quantize_exported(source: str, output: str, per_channel: bool = False,
     if config.get("quantization"):
         raise DeployError(f"{source} is already quantized; quantize the fp32 export")
     ops = list(op_types or DEFAULT_OPS)
-    if os.path.exists(output) and not os.path.exists(os.path.join(output, DEPLOY_CONFIG)):
-        raise DeployError(f"{output} exists and is not an exported folder; choose a new --output")
     output = os.fspath(output)
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".int8-", dir=parent)
-    try:
+    with staged_folder(output, ".int8-") as tmp:
         graph_files = {g["file"] for g in config["graphs"].values()}
         for entry in os.listdir(source):
             src = os.path.join(source, entry)
@@ -98,12 +92,6 @@ def quantize_exported(source: str, output: str, per_channel: bool = False,
         config["quantization"]["max_abs_diff_vs_fp32"] = compare_outputs(source, tmp)
         config.pop("verification", None)  # that check was for the fp32 graphs
         write_text(os.path.join(tmp, DEPLOY_CONFIG), json.dumps(config, indent=2))
-        if os.path.exists(output):
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp)
     return config
 
 
