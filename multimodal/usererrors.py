@@ -20,7 +20,7 @@ from multimodal.config.schema import ConfigError
 from multimodal.data.dataset import DataError
 from multimodal.models.base import ModelFolderError
 from multimodal.training.integrity import CheckpointError, NonFiniteWeightsError
-from multimodal.training.trainer import NonFiniteLossError
+from multimodal.training.state import NonFiniteLossError
 
 DEBUG_ENV = "MULTIMODAL_DEBUG"
 DEBUG_FLAG = "--debug"

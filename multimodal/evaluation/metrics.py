@@ -18,6 +18,7 @@ Conventions, the same everywhere:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -180,6 +181,14 @@ LOWER_IS_BETTER = {"loss", "mse", "mae"}
 def metric_mode(name: str) -> str:
     """'min' for losses and errors, 'max' for everything else."""
     return "min" if name in LOWER_IS_BETTER or name.endswith("median_rank") or name.endswith("mean_rank") else "max"
+
+
+def improves(value: Optional[float], best: Optional[float], mode: str) -> bool:
+    """Whether `value` strictly beats `best` in direction `mode` ("max"/"min"); a missing or NaN value never
+    does, and anything beats no best yet (model selection in the Trainer and the probe's C sweep)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    return best is None or (value > best if mode == "max" else value < best)
 
 
 # --------------------------------------------------------------------------------------------------

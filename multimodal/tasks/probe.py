@@ -10,12 +10,12 @@ probe is refitted on train+validation with that C (``train.refit_full``, on by d
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
 import torch
 
 from fusion import StandardizedConcat
+from multimodal.evaluation.metrics import improves
 from multimodal.models.heads import TaskHead
 
 DEFAULT_CS = [10.0 ** (k / 2) for k in range(-8, 5)]  # 1e-4 ... 1e2, half-decade steps
@@ -88,12 +88,6 @@ def collect_features(model: Any, loader: Any, accelerator: Any) -> dict[str, tor
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
-def _better(value: float, best: Optional[float], mode: str) -> bool:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return False
-    return best is None or (value > best if mode == "max" else value < best)
-
-
 def fit_probe(model: Any, task: Any, accelerator: Any, train_loader: Any, val_loader: Any, val_dataset: Any,
               metric: str, mode: str, cs: Optional[list[float]] = None, refit: bool = True) -> dict[str, Any]:
     """Fit the probe's statistics and head in place; returns the C sweep and what was chosen."""
@@ -120,7 +114,7 @@ def fit_probe(model: Any, task: Any, accelerator: Any, train_loader: Any, val_lo
             preds = {"logits": logits, "labels": val["labels"], "index": val["index"]}
             metrics = task.evaluate(preds, val_dataset, model, full=False).metrics
             sweep.append({"C": c, **{n: v for n, v in metrics.items() if isinstance(v, float)}})
-            if _better(metrics.get(metric), best, mode):  # strict: ties keep the smaller C
+            if improves(metrics.get(metric), best, mode):  # strict: ties keep the smaller C
                 best, chosen, solution = metrics.get(metric), c, (w, b)
     if chosen is None:
         chosen = 1.0

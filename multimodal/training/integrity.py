@@ -22,6 +22,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from multimodal.training.state import NonFiniteLossError
+
 PICKLE_SUFFIXES = (".bin", ".pkl", ".pt", ".pth")
 
 
@@ -146,4 +148,17 @@ def check_finite(accelerator: Any, tensors: Iterable[tuple[str, torch.Tensor]], 
         raise NonFiniteWeightsError(
             f"{where} holds NaN/inf, so {what} was not written; the checkpoints before it are finite. Lower the "
             "learning rate, enable gradient clipping (train.max_grad_norm) or use mixed_precision=no/bf16"
+        )
+
+
+def check_finite_loss(accelerator: Any, first_bad: torch.Tensor, epoch: int) -> None:
+    """Raise `NonFiniteLossError` on every process when any process recorded a non-finite training loss
+    (`first_bad`: the 0-based optimizer step of the first one, or -1)."""
+    bad = accelerator.gather(first_bad.reshape(1))
+    bad = bad[bad >= 0]
+    if bad.numel():
+        step = int(bad.min()) + 1  # 1-based, as in the training log
+        raise NonFiniteLossError(
+            f"training loss became NaN/inf at optimizer step {step} (epoch {epoch}); "
+            "lower the learning rate, enable gradient clipping or use mixed_precision=no/bf16"
         )

@@ -74,3 +74,17 @@ def _first_of_each_index(result: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     first[1:] = ordered[1:] != ordered[:-1]
     keep = torch.sort(order[first]).values
     return {k: v[keep] for k, v in result.items()}
+
+
+def evaluation_metrics(model: Any, loader: Any, accelerator: Any, compute_metrics_fn: Optional[Callable] = None,
+                       batch_loss: bool = True) -> dict[str, float]:
+    """`compute_metrics_fn` of the gathered predictions, plus ``num_examples`` / ``num_unique_examples`` and
+    the mean batch loss when the metrics do not give one."""
+    preds = predict(model, loader, accelerator, batch_loss=batch_loss)
+    metrics = dict(compute_metrics_fn(preds)) if compute_metrics_fn is not None else {}
+    if "index" in preds:
+        metrics["num_examples"] = int(preds["index"].shape[0])
+        metrics["num_unique_examples"] = int(torch.unique(preds["index"]).numel())
+    if "loss" in preds and "loss" not in metrics:
+        metrics["loss"] = float(preds["loss"])
+    return metrics

@@ -35,7 +35,7 @@ from torch import nn
 from multimodal.config.schema import ConfigError
 from multimodal.config.validation import check_ranges
 from multimodal.data.loading import epoch_seed
-from multimodal.evaluation.metrics import metric_mode
+from multimodal.evaluation.metrics import improves, metric_mode
 from multimodal.training.adversarial import Adversary
 from multimodal.training.checkpoints import (
     resolve_latest,
@@ -44,11 +44,10 @@ from multimodal.training.checkpoints import (
 )
 from multimodal.training.distributed import configure_fsdp, full_state_dict, is_sharded, load_saved_weights
 from multimodal.training.ema import WeightEma
-from multimodal.training.integrity import check_finite, training_tensors
+from multimodal.training.integrity import check_finite, check_finite_loss, training_tensors
 from multimodal.training.optim import make_optimizer
-from multimodal.training.predict import forward_batch, predict
+from multimodal.training.predict import evaluation_metrics, forward_batch, predict
 from multimodal.training.state import (
-    NonFiniteLossError,
     TrainerState,
     flat_config,
     lr_lambda,
@@ -210,33 +209,11 @@ class Trainer:
         return {**chosen, **{f"{tag}.{k}": v for k, v in other.items() if isinstance(v, (int, float))}}
 
     def _evaluate(self, model: nn.Module, loader: Any) -> dict[str, float]:
-        preds = predict(model, loader, self.accelerator, batch_loss=self.eval_batch_loss)
-        metrics = dict(self.compute_metrics_fn(preds)) if self.compute_metrics_fn is not None else {}
-        if "index" in preds:
-            metrics["num_examples"] = int(preds["index"].shape[0])
-            metrics["num_unique_examples"] = int(torch.unique(preds["index"]).numel())
-        if "loss" in preds and "loss" not in metrics:
-            metrics["loss"] = float(preds["loss"])
-        return metrics
+        return evaluation_metrics(model, loader, self.accelerator, self.compute_metrics_fn, self.eval_batch_loss)
 
     # -- training ----------------------------------------------------------------------------
-    def _is_better(self, value: float) -> bool:
-        if value is None or math.isnan(value):
-            return False
-        best = self.state.best_metric
-        if best is None:
-            return True
-        return value > best if self.metric_mode == "max" else value < best
-
     def _check_finite(self, first_bad: torch.Tensor) -> None:
-        bad = self.accelerator.gather(first_bad.reshape(1))
-        bad = bad[bad >= 0]
-        if bad.numel():
-            step = int(bad.min()) + 1  # 1-based, as in the training log
-            raise NonFiniteLossError(
-                f"training loss became NaN/inf at optimizer step {step} (epoch {self.state.epoch + 1}); "
-                "lower the learning rate, enable gradient clipping or use mixed_precision=no/bf16"
-            )
+        check_finite_loss(self.accelerator, first_bad, self.state.epoch + 1)
 
     def save_model(self, directory: str) -> None:
         """`save_pretrained` of the unwrapped model on the main process (under FSDP, of the gathered full weights)."""
@@ -297,7 +274,7 @@ class Trainer:
                     raise ConfigError(
                         f"train.metric_for_best={self.metric_for_best!r} is not among the eval metrics {sorted(metrics)}"
                     )
-                improved = self._is_better(value)
+                improved = improves(value, self.state.best_metric, self.metric_mode)
             if improved:
                 self.state.best_metric = value
                 self.state.best_epoch = epoch + 1

@@ -33,7 +33,7 @@ from multimodal.config.loading import config_from_dict, save_config
 from multimodal.config.schema import ConfigError, ExperimentConfig
 from multimodal.registry import get_task
 from multimodal.tasks.runner import run
-from multimodal.training.trainer import NonFiniteLossError
+from multimodal.training.state import NonFiniteLossError
 from multimodal.tuning.space import Param, nested
 from multimodal.utils import deep_merge, write_json
 
