@@ -38,6 +38,8 @@ from multimodal.config.schema import ConfigError
 from multimodal.data.dataset import DataError
 from multimodal.data.manifest import cell, is_missing
 from multimodal.data.media import FILE_MODALITIES, cell_path
+from multimodal.registry import get_task
+from multimodal.tasks.runner import run
 from multimodal.training.predict import forward_batch
 from multimodal.utils import to_device, write_json, write_text
 
@@ -190,7 +192,6 @@ def _wait_for_port(port: int, timeout: float) -> None:
 
 def prepare(config: str, overrides: list[str], clients: int, partition: str, output: str) -> dict[str, Any]:
     """Resolve the config, split the training rows over the clients and write every manifest under `output`."""
-    from multimodal.registry import get_task
 
     cfg = load_config(config, overrides)
     task = get_task(cfg.model.task)(cfg)
@@ -322,13 +323,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         probe = load_config(args.config, args.overrides)
         output = args.output or os.path.join(probe.train.output_dir, "federated")
         plan = prepare(args.config, args.overrides, args.clients, args.partition, output)
-        from multimodal.registry import get_task
 
         cfg = plan["cfg"]
         metric = "accuracy" if cfg.model.task == "single_label" else get_task(cfg.model.task)(cfg).default_metric()
         centralized = None
         if not args.no_centralized:
-            from multimodal.tasks.runner import run
 
             cfg.train.output_dir = os.path.join(output, "centralized")
             cfg.train.epochs = args.rounds * args.local_epochs

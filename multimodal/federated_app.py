@@ -21,6 +21,7 @@ from multimodal.data.splits import DataSplits
 from multimodal.federated import exchanged_names, get_arrays, local_train, set_arrays
 from multimodal.registry import get_task
 from multimodal.tasks.runner import build_loaders
+from multimodal.training.predict import predict
 from multimodal.utils import write_json
 
 client = ClientApp()
@@ -79,8 +80,6 @@ def _server_parts(rc: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
 def main(grid: Grid, context: Context) -> None:
     """Rounds of FedAvg / FedProx; the aggregate is scored on the validation split each round."""
     from accelerate import Accelerator
-
-    from multimodal.training.predict import predict
 
     rc = context.run_config
     cfg, task, model, parts = _server_parts(rc)

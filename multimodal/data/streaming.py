@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from multimodal.data.dataset import DataError, SkipCounts
+from multimodal.data.dataset import DataError, MultimodalDataset, SkipCounts
 from multimodal.data.labels import LabelVocab
 from multimodal.data.loading import epoch_seed
-from multimodal.data.manifest import cell, is_missing
+from multimodal.data.manifest import cell, is_missing, read_manifest
 from multimodal.data.media import load_sample
 from multimodal.data.shards import read_index
 from multimodal.data.splits import DataSplits
@@ -289,8 +289,6 @@ def streaming_splits(cfg: Any, columns: dict[str, str], label_column: Optional[s
                      rank: int = 0, world: int = 1) -> StreamingSplits:
     """A `StreamingSplits` from an `ExperimentConfig`: ``data.webdataset`` or ``data.stream_files`` for training,
     ``data.validation`` / ``data.test`` manifests for evaluation (with the stream's label vocabulary)."""
-    from multimodal.data.dataset import MultimodalDataset
-    from multimodal.data.manifest import read_manifest
 
     data = cfg.data
     notes: list[str] = []
