@@ -51,13 +51,16 @@ def state_bytes(model: torch.nn.Module) -> int:
 
 
 def candidates(model_dir: str, work: str, threads: int) -> dict[str, tuple[Predictor, int]]:
-    """name -> (Predictor, model file bytes) for the four candidates."""
+    """name -> (Predictor, model file bytes) for the five candidates (ORT int8 with and without Conv)."""
     name = os.path.basename(os.path.dirname(os.path.abspath(model_dir)))
     fp32, int8 = os.path.join(work, f"{name}-onnx"), os.path.join(work, f"{name}-onnx-int8")
+    int8_conv = os.path.join(work, f"{name}-onnx-int8-conv")
     if not os.path.exists(os.path.join(fp32, "deploy.json")):
         export_folder(model_dir, fp32)
     if not os.path.exists(os.path.join(int8, "deploy.json")):
         quantize_exported(fp32, int8)
+    if not os.path.exists(os.path.join(int8_conv, "deploy.json")):
+        quantize_exported(fp32, int8_conv, op_types=("MatMul", "Gather", "Conv"))
     model, labels, _ = load_source_model(model_dir)
     quantized = torch_int8(load_source_model(model_dir)[0]).eval()
     return {
@@ -65,6 +68,7 @@ def candidates(model_dir: str, work: str, threads: int) -> dict[str, tuple[Predi
         "pytorch int8 (torch.ao)": (Predictor(TorchBackend(quantized, labels)), state_bytes(quantized)),
         "onnxruntime fp32": (Predictor.from_pretrained(fp32, num_threads=threads), graph_bytes(fp32)),
         "onnxruntime int8": (Predictor.from_pretrained(int8, num_threads=threads), graph_bytes(int8)),
+        "onnxruntime int8 + Conv": (Predictor.from_pretrained(int8_conv, num_threads=threads), graph_bytes(int8_conv)),
     }
 
 
