@@ -1,4 +1,4 @@
-"""The experiment config: dataclass schema, YAML + ``key=value`` loading in layers, registry checks."""
+"""The experiment config: dataclass schema with each number's range, YAML + ``key=value`` loading in layers, checks."""
 
 from multimodal.config.checks import check_config
 from multimodal.config.loading import (
@@ -20,8 +20,10 @@ from multimodal.config.schema import (
     EvalConfig,
     ExperimentConfig,
     ModelConfig,
+    Range,
     RetrievalConfig,
     TrainConfig,
+    ranged,
 )
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "EvalConfig",
     "ExperimentConfig",
     "ModelConfig",
+    "Range",
     "RetrievalConfig",
     "TrainConfig",
     "check_config",
@@ -42,6 +45,7 @@ __all__ = [
     "parse_config_text",
     "parse_overrides",
     "parse_value",
+    "ranged",
     "read_config_file",
     "save_config",
 ]

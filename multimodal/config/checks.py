@@ -1,47 +1,114 @@
-"""Config checks against the registries (tasks, fusions, encoder kinds, demos), ranges and across fields.
+"""Every check of a built config, run once by `check_config` when the config is loaded.
 
-They run when a config is loaded, before any data is read or a model is built, and raise `ConfigError`
-naming the key. Task-specific rules come from the task class (`Task.check_config`, `Task.metric_names`).
+In order: ranges (each numeric field's `Range`, declared as field metadata in `multimodal.config.schema`;
+floats must also be finite), the registries (tasks, fusions, encoder kinds, demos), the experiment options
+(streaming, few-shot, cross-validation, adversarial training, distillation), the fine-tuning methods,
+the task's own rules (`Task.check_config`, `Task.metric_names`), rules across fields, and last the files the
+run reads. Each raises `ConfigError` naming the key, before any data is read or a model is built. (What the
+output folder holds, e.g. a checkpoint to resume, is checked when the run starts: `multimodal.tasks.outputs`.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-from typing import Any
+import functools
+import math
+import os
+import types
+import typing
+from typing import Any, Optional
 
 from encoders import EncoderError, parse_spec
 from fusion import list_fusions
-from multimodal.config.experiments import check_experiment_options
-from multimodal.config.finetune_checks import check_finetune
-from multimodal.config.schema import ConfigError, ExperimentConfig, ModelConfig
-from multimodal.config.validation import check_cross_fields, check_paths, check_ranges, short
-from multimodal.data.demos import get_demo, list_demos
+from multimodal.config.schema import ADVERSARIAL_TARGETS, ConfigError, ExperimentConfig, Range, short
+from multimodal.data.demos import list_demos
 from multimodal.registry import get_task, task_names
-from multimodal.utils import deep_merge
+
+MIXABLE = ("image", "audio", "audio-mel")
+"""Encoder kinds whose inputs mixup can mix."""
+CLASSIFIERS = ("single_label", "multi_label")
 
 
-def layered_defaults(values: dict) -> dict:
-    """The defaults that the task and the demo selected in `values` set for themselves (demo over task)."""
-    model = values.get("model") if isinstance(values.get("model"), dict) else {}
-    data = values.get("data") if isinstance(values.get("data"), dict) else {}
-    out: dict = {}
-    task = model.get("task", ModelConfig.task)
-    try:
-        out = deep_merge(out, dict(getattr(get_task(str(task)), "config_defaults", {}) or {}))
-    except KeyError:
-        pass  # check_config reports the unknown task
-    demo = data.get("demo")
-    if demo:
-        try:
-            out = deep_merge(out, dict(get_demo(str(demo)).config_defaults))
-        except KeyError:
-            pass
-    # Encoder options of the defaults apply only to the modalities the experiment has.
-    encoders = model.get("encoders") if isinstance(model.get("encoders"), dict) else ModelConfig().encoders
-    kwargs = (out.get("model") or {}).get("encoder_kwargs")
-    if isinstance(kwargs, dict):
-        out["model"] = {**out["model"], "encoder_kwargs": {m: v for m, v in kwargs.items() if m in encoders}}
+# -- Ranges, from the schema's field metadata ----------------------------------------------------------------
+
+
+def _numeric_kind(tp: Any) -> Optional[type]:
+    """int or float when a field's type is (an optional, a list or a mapping of) that number, else None."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        kinds = {_numeric_kind(a) for a in typing.get_args(tp) if a is not type(None)}
+        return kinds.pop() if len(kinds) == 1 else None
+    if origin in (list, tuple, dict):
+        args = typing.get_args(tp)
+        return _numeric_kind(args[-1 if origin is dict else 0]) if args else None
+    return tp if tp in (int, float) else None
+
+
+def _section(tp: Any) -> Optional[type]:
+    """The dataclass of a section field (``X`` or ``Optional[X]``), else None."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    tp = args[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1 else tp
+    return tp if dataclasses.is_dataclass(tp) else None
+
+
+@functools.cache
+def type_hints(cls: type) -> dict[str, Any]:
+    """`typing.get_type_hints` of a config dataclass, resolved once per class."""
+    return typing.get_type_hints(cls)
+
+
+@functools.cache
+def numeric_fields(cls: type, prefix: str = "") -> list[tuple[str, type, Optional[Range]]]:
+    """(dotted key, int or float, declared range or None) for every numeric field of a config dataclass tree,
+    optional sections (``model.peft``, ``train.adversarial``, ...) included."""
+    out: list[tuple[str, type, Optional[Range]]] = []
+    hints = type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        section = _section(hints[f.name])
+        if section is not None:
+            out.extend(numeric_fields(section, key + "."))
+            continue
+        kind = _numeric_kind(hints[f.name])
+        if kind is not None:
+            out.append((key, kind, f.metadata.get("range")))
     return out
+
+
+def _values(cfg: Any, key: str, prefix: str) -> list[tuple[str, Any]]:
+    """(where, value) for each number held at dotted `key` of `cfg` (the section at `prefix`); none inside an
+    unset optional section."""
+    *sections, name = key[len(prefix):].split(".")
+    for part in sections:
+        cfg = getattr(cfg, part)
+        if cfg is None:
+            return []
+    value = getattr(cfg, name)
+    if isinstance(value, dict):
+        return [(f"{key}.{k}", v) for k, v in value.items()]
+    if isinstance(value, (list, tuple)):
+        return [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+    return [(key, value)]
+
+
+def check_ranges(cfg: Any, prefix: str = "") -> None:
+    """Raise `ConfigError` for a numeric value that is not finite or outside its field's range.
+
+    `cfg` is a whole config or one section of it with its dotted `prefix` (``check_ranges(cfg.train, "train.")``).
+    """
+    for key, _kind, allowed in numeric_fields(type(cfg), prefix):
+        for where, v in _values(cfg, key, prefix):
+            if v is None:
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{where}: {v} is not a finite number"
+                                  + (f"; allowed: {allowed.describe()}" if allowed else ""))
+            if allowed is not None and not allowed.contains(v):
+                raise ConfigError(f"{where}: {short(v)} is out of range; allowed: {allowed.describe()}")
+
+
+# -- Registries ----------------------------------------------------------------------------------------------
 
 
 def _did_you_mean(value: str, choices: list[str]) -> str:
@@ -61,17 +128,18 @@ def _check_registered(key: str, what: str, value: str, names: list[str], hint: s
                           f"{', '.join(names)} ({hint})")
 
 
-def check_config(cfg: ExperimentConfig) -> None:
-    """Raise `ConfigError` naming the key for anything that would fail later (see module docstring)."""
-    model, data = cfg.model, cfg.data
-    check_ranges(cfg)  # numbers first: every later check may rely on them
+def _task_class(cfg: ExperimentConfig) -> Any:
     try:
-        task_cls = get_task(model.task)
+        return get_task(cfg.model.task)
     except KeyError:
         raise ConfigError(
-            f"model.task: unknown task {short(model.task)}{_did_you_mean(model.task, task_names())}; "
+            f"model.task: unknown task {short(cfg.model.task)}{_did_you_mean(cfg.model.task, task_names())}; "
             f"registered: {', '.join(task_names())} (register your own with multimodal.register_task)"
         ) from None
+
+
+def _check_model(cfg: ExperimentConfig, task_cls: Any) -> None:
+    model, data = cfg.model, cfg.data
     if not model.encoders:
         raise ConfigError("model.encoders is empty: give at least one modality -> encoder spec")
     for modality, spec in model.encoders.items():
@@ -88,18 +156,240 @@ def check_config(cfg: ExperimentConfig) -> None:
                           "register your own with fusion.register_fusion")
     if data.demo:
         _check_registered("data.demo", "demo", data.demo, [d.name for d in list_demos()], "see multimodal.data.list_demos()")
+
+
+# -- Experiment options: streaming, few-shot, cross-validation, adversarial training, distillation -----------
+
+
+def _check_data(cfg: ExperimentConfig) -> None:
+    data = cfg.data
     if data.webdataset and data.stream_files:
         raise ConfigError("data.webdataset and data.stream_files are both set: stream from one of them")
-    if (data.webdataset or data.stream_files) and model.task == "retrieval":
+    if (data.webdataset or data.stream_files) and cfg.model.task == "retrieval":
         raise ConfigError("data.webdataset / data.stream_files: streaming is for classification tasks; retrieval "
                           "draws one caption per item, which needs the whole table (use data.train)")
-    if (data.webdataset or data.stream_files) and data.shuffle_buffer < 1:
-        raise ConfigError(f"data.shuffle_buffer must be >= 1, got {data.shuffle_buffer}")
     if data.val_fraction + data.test_fraction >= 1:
         raise ConfigError(
             f"data.val_fraction ({data.val_fraction}) + data.test_fraction ({data.test_fraction}) must be < 1: "
             "nothing would be left to train on"
         )
+    if data.shots_per_class is not None and not data.label_column:
+        raise ConfigError("data.shots_per_class samples rows per class: set data.label_column")
+
+
+def _check_folds(cfg: ExperimentConfig) -> None:
+    data = cfg.data
+    folds, column = data.folds, data.fold_column
+    if folds is None and column is None:
+        if data.only_folds is not None:
+            raise ConfigError("data.only_folds picks folds of a cross-validation: set data.folds or data.fold_column")
+        return
+    if folds is not None and column is not None:
+        raise ConfigError(f"give data.folds ({folds!r}) or data.fold_column ({column!r}), not both")
+    if isinstance(folds, str) and folds != "groups":
+        raise ConfigError(f"data.folds: expected a number of folds (>= 2) or 'groups', got {folds!r}")
+    if isinstance(folds, int) and folds < 2:
+        raise ConfigError(f"data.folds: cross-validation needs at least 2 folds, got {folds}")
+    if folds == "groups" and not data.group_column:
+        raise ConfigError("data.folds=groups leaves out one value of data.group_column per fold: set data.group_column "
+                          "(e.g. the speaker column)")
+    for key in ("validation", "test"):
+        if getattr(data, key):
+            raise ConfigError(f"cross-validation pools one table into folds; data.{key} ({getattr(data, key)!r}) names a "
+                              "separate manifest: put every row in data.train")
+    if data.split_column:
+        raise ConfigError(f"cross-validation makes its own splits; data.split_column ({data.split_column!r}) would be "
+                          "ignored: set it to null")
+    only = data.only_folds
+    if only is not None:
+        if not only or len(set(only)) != len(only):
+            raise ConfigError(f"data.only_folds: give distinct fold positions (from 0), or null for every fold; got {only}")
+        if isinstance(folds, int) and max(only) >= folds:
+            raise ConfigError(f"data.only_folds: {max(only)} is not a fold of data.folds={folds} (positions 0 to "
+                              f"{folds - 1})")
+
+
+def _check_adversarial(cfg: ExperimentConfig) -> None:
+    adv = cfg.train.adversarial
+    if adv is None:
+        return
+    if cfg.train.distill is not None:
+        raise ConfigError("train.adversarial and train.distill cannot be combined: the adversarial step replaces the "
+                          "training loss that distillation would also replace; set one of them to null")
+    if cfg.train.linear_probe:
+        raise ConfigError("train.adversarial needs a trained head: train.linear_probe fits a logistic regression on "
+                          "fixed features, with no training step to attack")
+    if not adv.on:
+        raise ConfigError("train.adversarial.on is empty: list what to perturb (image, audio, text_embeddings)")
+    for i, target in enumerate(adv.on):
+        if target not in ADVERSARIAL_TARGETS:
+            raise ConfigError(f"train.adversarial.on[{i}]: unknown target {target!r}; choose from "
+                              f"{sorted(ADVERSARIAL_TARGETS)}")
+        if ADVERSARIAL_TARGETS[target] not in cfg.model.encoders:
+            raise ConfigError(f"train.adversarial.on[{i}]: {target!r} perturbs the {ADVERSARIAL_TARGETS[target]} "
+                              f"modality, which is not in model.encoders ({sorted(cfg.model.encoders)})")
+    if isinstance(adv.epsilon, dict):
+        for target in adv.epsilon:
+            if target not in adv.on:
+                raise ConfigError(f"train.adversarial.epsilon.{target}: {target!r} is not in train.adversarial.on "
+                                  f"({adv.on})")
+        missing = [t for t in adv.on if t not in adv.epsilon]
+        if missing:
+            raise ConfigError(f"train.adversarial.epsilon gives no radius for {missing}")
+
+
+def check_experiment_options(cfg: ExperimentConfig) -> None:
+    """Raise `ConfigError` for bad streaming, few-shot, cross-validation, adversarial or distillation settings."""
+    _check_data(cfg)
+    _check_folds(cfg)
+    _check_adversarial(cfg)
+    if cfg.train.distill is not None and not cfg.train.distill.teacher:
+        raise ConfigError("train.distill.teacher: give the teacher's model folder")
+
+
+# -- Fine-tuning methods -------------------------------------------------------------------------------------
+
+
+def _kind(spec: str) -> str:
+    return str(spec).split(":", 1)[0]
+
+
+def _check_adapters(cfg: ExperimentConfig) -> None:
+    model, encoders = cfg.model, cfg.model.encoders
+    for m in model.unlock_last_blocks:
+        if m not in encoders:
+            raise ConfigError(f"model.unlock_last_blocks names {m!r}, which is not in model.encoders ({sorted(encoders)})")
+    p = model.peft
+    if p is None:
+        return
+    _check_names("model.peft.modalities", p.modalities or [], encoders)
+    extra = sorted(set(p.target_modules) - set(encoders)) if isinstance(p.target_modules, dict) else []
+    if extra:
+        raise ConfigError(f"model.peft.target_modules names {extra}, which are not in model.encoders")
+    if model.unfreeze_after_epochs is not None:
+        raise ConfigError("model.peft and model.unfreeze_after_epochs cannot be combined: LoRA keeps the base frozen")
+    both = sorted(set(p.modalities or encoders) & set(model.unlock_last_blocks))
+    if both:
+        raise ConfigError(f"model.peft and model.unlock_last_blocks both name {both}: choose one per encoder")
+
+
+def _check_probe(cfg: ExperimentConfig) -> None:
+    model, train = cfg.model, cfg.train
+    if train.linear_probe:
+        if model.task not in CLASSIFIERS:
+            raise ConfigError(f"train.linear_probe fits classifiers; model.task={model.task!r} is not supported")
+        for key, value in (("model.peft", model.peft), ("model.unlock_last_blocks", model.unlock_last_blocks),
+                           ("train.wise_ft_alphas", train.wise_ft_alphas), ("train.ema_decay", train.ema_decay)):
+            if value:
+                raise ConfigError(f"train.linear_probe keeps the encoders frozen and trains nothing: unset {key}")
+    if train.probe_init:
+        if train.linear_probe:
+            raise ConfigError("train.probe_init fine-tunes from a fitted probe, train.linear_probe stops at the probe: "
+                              "set one of them")
+        if model.task not in CLASSIFIERS:
+            raise ConfigError(f"train.probe_init starts a classifier from a linear probe; model.task={model.task!r} "
+                              "is not supported")
+        if model.fusion != "concat" or model.head_hidden_dim is not None:
+            raise ConfigError("train.probe_init replaces the fusion and head with the probe's standardised "
+                              "concatenation and linear head: leave model.fusion=concat and model.head_hidden_dim=null")
+    if train.probe_cs is not None and not train.probe_cs:
+        raise ConfigError(f"train.probe_cs must be a non-empty list of positive numbers, got {train.probe_cs}")
+    if train.refit_full and not train.linear_probe:
+        raise ConfigError("train.refit_full applies to the linear probe (train.linear_probe=true)")
+    if train.wise_ft_alphas is not None and not train.wise_ft_alphas:
+        raise ConfigError(f"train.wise_ft_alphas must be a non-empty list in [0, 1], got {train.wise_ft_alphas}")
+
+
+def _check_augment(cfg: ExperimentConfig) -> None:
+    aug, encoders = cfg.data.augment, cfg.model.encoders
+    if aug.mixup_alpha > 0 or aug.cutmix_alpha > 0:
+        if cfg.model.task not in CLASSIFIERS:
+            raise ConfigError(f"data.augment.mixup_alpha / cutmix_alpha mix class labels; model.task={cfg.model.task!r}")
+        for m, spec in encoders.items():
+            if _kind(spec) not in MIXABLE:
+                raise ConfigError(f"data.augment.mixup_alpha / cutmix_alpha: the {m} encoder ({spec}) cannot be mixed; "
+                                  "only image and audio inputs can")
+            if aug.cutmix_alpha > 0 and _kind(spec) != "image":
+                raise ConfigError(f"data.augment.cutmix_alpha: cutmix cuts images; the {m} encoder is {spec}")
+    if (aug.spec_freq_masks or aug.spec_time_masks) and "audio" in encoders and _kind(encoders["audio"]) != "audio-mel":
+        raise ConfigError("data.augment.spec_freq_masks / spec_time_masks need an audio-mel encoder; Hugging Face "
+                          "audio models mask in their own config (e.g. wav2vec2 mask_time_prob)")
+    if aug.image_auto_augment and not (aug.image_auto_augment in ("randaugment", "trivialaugment")
+                                       or aug.image_auto_augment.startswith(("rand", "augmix", "original", "v0"))):
+        raise ConfigError(f"data.augment.image_auto_augment: {aug.image_auto_augment!r} is not 'randaugment', "
+                          "'trivialaugment' or a timm auto-augment string such as 'rand-m9-mstd0.5-inc1'")
+
+
+def check_finetune(cfg: ExperimentConfig) -> None:
+    """Raise `ConfigError` naming the key for settings the fine-tuning methods cannot run with."""
+    _check_adapters(cfg)
+    _check_probe(cfg)
+    _check_augment(cfg)
+
+
+# -- Across fields, and the files a run reads ----------------------------------------------------------------
+
+
+def check_cross_fields(cfg: Any) -> None:
+    """Rules that involve more than one value, or a value's content."""
+    data, rcfg = cfg.data, cfg.retrieval
+    if data.labels is not None:
+        if not data.labels:
+            raise ConfigError("data.labels is an empty list: give the label names, or null to read them from the data")
+        seen: set[str] = set()
+        for name in data.labels:
+            if str(name) in seen:
+                raise ConfigError(f"data.labels: {short(name)} appears twice; label names must be unique")
+            seen.add(str(name))
+    if cfg.model.task == "multi_label" and not data.multi_label_separator:
+        raise ConfigError("data.multi_label_separator is empty: multi-label cells need a separator (default '|')")
+    templates = rcfg.templates
+    if templates is not None:
+        if not templates:
+            raise ConfigError("retrieval.templates is an empty list: give templates with {} or null for the defaults")
+        is_file = len(templates) == 1 and _exists(templates[0], "file")
+        for t in [] if is_file else templates:
+            if "{}" not in t:
+                raise ConfigError(f"retrieval.templates: {short(t)} has no '{{}}' placeholder for the class name")
+
+
+def _exists(path: str, kind: str = "any") -> bool:
+    try:
+        expanded = os.path.expanduser(path)
+        return os.path.isdir(expanded) if kind == "dir" else (
+            os.path.isfile(expanded) if kind == "file" else os.path.exists(expanded))
+    except (ValueError, OSError):  # an embedded NUL byte, a name too long for the file system
+        return False
+
+
+def check_paths(cfg: Any) -> None:
+    """The files and folders a run reads must exist (relative paths are taken from the working directory)."""
+    data, train = cfg.data, cfg.train
+    if not data.demo:
+        if data.hf_dataset is not None:
+            if not _exists(data.hf_dataset, "dir"):
+                raise ConfigError(f"data.hf_dataset: folder {short(data.hf_dataset)} does not exist "
+                                  "(a folder written by datasets' save_to_disk)")
+        else:
+            for name in ("train", "validation", "test"):
+                path = getattr(data, name)
+                if path is not None and not _exists(path, "file"):
+                    where = "is a folder, not a manifest file" if _exists(path, "dir") else "does not exist"
+                    raise ConfigError(f"data.{name}: manifest {short(path)} {where}")
+    if not train.output_dir or not train.output_dir.strip():
+        raise ConfigError("train.output_dir is empty: give the folder the run writes to")
+    if _exists(train.output_dir) and not _exists(train.output_dir, "dir"):
+        raise ConfigError(f"train.output_dir: {short(train.output_dir)} exists and is not a folder")
+    cache = data.feature_cache
+    if cache not in (None, "auto") and _exists(cache) and not _exists(cache, "dir"):
+        raise ConfigError(f"data.feature_cache: {short(cache)} exists and is not a folder")
+
+
+def check_config(cfg: ExperimentConfig) -> None:
+    """Raise `ConfigError` naming the key for anything that would fail later (see module docstring)."""
+    check_ranges(cfg)  # numbers first: every later check may rely on them
+    task_cls = _task_class(cfg)
+    _check_model(cfg, task_cls)
     check_experiment_options(cfg)
     if cfg.train.epochs == 0 and not task_cls.allows_zero_epochs:
         raise ConfigError(f"train.epochs: 0 is out of range; allowed: >= 1 (0, evaluating the model untrained, only "
@@ -111,7 +401,7 @@ def check_config(cfg: ExperimentConfig) -> None:
         names = task_cls.metric_names(cfg)
         if names is not None and metric not in names:
             raise ConfigError(
-                f"train.metric_for_best: {short(metric)} is not a validation metric of task {model.task!r}"
+                f"train.metric_for_best: {short(metric)} is not a validation metric of task {cfg.model.task!r}"
                 f"{_did_you_mean(metric, sorted(names))}; choose one of {sorted(names)}"
             )
     check_cross_fields(cfg)

@@ -22,9 +22,10 @@ from typing import Any, Literal, Optional, TypeVar, Union
 
 import yaml
 
-from multimodal.config.checks import check_config, layered_defaults
-from multimodal.config.schema import ConfigError, ExperimentConfig
-from multimodal.config.validation import short, type_hints
+from multimodal.config.checks import check_config, type_hints
+from multimodal.config.schema import ConfigError, ExperimentConfig, ModelConfig, short
+from multimodal.data.demos import get_demo
+from multimodal.registry import get_task
 from multimodal.utils import deep_merge, write_text
 
 T = TypeVar("T")
@@ -210,6 +211,29 @@ def _build_dataclass(cls: type[T], values: dict, prefix: str = "") -> T:
             raise ConfigError(f"unknown config key {short(full)} in {where}{extra} (valid: {', '.join(names)})")
         kwargs[key] = _coerce(value, hints[key], full)
     return cls(**kwargs)
+
+
+def layered_defaults(values: dict) -> dict:
+    """The defaults that the task and the demo selected in `values` set for themselves (demo over task)."""
+    model = values.get("model") if isinstance(values.get("model"), dict) else {}
+    data = values.get("data") if isinstance(values.get("data"), dict) else {}
+    out: dict = {}
+    task = model.get("task", ModelConfig.task)
+    try:
+        out = deep_merge(out, dict(getattr(get_task(str(task)), "config_defaults", {}) or {}))
+    except KeyError:
+        pass  # check_config reports the unknown task
+    if data.get("demo"):
+        try:
+            out = deep_merge(out, dict(get_demo(str(data["demo"])).config_defaults))
+        except KeyError:
+            pass
+    # Encoder options of the defaults apply only to the modalities the experiment has.
+    encoders = model.get("encoders") if isinstance(model.get("encoders"), dict) else ModelConfig().encoders
+    kwargs = (out.get("model") or {}).get("encoder_kwargs")
+    if isinstance(kwargs, dict):
+        out["model"] = {**out["model"], "encoder_kwargs": {m: v for m, v in kwargs.items() if m in encoders}}
+    return out
 
 
 def config_from_dict(values: Optional[dict], cls: type[T] = ExperimentConfig, check: bool = True) -> T:

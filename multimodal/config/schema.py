@@ -1,18 +1,83 @@
-"""The experiment config: a tree of dataclasses, one section per concern.
+"""The experiment config: a tree of dataclasses, one section per concern, each number with its allowed range.
 
 Defaults live here, except the few a task or a built-in demo sets for itself (`Task.config_defaults`,
 `multimodal.data.demos`): values resolve as dataclass default < task default < demo default < YAML file
 < ``key=value`` override, and the resolved config is written next to every run's outputs.
+
+Every numeric field declares its allowed values as field metadata, ``ranged(default, Range(...))`` (or
+``field(..., metadata={"range": Range(...)})`` in a user's own section); `multimodal.config.checks` checks them,
+with everything else, once when a config is loaded.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import reprlib
+from dataclasses import MISSING, dataclass, field
 from typing import Any, Literal, Optional, Union
+
+_short = reprlib.Repr()
+_short.maxstring, _short.maxother, _short.maxlist = 80, 80, 6
+SEED_MAX = 2**32 - 1  # numpy's global seed limit (accelerate's set_seed seeds numpy too)
+WIDTH_MAX = 2**16  # layer widths beyond this would not fit in memory anyway
 
 
 class ConfigError(ValueError):
     """A config key is unknown, its value has the wrong type or range, or it names something not registered."""
+
+
+def short(value: Any) -> str:
+    """A bounded repr of a config value for error messages."""
+    return _short.repr(value)
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric field: ``low <= v <= high``, either end optional or exclusive."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False  # True: low itself is not allowed
+    high_open: bool = False
+    note: str = ""  # e.g. "null turns clipping off"
+
+    def contains(self, value: float) -> bool:
+        """Whether `value` lies in the range."""
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            return False
+        return True
+
+    def describe(self) -> str:
+        """The range as text: '>= 1', '> 0', 'in [0, 1)'."""
+        if self.low is not None and self.high is not None:
+            text = f"in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{')' if self.high_open else ']'}"
+        elif self.low is not None:
+            text = f"{'>' if self.low_open else '>='} {_num(self.low)}"
+        elif self.high is not None:
+            text = f"{'<' if self.high_open else '<='} {_num(self.high)}"
+        else:
+            text = "any finite number"
+        return f"{text} ({self.note})" if self.note else text
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+POSITIVE = Range(1)  # integers >= 1
+NON_NEGATIVE = Range(0)
+FRACTION = Range(0, 1, high_open=True)  # a probability that must leave something: [0, 1)
+PROBABILITY = Range(0, 1, note="a probability")
+SEED = Range(0, SEED_MAX)
+WIDTH = Range(1, WIDTH_MAX)
+
+
+def ranged(default: Any, allowed: Range, *, factory: Any = MISSING) -> Any:
+    """A dataclass field whose value (or each value of a list) must lie in `allowed`; checked at load time."""
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata={"range": allowed})
+    return field(default=default, metadata={"range": allowed})
 
 
 @dataclass
@@ -27,7 +92,7 @@ class DataConfig:
     hf_dataset: Optional[str] = None
     # A built-in demo generated locally (see `multimodal.data.list_demos()`); ignores the manifests above.
     demo: Optional[str] = None
-    demo_size: Optional[int] = None  # None: the demo's own size
+    demo_size: Optional[int] = ranged(None, Range(1, note="null: the demo's own size"))
     demo_dir: Optional[str] = None  # None: $MULTIMODAL_CACHE/demo or ~/.cache/multimodal-finetune/demo
     # Column names; a modality whose column is null is not read.
     text_column: Optional[str] = "text"
@@ -44,30 +109,33 @@ class DataConfig:
     # Fixed label vocabulary (its order is the model's output order); by default built from the training split.
     labels: Optional[list[str]] = None
     # Held-out fractions of the rows (or groups) when the data does not name a validation/test split.
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    split_seed: int = 0
+    val_fraction: float = ranged(0.1, FRACTION)
+    test_fraction: float = ranged(0.1, FRACTION)
+    split_seed: int = ranged(0, SEED)
     stratify: bool = True
     # Modalities that must be present in every row; an absent one elsewhere becomes present=False.
     required_modalities: list[str] = field(default_factory=list)
     on_bad_sample: Literal["error", "skip"] = "error"
     # Open/verify every file once when the dataset is built, so errors and skip counts come before training.
     validate: bool = True
-    num_workers: int = 2
+    num_workers: int = ranged(2, Range(0, 256, note="0 loads in the main process"))
     # Frozen-encoder feature cache: "auto" ($MULTIMODAL_CACHE/features), a directory, or null (off). Only
     # encoders that stay frozen for the whole run are cached (eval preprocessing, so no augmentation).
     feature_cache: Optional[str] = "auto"
-    max_train_samples: Optional[int] = None
+    max_train_samples: Optional[int] = ranged(None, Range(1, note="null: all rows"))
     # Few-shot: K seeded training rows per class (K groups per class with group_column), validation cut to at most
     # K per class too; single-label only.
-    shots_per_class: Optional[int] = None
-    # Cross-validation in one run: K (seeded stratified K-fold; groups kept whole) or "groups" (leave one
-    # group_column value out per fold). Each fold's validation split is carved from its training folds.
+    shots_per_class: Optional[int] = ranged(None, Range(1, note="null: every training row"))
+    # Cross-validation in one run: K (scikit-learn's seeded StratifiedKFold, StratifiedGroupKFold with group_column)
+    # or "groups" (leave one group_column value out per fold). Each fold's validation split is carved from its
+    # training folds.
     folds: Optional[Union[int, str]] = None
     # ... or the column that names each row's fold (e.g. ESC-50's fold 1-5): one fold per distinct value.
     fold_column: Optional[str] = None
+    # Run only these folds (positions in the list of folds, from 0), e.g. [0, 2]; null: every fold.
+    only_folds: Optional[list[int]] = ranged(None, Range(0, note="fold positions, from 0"))
     # Seed of the K-shot sample (None: split_seed), so shots can vary while the splits (and a demo) stay fixed.
-    shots_seed: Optional[int] = None
+    shots_seed: Optional[int] = ranged(None, SEED)
     # Training-time augmentation (see AugmentConfig); an augmented modality is never read from the feature cache.
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig())
     # Stream the training data instead of data.train (validation/test stay manifests): WebDataset tar shards
@@ -75,7 +143,8 @@ class DataConfig:
     # read with datasets' streaming=True ("parts/*.parquet"). See multimodal.data.streaming.
     webdataset: Optional[str] = None
     stream_files: Optional[str] = None
-    shuffle_buffer: int = 1000  # undecoded records per process in the streaming shuffle buffer
+    # Undecoded records per process in the streaming shuffle buffer.
+    shuffle_buffer: int = ranged(1000, Range(1, note="records per process in the streaming shuffle buffer"))
 
 
 @dataclass
@@ -95,28 +164,32 @@ class ModelConfig:
     # A registered fusion (`fusion.list_fusions()`); classification tasks only.
     fusion: str = "concat"
     # Width of the fused vector (classification) or of the shared embedding space (retrieval).
-    fusion_dim: int = 256
+    fusion_dim: int = ranged(256, WIDTH)
     fusion_kwargs: dict[str, Any] = field(default_factory=dict)
     # A registered task (`multimodal.list_tasks()`): single_label, multi_label, regression, retrieval, ...
     task: str = "single_label"
-    head_hidden_dim: Optional[int] = None
-    head_dropout: float = 0.1
-    modality_dropout: float = 0.0
+    head_hidden_dim: Optional[int] = ranged(None, Range(1, WIDTH_MAX, note="null: a linear head"))
+    head_dropout: float = ranged(0.1, FRACTION)
+    modality_dropout: float = ranged(0.0, FRACTION)
     # true: freeze every encoder; a list: freeze those modalities (e.g. [image] for LiT); false: train all.
     freeze_encoders: Union[bool, list[str]] = False
     # Frozen encoders train again from this epoch on.
-    unfreeze_after_epochs: Optional[int] = None
+    unfreeze_after_epochs: Optional[int] = ranged(None, NON_NEGATIVE)
     grad_checkpointing: bool = False
     # LoRA adapters through the peft library (see PeftConfig); only adapters and heads train.
     peft: Optional[PeftConfig] = None
     # Train only the last N blocks of these encoders (e.g. {image: 2, text: 1}); the rest stays frozen.
-    unlock_last_blocks: dict[str, int] = field(default_factory=dict)
+    unlock_last_blocks: dict[str, int] = ranged(MISSING, NON_NEGATIVE, factory=dict)
     # Task multitask: name -> {column, task (single_label|multi_label|regression), weight, labels}; one head each.
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     # A saved model folder whose weights start this run (task prompt_classifier: a two-tower model).
     init_from: Optional[str] = None
     # Task prompt_classifier: class weights from prompt-template text embeddings ("prompts") or random.
     classifier_init: Literal["prompts", "random"] = "prompts"
+
+
+ADVERSARIAL_TARGETS = {"image": "image", "audio": "audio", "text_embeddings": "text"}
+"""Entries of ``train.adversarial.on`` and the modality each perturbs."""
 
 
 @dataclass
@@ -126,9 +199,10 @@ class AdversarialConfig:
     method: Literal["fgsm", "pgd"] = "pgd"
     # Radius: one number, or one per entry of `on`. image: L-inf in [0, 1] pixel units; audio: L-inf in the
     # encoder's float input (the waveform for audio-mel); text_embeddings: L2 per example over its tokens.
-    epsilon: Union[float, dict[str, float]] = 0.03
-    steps: int = 3  # ascent steps (pgd); fgsm takes one
-    step_size: Optional[float] = None  # default: 2.5 * epsilon / steps (pgd), 1.25 * epsilon (fgsm)
+    epsilon: Union[float, dict[str, float]] = ranged(0.03, Range(0, low_open=True))
+    steps: int = ranged(3, POSITIVE)  # ascent steps (pgd); fgsm takes one
+    # Default: 2.5 * epsilon / steps (pgd), 1.25 * epsilon (fgsm).
+    step_size: Optional[float] = ranged(None, Range(0, low_open=True, note="null: from epsilon and steps"))
     on: list[str] = field(default_factory=lambda: ["image"])  # image, audio, text_embeddings
     # True: each batch trains on its clean and its adversarial copy (half the loss each); False: adversarial only.
     mix: bool = True
@@ -138,20 +212,12 @@ class AdversarialConfig:
 class DistillConfig:
     """Knowledge distillation from a trained teacher model folder (`multimodal.training.distill`)."""
 
-    teacher: str = ""  # the teacher's model folder (save_pretrained), e.g. outputs/<run>/model
+    teacher: str = ""  # the teacher's model folder (save_pretrained), e.g. outputs/<run>/model (required)
     # Weight of the distillation loss; the task loss gets (1 - alpha).
-    alpha: float = 0.5
-    temperature: float = 2.0
+    alpha: float = ranged(0.5, Range(0, 1))
+    temperature: float = ranged(2.0, Range(0, low_open=True))
     # The teacher folder may hold encoders saved with trust_remote_code: allow their code to run.
     trust_remote_code: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.teacher:
-            raise ConfigError("train.distill.teacher: give the teacher's model folder")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"train.distill.alpha must be in [0, 1], got {self.alpha}")
-        if not self.temperature > 0:
-            raise ConfigError(f"train.distill.temperature must be positive, got {self.temperature}")
 
 
 @dataclass
@@ -159,29 +225,29 @@ class TrainConfig:
     """Optimisation, schedule, checkpointing and early stopping."""
 
     output_dir: str = "outputs/run"
-    epochs: int = 3
-    batch_size: int = 32
-    encoder_lr: float = 2e-5
-    head_lr: float = 1e-3
-    weight_decay: float = 0.01
+    epochs: int = ranged(3, Range(0, note="0 only for tasks that evaluate an untrained model (prompt_classifier)"))
+    batch_size: int = ranged(32, POSITIVE)
+    encoder_lr: float = ranged(2e-5, Range(0, note="0 leaves the trainable encoders unchanged"))
+    head_lr: float = ranged(1e-3, Range(0, low_open=True))
+    weight_decay: float = ranged(0.01, NON_NEGATIVE)
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = 0.1
-    warmup_steps: Optional[int] = None
-    grad_accum_steps: int = 1
-    max_grad_norm: Optional[float] = 1.0
+    warmup_ratio: float = ranged(0.1, Range(0, 1))
+    warmup_steps: Optional[int] = ranged(None, Range(0, note="null: warmup_ratio of the steps"))
+    grad_accum_steps: int = ranged(1, POSITIVE)
+    max_grad_norm: Optional[float] = ranged(1.0, Range(0, low_open=True, note="null turns clipping off"))
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    seed: int = 42
-    log_every: int = 10
+    seed: int = ranged(42, SEED)
+    log_every: int = ranged(10, POSITIVE)
     log_with: Literal["auto", "tensorboard", "none"] = "auto"
     # Checkpoints (accelerator.save_state) go to output_dir/checkpoints/.
     save_checkpoints: bool = True
-    save_every_steps: Optional[int] = None
-    keep_checkpoints: Optional[int] = 2
+    save_every_steps: Optional[int] = ranged(None, Range(1, note="null: checkpoints at epoch ends only"))
+    keep_checkpoints: Optional[int] = ranged(2, Range(1, note="null keeps all"))
     # A checkpoint directory, or "latest" for the newest one under output_dir/checkpoints.
     resume_from: Optional[str] = None
     # Stop the run (after checkpointing) once this many optimizer steps are done; the schedule is unchanged.
-    stop_after_steps: Optional[int] = None
-    early_stopping_patience: Optional[int] = None
+    stop_after_steps: Optional[int] = ranged(None, POSITIVE)
+    early_stopping_patience: Optional[int] = ranged(None, Range(1, note="null: no early stopping"))
     # "auto": the task's own (macro_f1, micro_f1, mse, rsum); any key of the task's validation metrics.
     metric_for_best: str = "auto"
     metric_mode: Literal["auto", "max", "min"] = "auto"
@@ -193,7 +259,8 @@ class TrainConfig:
     # Linear probe: frozen encoders, standardised concatenated features, a multinomial logistic regression
     # fitted exactly (L-BFGS); its L2 strength C is chosen on validation from probe_cs (default 1e-4 .. 1e2).
     linear_probe: bool = False
-    probe_cs: Optional[list[float]] = None
+    probe_cs: Optional[list[float]] = ranged(
+        None, Range(0, low_open=True, note="inverse L2 strengths of the linear probe"))
     # After choosing C (probe) or the epoch count (trained heads) on validation, refit on train+validation.
     # null: on for the linear probe, off otherwise.
     refit_full: Optional[bool] = None
@@ -201,32 +268,33 @@ class TrainConfig:
     # fine-tune from it. The fusion becomes the probe's standardised concatenation and the head linear.
     probe_init: bool = False
     # Layer-wise LR decay: an encoder layer k below the top gets encoder_lr * layer_decay**k (e.g. 0.75).
-    layer_decay: Optional[float] = None
+    layer_decay: Optional[float] = ranged(None, Range(0, 1, low_open=True, note="1: no decay"))
     # EMA of the weights (timm ModelEmaV3), updated every optimizer step, evaluated every epoch, checkpointed.
-    ema_decay: Optional[float] = None
+    ema_decay: Optional[float] = ranged(None, Range(0, 1, low_open=True, high_open=True))
     ema_warmup: bool = True  # decay ramps up from 0 (1 - (1 + step)^-2/3), so short runs average sensibly
     ema_save: bool = True  # select the best epoch on, and save, the EMA weights (false: the raw weights)
     # WiSE-FT: interpolate start and fine-tuned weights at these alphas, keep the best on validation.
-    wise_ft_alphas: Optional[list[float]] = None
+    wise_ft_alphas: Optional[list[float]] = ranged(
+        None, Range(0, 1, note="0: the starting weights, 1: the fine-tuned ones"))
     # Replace an earlier run found in output_dir (metrics.json, model/, checkpoints/); false: refuse to start.
     overwrite_output_dir: bool = False
     # Seconds any collective may wait for the other processes before failing the run (null: torch's default,
     # 10-30 min); a hung or lost rank then ends the job with an error instead of stalling it.
-    dist_timeout_s: Optional[float] = None
+    dist_timeout_s: Optional[float] = ranged(None, Range(0, low_open=True, note="null: torch's default"))
 
 
 @dataclass
 class EvalConfig:
     """Evaluation and reporting."""
 
-    batch_size: Optional[int] = None
+    batch_size: Optional[int] = ranged(None, Range(1, note="null: train.batch_size"))
     # Also train one single-modality model per modality (same settings) and record their test metrics.
     baselines: bool = False
     # Recall@K cut-offs for retrieval tasks.
-    recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])
+    recall_at: list[int] = ranged(MISSING, POSITIVE, factory=lambda: [1, 5, 10])
     # report.md (and report.html) for the test split, with plots.
     html_report: bool = True
-    num_examples: int = 5
+    num_examples: int = ranged(5, NON_NEGATIVE)
 
 
 @dataclass
@@ -237,7 +305,7 @@ class RetrievalConfig:
     # its other captions are never its negatives. False: every row, plain shuffling.
     one_caption_per_item: bool = True
     projection: Literal["linear", "mlp"] = "linear"
-    projection_hidden_dim: Optional[int] = None
+    projection_hidden_dim: Optional[int] = ranged(None, Range(1, WIDTH_MAX, note="null: the embedding width"))
     # Contrast against the global batch across processes (all-gather) rather than the local one.
     gather: bool = True
     # Zero-shot classification of each non-text modality from the label column, when there is one.
@@ -267,19 +335,20 @@ class AugmentConfig:
 
     # timm RandAugment string (e.g. "rand-m9-mstd0.5-inc1"), or "randaugment" / "trivialaugment".
     image_auto_augment: Optional[str] = None
-    image_scale: Optional[list[float]] = None  # RandomResizedCrop area range; timm's default (0.08, 1)
-    image_hflip: Optional[float] = None  # flip probability; timm's default 0.5 (use 0 for digits and text)
-    image_color_jitter: Optional[float] = None  # timm's default 0.4
-    audio_gain_db: float = 0.0  # random gain, uniform in +-dB
-    audio_shift_seconds: float = 0.0  # random circular time shift, uniform in +-seconds
-    spec_freq_masks: int = 0  # SpecAugment frequency masks per clip (audio-mel encoders)
-    spec_freq_mask_width: float = 0.15  # widest mask, as a fraction of the mel bins
-    spec_time_masks: int = 0  # SpecAugment time masks per clip (audio-mel encoders)
-    spec_time_mask_width: float = 0.1  # widest mask, as a fraction of the clip
-    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing of pairs (timm's helpers); 0 = off
-    cutmix_alpha: float = 0.0  # images only; with mixup too, each batch picks one of the two
-    mix_prob: float = 1.0  # probability that a batch is mixed
-    label_smoothing: float = 0.0  # applied with mixup/cutmix targets
+    # RandomResizedCrop area range; timm's default (0.08, 1).
+    image_scale: Optional[list[float]] = ranged(None, Range(0, 1, low_open=True, note="RandomResizedCrop area fractions"))
+    image_hflip: Optional[float] = ranged(None, PROBABILITY)  # timm's default 0.5 (use 0 for digits and text)
+    image_color_jitter: Optional[float] = ranged(None, NON_NEGATIVE)  # timm's default 0.4
+    audio_gain_db: float = ranged(0.0, NON_NEGATIVE)  # random gain, uniform in +-dB
+    audio_shift_seconds: float = ranged(0.0, NON_NEGATIVE)  # random circular time shift, uniform in +-seconds
+    spec_freq_masks: int = ranged(0, NON_NEGATIVE)  # SpecAugment frequency masks per clip (audio-mel encoders)
+    spec_freq_mask_width: float = ranged(0.15, Range(0, 1, note="a fraction of the mel bins"))  # widest mask
+    spec_time_masks: int = ranged(0, NON_NEGATIVE)  # SpecAugment time masks per clip (audio-mel encoders)
+    spec_time_mask_width: float = ranged(0.1, Range(0, 1, note="a fraction of the clip"))  # widest mask
+    mixup_alpha: float = ranged(0.0, Range(0, note="0 turns mixup off"))  # Beta(alpha, alpha) mixing (timm's helpers)
+    cutmix_alpha: float = ranged(0.0, Range(0, note="0 turns cutmix off"))  # images only; with mixup, one of the two
+    mix_prob: float = ranged(1.0, PROBABILITY)  # probability that a batch is mixed
+    label_smoothing: float = ranged(0.0, FRACTION)  # applied with mixup/cutmix targets
 
 
 @dataclass
@@ -288,8 +357,8 @@ class PeftConfig:
     modality (a mapping); null: the family default (see multimodal.models.peft.DEFAULT_TARGETS)."""
 
     method: Literal["lora"] = "lora"
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
+    r: int = ranged(8, POSITIVE)
+    alpha: float = ranged(16.0, Range(0, low_open=True, note="LoRA scaling is alpha / r"))
+    dropout: float = ranged(0.0, FRACTION)
     target_modules: Optional[Union[list[str], dict[str, list[str]]]] = None
     modalities: Optional[list[str]] = None  # null: every encoder

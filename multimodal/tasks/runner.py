@@ -20,9 +20,8 @@ import torch
 from accelerate.utils import gather_object
 
 from encoders.base import jsonable
-from multimodal.config.experiments import ADVERSARIAL_TARGETS
 from multimodal.config.loading import config_to_dict, parse_cli, save_config
-from multimodal.config.schema import ExperimentConfig
+from multimodal.config.schema import ADVERSARIAL_TARGETS, ExperimentConfig
 from multimodal.data import augment
 from multimodal.data.cached import CachedFeatureCollator, cache_datasets, frozen_modalities, resolve_cache_dir
 from multimodal.data.loading import Collator, make_dataloader

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from encoders.base import EncoderOutput
-from multimodal.config.experiments import ADVERSARIAL_TARGETS
+from multimodal.config.schema import ADVERSARIAL_TARGETS
 from multimodal.models.base import ModelOutput
 from multimodal.training.predict import forward_batch
 

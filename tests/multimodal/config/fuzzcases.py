@@ -9,7 +9,7 @@ import random
 import yaml
 
 from multimodal.config import ExperimentConfig
-from multimodal.config.validation import numeric_fields
+from multimodal.config.checks import numeric_fields
 
 
 def _keys(cls=ExperimentConfig, prefix: str = "") -> list[str]:
