@@ -34,14 +34,13 @@ from fault_injection import _overrides, make_data  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from multimodal import load_config, run  # noqa: E402
-from multimodal.cache import FeatureCache  # noqa: E402
+from multimodal.cache import FeatureCache, cache_datasets  # noqa: E402
 from multimodal.config import DataConfig  # noqa: E402
 from multimodal.data import BadSampleError, Collator, build_splits, make_dataloader  # noqa: E402
-from multimodal.data.cached import cache_datasets  # noqa: E402
 from multimodal.training.checkpoints import resolve_latest  # noqa: E402
 from multimodal.training.integrity import file_manifest  # noqa: E402
 from multimodal.utils import write_json as write_state  # noqa: E402
-from tests.multimodal.test_cache import CountingImageEncoder  # noqa: E402
+from tests.multimodal.cache.test_cache import CountingImageEncoder  # noqa: E402
 
 
 def _cut(path: str, keep: float = 0.5) -> None:

@@ -23,8 +23,8 @@ from typing import Any, Optional
 
 import torch
 
+from multimodal.cache import CachedFeatureCollator, cache_datasets, frozen_modalities
 from multimodal.config.schema import ADVERSARIAL_TARGETS, AdversarialConfig, ConfigError, ExperimentConfig
-from multimodal.data.cached import CachedFeatureCollator, cache_datasets, frozen_modalities
 from multimodal.data.dataset import DataError
 from multimodal.data.loading import Collator, make_dataloader
 from multimodal.data.manifest import read_manifest

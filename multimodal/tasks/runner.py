@@ -20,10 +20,10 @@ import torch
 from accelerate.utils import gather_object
 
 from encoders.base import jsonable
+from multimodal.cache import CachedFeatureCollator, cache_datasets, frozen_modalities, resolve_cache_dir
 from multimodal.config.loading import config_to_dict, parse_cli, save_config
 from multimodal.config.schema import ADVERSARIAL_TARGETS, ExperimentConfig
 from multimodal.data import augment
-from multimodal.data.cached import CachedFeatureCollator, cache_datasets, frozen_modalities, resolve_cache_dir
 from multimodal.data.loading import Collator, make_dataloader
 from multimodal.data.splits import DataSplits, write_splits
 from multimodal.data.streaming import StreamingDataset, stream_loader

@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 
 from multimodal import load_config, run
+from multimodal.cache import CachedFeatureCollator, cache_datasets
 from multimodal.config import DataConfig
 from multimodal.data import BadSampleError, Collator, DataError, build_splits, make_dataloader
-from multimodal.data.cached import CachedFeatureCollator, cache_datasets
-from tests.multimodal.test_cache import CountingImageEncoder
+from tests.multimodal.cache.test_cache import CountingImageEncoder
 
 
 class _Model(torch.nn.Module):

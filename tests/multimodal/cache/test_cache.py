@@ -155,8 +155,8 @@ class _Lengths:
 
 
 def test_dataset_and_collator_yield_features_without_loading(tmp_path, images):
+    from multimodal.cache import CachedFeatureCollator, CachedFeatureDataset
     from multimodal.data import Collator, MultimodalDataset
-    from multimodal.data.cached import CachedFeatureCollator, CachedFeatureDataset
 
     rows = [{"image": os.path.basename(p), "text": f"caption {i}", "label": str(i % 2)} for i, p in enumerate(images)]
     rows.append({"image": None, "text": "no image", "label": "0"})
@@ -244,3 +244,27 @@ def test_palette_image_keys_follow_the_colours_the_encoder_sees():
     assert red.tobytes() == blue.tobytes()  # same indices, different colours
     assert content_key("image", red) != content_key("image", blue)
     assert content_key("image", red) == content_key("image", red.convert("RGB"))
+
+
+def test_the_fill_path_runs_the_tower_through_encode_batch_only(tmp_path, images, monkeypatch):
+    """`encode_batch` is the one seam a faster encoding backend replaces: what it returns is what gets stored."""
+    from multimodal.cache import encode as encode_module
+
+    real = encode_module.encode_batch
+    seen = []
+
+    def doubled(encoder, preprocess, raw, device):
+        seen.append((len(raw), encoder.training))
+        out = real(encoder, preprocess, raw, device)
+        return EncoderOutput(out.pooled * 2, out.tokens * 2, out.mask)
+
+    monkeypatch.setattr(encode_module, "encode_batch", doubled)
+    enc = CountingImageEncoder()
+    cache = FeatureCache(enc, tmp_path / "cache", shard_size=3)
+    keys = cache.build(images, batch_size=2, show_progress=False)
+    assert seen == [(2, False), (2, False), (1, False)] and enc.calls == 5  # in eval mode
+    assert enc.training  # and back in the mode it came in
+    with torch.no_grad():
+        direct = enc(enc.get_preprocessor(False)([Image.open(p) for p in images]))
+    assert torch.allclose(cache.load(keys).pooled, direct.pooled * 2)
+    assert len(list((tmp_path / "cache").glob("*/shard-*.json"))) == 2  # shards of about shard_size items

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from multimodal.cache import FeatureCache
-from multimodal.cache_files import ORPHAN_AGE_S
+from multimodal.cache.files import ORPHAN_AGE_S
 from multimodal.data import DataError
-from tests.multimodal.test_cache import CountingImageEncoder, images  # noqa: F401 - `images` is a fixture
+from tests.multimodal.cache.test_cache import CountingImageEncoder, images  # noqa: F401 - `images` is a fixture
 
 
 def _built(tmp_path, images):  # noqa: F811

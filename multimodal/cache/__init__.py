@@ -1,0 +1,56 @@
+"""On-disk cache of frozen-encoder features, so a locked tower encodes each item once.
+
+One module per concern:
+
+* `keys`: what an entry is keyed by: the encoder's fingerprint (spec, configs, preprocessing, weights hash)
+  names the folder, the item's content hash names the entry, so stale features are never read.
+* `files`: the shards on disk (``shard-<id>.safetensors`` + ``shard-<id>.json`` and ``meta.json``), written
+  atomically and never modified, so several processes (DDP ranks) can add shards concurrently; damaged or
+  orphaned files are repaired, not trusted.
+* `encode`: the fill path's work: load, eval-mode preprocessing (no augmentation), the frozen tower
+  (`encode_batch`, the one place it runs).
+* `store`: `FeatureCache`, the index over one encoder's folder: `build` fills what is missing, `load` reads.
+* `datasets`: the cache in the data pipeline: `cache_datasets` wraps each split so that batches carry
+  ``features`` for the cached modalities (`CachedFeatureCollator`).
+
+Use the cache only for encoders that stay frozen and would not be augmented anyway.
+"""
+
+from multimodal.cache.datasets import (
+    CachedFeatureCollator,
+    CachedFeatureDataset,
+    cache_datasets,
+    default_cache_dir,
+    frozen_modalities,
+    resolve_cache_dir,
+)
+from multimodal.cache.encode import encode_batch, encode_items
+from multimodal.cache.keys import (
+    ABSENT,
+    UNREADABLE,
+    content_key,
+    encoder_fingerprint,
+    encoder_key_parts,
+    file_hash,
+    weights_hash,
+)
+from multimodal.cache.store import FeatureCache
+
+__all__ = [
+    "ABSENT",
+    "UNREADABLE",
+    "CachedFeatureCollator",
+    "CachedFeatureDataset",
+    "FeatureCache",
+    "cache_datasets",
+    "content_key",
+    "default_cache_dir",
+    "encode_batch",
+    "encode_items",
+    "encoder_fingerprint",
+    "encoder_key_parts",
+    "file_hash",
+    "frozen_modalities",
+    "resolve_cache_dir",
+    "weights_hash",
+]

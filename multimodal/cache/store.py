@@ -1,0 +1,212 @@
+"""`FeatureCache`: the features of one frozen encoder on disk, filled once and read by content key.
+
+The folder (``<root>/<modality>-<fingerprint[:24]>/``, see `multimodal.cache.keys`) holds shards written by
+`multimodal.cache.files`; the cache keeps an index of which shard holds which key. `build` encodes what is
+missing (`multimodal.cache.encode`), sharing the work between processes; `load` batches entries back into an
+`EncoderOutput`, tokens re-padded with their mask.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from safetensors import safe_open
+
+from encoders.base import Encoder, EncoderOutput, jsonable
+from multimodal.cache.encode import encode_items
+from multimodal.cache.files import log, scan, trim_entry, write_meta, write_shard
+from multimodal.cache.keys import ABSENT, UNREADABLE, content_key, encoder_fingerprint, encoder_key_parts
+from multimodal.data.manifest import DataError
+from multimodal.data.media import load_sample
+
+
+class FeatureCache:
+    """Features of one frozen encoder, stored on disk under its fingerprint and looked up by content key."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        root: str | os.PathLike,
+        store_tokens: bool = True,
+        dtype: torch.dtype = torch.float32,
+        shard_size: int = 2048,
+    ) -> None:
+        self.encoder = encoder
+        self.modality = encoder.modality
+        self.store_tokens = bool(store_tokens)
+        self.dtype = dtype
+        self.shard_size = int(shard_size)
+        self.key_parts = encoder_key_parts(encoder)
+        self.fingerprint = encoder_fingerprint(encoder, self.key_parts)
+        self.directory = Path(root) / f"{self.modality}-{self.fingerprint[:24]}"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._index: dict[str, tuple[str, bool]] = {}
+        self._handles: dict[str, Any] = {}
+        self._checked: set[str] = set()  # shards this process has verified (they are never modified)
+        self.repairs: list[str] = []  # what was found damaged or orphaned and removed, one line each
+        self.hits = 0
+        self.misses = 0
+        note = write_meta(self.directory, jsonable({"fingerprint": self.fingerprint, **self.key_parts}))
+        if note:
+            log.warning(note)
+            self.repairs.append(note)
+        self.refresh()
+
+    # -- index ------------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Re-read the shard indexes (after other processes added shards); damaged shards are removed."""
+        good, notes = scan(self.directory, self._checked)
+        self.repairs.extend(notes)
+        for shard, info in good:
+            for key in info["keys"]:
+                has_tokens = bool(info.get("tokens", False))
+                old = self._index.get(key)
+                if old is None or (has_tokens and not old[1]):
+                    self._index[key] = (shard, has_tokens)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def has(self, key: str) -> bool:
+        """True if `key` is stored with everything this cache needs (tokens when `store_tokens`)."""
+        entry = self._index.get(key)
+        return entry is not None and (entry[1] or not self.store_tokens)
+
+    def __contains__(self, key: str) -> bool:
+        return self.has(key)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers only read: they get the index, not the encoder or open file handles.
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        state["encoder"] = None
+        return state
+
+    # -- writing ----------------------------------------------------------------------------------
+    def add(self, keys: Sequence[str], output: EncoderOutput) -> None:
+        """Store a batch of encoder outputs under their content keys (one new shard)."""
+        if len(keys) != output.pooled.shape[0]:
+            raise ValueError(f"{len(keys)} keys for a batch of {output.pooled.shape[0]}")
+        tensors: dict[str, torch.Tensor] = {}
+        stored: list[str] = []
+        with_tokens = self.store_tokens and output.tokens is not None
+        out = EncoderOutput(output.pooled, output.tokens if with_tokens else None, output.mask if with_tokens else None)
+        for i, key in enumerate(keys):
+            if key in stored:
+                continue
+            stored.append(key)
+            for name, t in trim_entry(out, i).items():
+                t = t.detach().to("cpu")
+                tensors[f"{key}/{name}"] = (t.to(self.dtype) if t.is_floating_point() else t).contiguous()
+        shard = write_shard(self.directory, tensors, stored, with_tokens)
+        self._checked.add(shard)
+        for key in stored:
+            self._index[key] = (shard, with_tokens)
+
+    def _missing(self, keys: list[str], sources: Sequence[Any], accelerator: Any) -> list[tuple[str, Any]]:
+        """(key, source) of every distinct readable item not stored yet, the same list on every process."""
+        if accelerator is not None and accelerator.num_processes > 1:
+            # Every rank must split the *same* missing list: read the index only while nobody writes.
+            accelerator.wait_for_everyone()
+            self.refresh()
+            accelerator.wait_for_everyone()
+        todo: dict[str, Any] = {}
+        for key, src in zip(keys, sources):
+            if key != UNREADABLE and not self.has(key) and key not in todo:
+                todo[key] = src
+        return list(todo.items())
+
+    def build(
+        self,
+        sources: Sequence[Any],
+        batch_size: int = 32,
+        loader: Optional[Callable[[str, Any], Any]] = None,
+        device: Optional[torch.device | str] = None,
+        accelerator: Any = None,
+        show_progress: bool = True,
+        errors: Optional[dict[int, str]] = None,
+    ) -> list[str]:
+        """Encode every source whose content key is not cached yet; return the content keys of `sources`.
+
+        `sources` are texts, file paths or raw samples (None = absent). With an `accelerator`, each
+        process encodes its share of the missing items and all processes wait for each other. A source that
+        cannot be hashed or read raises `DataError` naming it; with `errors`, its position maps to the reason
+        there instead (on every process alike) and it stays uncached (key `UNREADABLE` if it could not be hashed).
+        """
+        keys, failed = [], {}
+        for i, src in enumerate(sources):
+            try:
+                keys.append(content_key(self.modality, src))
+            except (OSError, TypeError, ValueError) as err:
+                keys.append(UNREADABLE)
+                failed[i] = f"{type(err).__name__}: {err}"
+        rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+        todo = self._missing(keys, sources, accelerator)
+        self.misses += len(todo)
+        self.hits += len(keys) - len(todo) - len(failed)
+        unreadable = encode_items(self.encoder, todo[rank::world], self.add, batch_size=batch_size,
+                                  shard_size=self.shard_size, loader=loader or load_sample, device=device,
+                                  show_progress=show_progress and rank == 0)
+        if world > 1:
+            accelerator.wait_for_everyone()
+            self.refresh()
+        for i, key in enumerate(keys):  # what is still missing could not be read, here or on another process
+            if i not in failed and key != ABSENT and not self.has(key):
+                failed[i] = unreadable.get(key, "could not be read (by another process; see its message)")
+        if failed and errors is None:
+            i = min(failed)
+            raise DataError(f"feature cache {self.directory}: cannot read {self.modality} item {sources[i]!r}: "
+                            f"{failed[i]}")
+        if errors is not None:
+            errors.update(failed)
+        return keys
+
+    # -- reading ----------------------------------------------------------------------------------
+    def _handle(self, shard: str) -> tuple[Any, frozenset]:
+        """Open handle of a shard and its tensor names (read once: shards are never modified)."""
+        if shard not in self._handles:
+            f = safe_open(str(self.directory / shard), framework="pt", device="cpu")
+            self._handles[shard] = (f, frozenset(f.keys()))
+        return self._handles[shard]
+
+    def get(self, key: str) -> dict[str, torch.Tensor]:
+        """The stored tensors of one item: ``pooled`` and, when stored, ``tokens`` / ``mask``."""
+        if not self.has(key):
+            raise KeyError(f"feature cache {self.directory}: no entry for content key {key[:16]}…; run build() first")
+        shard, with_tokens = self._index[key]
+        try:
+            f, names = self._handle(shard)
+            entry = {"pooled": f.get_tensor(f"{key}/pooled")}
+            if with_tokens and self.store_tokens:
+                entry["tokens"] = f.get_tensor(f"{key}/tokens")
+                if f"{key}/mask" in names:
+                    entry["mask"] = f.get_tensor(f"{key}/mask").bool()
+        except Exception as err:  # noqa: BLE001 - the shard changed after it was checked
+            raise DataError(f"feature cache {self.directory}: shard {shard} cannot be read ({type(err).__name__}: "
+                            f"{err}); it changed after this run checked it. The next run removes it and encodes "
+                            "its entries again") from None
+        return entry
+
+    def load(self, keys: Sequence[str]) -> EncoderOutput:
+        """Batch the cached features of `keys` into one `EncoderOutput` (tokens re-padded with their mask)."""
+        entries = [self.get(k) for k in keys]
+        pooled = torch.stack([e["pooled"] for e in entries])
+        if not entries or "tokens" not in entries[0]:
+            return EncoderOutput(pooled, None, None)
+        lengths = [e["tokens"].shape[0] for e in entries]
+        max_t = max(lengths)
+        any_mask = any("mask" in e for e in entries)
+        if not any_mask and min(lengths) == max_t:
+            return EncoderOutput(pooled, torch.stack([e["tokens"] for e in entries]), None)
+        d = entries[0]["tokens"].shape[-1]
+        tokens = torch.zeros(len(entries), max_t, d, dtype=entries[0]["tokens"].dtype)
+        mask = torch.zeros(len(entries), max_t, dtype=torch.bool)
+        for i, e in enumerate(entries):
+            n = e["tokens"].shape[0]
+            tokens[i, :n] = e["tokens"]
+            mask[i, :n] = e["mask"] if "mask" in e else True
+        return EncoderOutput(pooled, tokens, mask)
