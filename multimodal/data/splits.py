@@ -1,4 +1,5 @@
-"""Train / validation / test splits: read where the data names them, carved with one seeded function otherwise.
+"""The splits of an experiment: train / validation / test read where the data names them, carved otherwise;
+cross-validation folds and K-shot subsets of a validated dataset.
 
 Where the splits come from, in order: a built-in demo (its ``split`` column), a `datasets` DatasetDict's keys
 or a single `datasets` table, the manifests ``data.train`` / ``data.validation`` / ``data.test``, and a split
@@ -7,10 +8,17 @@ whenever it is missing (``val_fraction``), test only when neither is given (``te
 share ``group_column`` (retrieval: the item) stay together; single-label rows are stratified by class where
 a class has enough rows, and every class keeps at least one row in train. What was done is recorded in
 `DataSplits.notes`.
+
+Subsets share the rows, the checks and the encoded labels of their parent (`subset`): `take_shots` /
+`apply_shots` (``data.shots_per_class``: K seeded rows, or groups, per class; the vocabulary is unchanged),
+`fold_units` (the test rows of every cross-validation fold: ``data.folds: K``, ``data.folds: groups`` or
+``data.fold_column``) and `fold_splits` (one fold's train / validation / test). The assignments themselves,
+on scikit-learn's splitters where they fit, are in `multimodal.data.partition`.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,8 +31,13 @@ from multimodal.data.demos import make_demo
 from multimodal.data.labels import LabelVocab
 from multimodal.data.manifest import SPLITS, cell, is_missing, read_manifest, split_name
 from multimodal.data.media import FILE_MODALITIES, cell_path
-from multimodal.data.partition import assign_splits
-from multimodal.data.subsets import apply_shots
+from multimodal.data.partition import (
+    assign_folds,
+    assign_splits,
+    fold_splitter,
+    leave_one_group_out,
+    pick_shots,
+)
 from multimodal.utils import write_json, write_text
 
 
@@ -223,6 +236,125 @@ def build_splits(
     if getattr(cfg, "shots_per_class", None):
         seed = getattr(cfg, "shots_seed", None)
         apply_shots(splits, cfg.shots_per_class, cfg.split_seed if seed is None else seed, group_column)
+    return splits
+
+
+def subset(dataset: MultimodalDataset, positions: Sequence[int]) -> MultimodalDataset:
+    """The items at `positions` of `dataset` (same rows, vocabulary and source), as a dataset of its own class."""
+    out = copy.copy(dataset)
+    out.indices = [dataset.indices[p] for p in positions]
+    return out
+
+
+def units_of(dataset: MultimodalDataset, group_column: Optional[str]) -> list[list[int]]:
+    """Dataset positions grouped by `group_column` (first-seen order), or one unit per position."""
+    if not group_column:
+        return [[p] for p in range(len(dataset))]
+    groups: dict[str, list[int]] = {}
+    for p, value in enumerate(_column(dataset, group_column, "group")):
+        groups.setdefault(value, []).append(p)
+    return list(groups.values())
+
+
+def _column(dataset: MultimodalDataset, column: str, what: str, required: bool = False) -> list[str]:
+    """The value of `column` at every position, as text; DataError if the column is missing (or, when
+    `required`, a cell is empty)."""
+    if len(dataset) and column not in dataset.row(0):
+        raise DataError(f"{dataset.source}: {what} column {column!r} not found")
+    values = []
+    for p in range(len(dataset)):
+        value = dataset.value(p, column)
+        if required and value is None:
+            raise DataError(f"{dataset.where(dataset.indices[p])}: {what} column {column!r} is empty")
+        values.append(str(value))
+    return values
+
+
+def take_shots(dataset: MultimodalDataset, k: int, seed: int = 0,
+               group_column: Optional[str] = None) -> tuple[MultimodalDataset, str]:
+    """K seeded rows (or `group_column` groups) per class of a single-label dataset; returns it and a note."""
+    if dataset.label_type != "single_label":
+        raise DataError(f"data.shots_per_class samples rows per class of a single-label task; {dataset.source} has "
+                        f"{dataset.label_type or 'no'} labels")
+    units = units_of(dataset, group_column)
+    encoded = dataset.labels()
+    chosen, short = pick_shots([int(encoded[u[0]]) for u in units], k, seed)  # a unit's class: its first row's
+    picked = [p for u in chosen for p in units[u]]
+    what = f"{group_column!r} groups" if group_column else "rows"
+    note = f"train: {k} {what} per class (data.shots_per_class, seed {seed}), {len(picked)} rows"
+    if short:
+        names = [dataset.vocab.names[c] if dataset.vocab is not None else str(c) for c in short]
+        note += f"; fewer than {k} available for {names[:10]}"
+    return subset(dataset, sorted(picked)), note
+
+
+def apply_shots(splits: DataSplits, k: int, seed: int = 0, group_column: Optional[str] = None) -> DataSplits:
+    """K shots per class in train, and at most K per class in validation (so model selection uses no more
+    labels than training); the test split is untouched. Modifies and returns `splits`."""
+    splits.train, note = take_shots(splits.train, k, seed, group_column)
+    splits.notes.append(note)
+    if splits.validation is not None:
+        splits.validation, note = take_shots(splits.validation, k, seed + 1, group_column)
+        splits.notes.append(note.replace("train:", "validation:", 1))
+    return splits
+
+
+def fold_units(dataset: MultimodalDataset, folds: Any = None, fold_column: Optional[str] = None,
+               group_column: Optional[str] = None, seed: int = 0) -> tuple[list[tuple[str, list[int]]], str]:
+    """The test positions of every fold, named, and a description of the scheme.
+
+    ``folds=K``: K seeded folds (`assign_folds`: stratified by label for single-label data, `group_column` groups
+    kept whole); ``folds="groups"``: one fold per `group_column` value; `fold_column`: one fold per distinct value
+    of that column (both `leave_one_group_out`).
+    """
+    if fold_column or folds == "groups":
+        column = fold_column or group_column
+        values = _column(dataset, column, "fold" if fold_column else "group", required=True)
+        try:
+            named = leave_one_group_out(values)
+        except DataError as err:
+            raise DataError(f"{dataset.source}: column {column!r} has {err}") from None
+        how = f"one fold per value of {column!r}" if fold_column else f"leave one {column!r} group out"
+        return [(f"{column}={value}", positions) for value, positions in named], how
+    k = int(folds)
+    labels = dataset.labels().tolist() if dataset.label_type == "single_label" else None
+    groups = _column(dataset, group_column, "group") if group_column else None
+    assignment = assign_folds(len(dataset), labels, k, seed, groups)
+    named = [(f"fold-{f + 1}", [p for p, a in enumerate(assignment) if a == f]) for f in range(k)]
+    splitter = type(fold_splitter(k, seed, labels, groups)).__name__
+    how = f"{k}-fold, seed {seed} (scikit-learn's {splitter})" + (
+        ", stratified by label" if "Stratified" in splitter else "") + (
+        f", {group_column!r} groups kept whole" if group_column else "")
+    return named, how
+
+
+def fold_splits(pool: DataSplits, test: list[int], cfg: Any, group_column: Optional[str]) -> DataSplits:
+    """Train / validation / test of one fold: `test` positions of the pooled dataset, validation carved from the
+    rest (``data.val_fraction``, at least one row or group when there are two), shots applied to train.
+
+    `cfg` is the ``data`` section (or the whole config) of the cross-validation."""
+    full, data = pool.train, getattr(cfg, "data", cfg)
+    test_set = set(test)
+    rest = [p for p in range(len(full)) if p not in test_set]
+    units = units_of(subset(full, rest), group_column)
+    labels = None
+    if data.stratify and full.label_type == "single_label":
+        encoded = full.labels()
+        labels = [int(encoded[rest[u[0]]]) for u in units]
+    assignment, notes = ["train"] * len(units), []
+    if data.val_fraction > 0:
+        assignment, notes = assign_splits(len(units), labels, data.val_fraction, 0.0, data.split_seed, at_least_one=True)
+    picked = {s: sorted(rest[p] for u, a in zip(units, assignment) if a == s for p in u) for s in ("train", "validation")}
+    what = f"{group_column!r} groups" if group_column else "rows"
+    carved = assignment.count("validation")
+    note = (f"validation carved out of the training folds: {carved} of {len(units)} {what} (seed {data.split_seed})"
+            if carved else "no validation split: data.val_fraction is 0" if data.val_fraction <= 0 else
+            f"no validation carved out of the training folds: {len(units)} training {what} cannot spare one")
+    splits = DataSplits(subset(full, picked["train"]), subset(full, picked["validation"]) if carved else None,
+                        subset(full, test), pool.vocab, [*pool.notes, note, *notes])
+    if data.shots_per_class:
+        apply_shots(splits, data.shots_per_class, data.split_seed if data.shots_seed is None else data.shots_seed,
+                    group_column)
     return splits
 
 

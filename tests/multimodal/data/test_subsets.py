@@ -1,13 +1,16 @@
-"""K-shot sampling and cross-validation folds: seeded, stratified, groups kept whole, vocabulary unchanged."""
+"""K-shot sampling and cross-validation folds (scikit-learn's splitters): seeded, stratified, groups kept whole,
+vocabulary unchanged; what the hand-written assignment did before still holds."""
 
 from __future__ import annotations
 
 import collections
 
+import numpy as np
 import pytest
 
 from multimodal.data import DataError, MultimodalDataset
-from multimodal.data.subsets import apply_shots, assign_folds, fold_units, subset, take_shots
+from multimodal.data.partition import assign_folds, assign_splits, leave_one_group_out
+from multimodal.data.splits import apply_shots, fold_units, subset, take_shots
 
 
 def _dataset(n=40, classes=("a", "b", "c", "d"), groups=None):
@@ -92,3 +95,76 @@ def test_apply_shots_cuts_train_and_validation_but_not_test():
     assert len(splits.train) == 4 and len(splits.validation) == 4 and len(splits.test) == 8
     assert sorted(splits.validation.labels().tolist()) == [0, 1, 2, 3]
     assert [n.split(":")[0] for n in splits.notes] == ["train", "validation"]
+
+
+def _round_robin(labels, k, seed):
+    """The fold assignment before scikit-learn: each class's units shuffled and dealt round-robin, continuing
+    where the previous class stopped."""
+    rng = np.random.default_rng(seed)
+    out, slot, classes = [0] * len(labels), 0, {}
+    for unit, label in enumerate(labels):
+        classes.setdefault(str(label), []).append(unit)
+    for name in sorted(classes):
+        for j in rng.permutation(len(classes[name])):
+            out[classes[name][j]] = slot % k
+            slot += 1
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_stratified_k_fold_gives_the_same_counts_as_the_round_robin_it_replaces(seed):
+    rng = np.random.default_rng(seed)
+    labels = [str(c) for c in rng.integers(0, 4, 47)]
+    for k in (2, 3, 5):
+        new, old = assign_folds(len(labels), labels, k, seed), _round_robin(labels, k, seed)
+        assert sorted(collections.Counter(new).values()) == sorted(collections.Counter(old).values())
+        for c in set(labels):
+            per = [sorted(collections.Counter(f for f, y in zip(folds, labels) if y == c).get(i, 0) for i in range(k))
+                   for folds in (new, old)]
+            assert per[0] == per[1], (k, c)
+    unlabelled = assign_folds(10, None, 3, seed)
+    assert sorted(collections.Counter(unlabelled).values()) == [3, 3, 4]
+
+
+def test_folds_are_not_stratified_when_no_class_has_k_units():
+    labels = ["a", "b", "c", "d", "e", "f"]  # StratifiedKFold refuses this; the folds fall back to KFold
+    folds = assign_folds(6, labels, 3, seed=0)
+    assert sorted(collections.Counter(folds).values()) == [2, 2, 2]
+    _, how = fold_units(_dataset(6, classes=tuple("abcdef")), folds=3)
+    assert "KFold" in how and "stratified" not in how
+
+
+def test_grouped_k_fold_keeps_groups_whole_and_spreads_the_classes():
+    groups = [f"g{i // 4}" for i in range(48)]  # 12 groups of 4 rows, each group with both classes
+    labels = ["ab"[i % 2] for i in range(48)]
+    folds = assign_folds(48, labels, 4, seed=0, groups=groups)
+    for g in set(groups):
+        assert len({f for f, gg in zip(folds, groups) if gg == g}) == 1
+    assert sorted(collections.Counter(folds).values()) == [12, 12, 12, 12]
+    for c in "ab":
+        assert sorted(collections.Counter(f for f, y in zip(folds, labels) if y == c).values()) == [6, 6, 6, 6]
+    ds = _dataset(48, classes=("a", "b"), groups=groups)
+    _, how = fold_units(ds, folds=4, group_column="speaker")
+    assert how == "4-fold, seed 0 (scikit-learn's StratifiedGroupKFold), stratified by label, 'speaker' groups kept whole"
+    with pytest.raises(DataError, match="cannot make 13 folds out of 12 rows/groups"):
+        assign_folds(48, labels, 13, groups=groups)
+
+
+def test_leave_one_group_out_is_the_grouping_by_value_in_natural_order():
+    values = ["10", "2", "1", "2", "10", "1", "2"]
+    folds = leave_one_group_out(values)
+    assert folds == [("1", [2, 5]), ("2", [1, 3, 6]), ("10", [0, 4])]
+    assert [v for v, _ in leave_one_group_out(["b", "a", "b"])] == ["a", "b"]
+    with pytest.raises(DataError, match="1 distinct value"):
+        leave_one_group_out(["x", "x"])
+
+
+def test_assign_splits_at_least_one_keeps_a_held_out_unit_where_rounding_gives_none():
+    plain, _ = assign_splits(5, None, 0.1, 0.0, seed=0)
+    assert plain.count("validation") == 0  # round(0.5) == 0
+    out, _ = assign_splits(5, None, 0.1, 0.0, seed=0, at_least_one=True)
+    assert out.count("validation") == 1 and out.count("train") == 4
+    out, _ = assign_splits(1, None, 0.1, 0.0, seed=0, at_least_one=True)
+    assert out == ["train"]  # train keeps its one unit
+    out, notes = assign_splits(3, ["a", "b", "c"], 0.1, 0.0, seed=0, at_least_one=True)
+    assert out == ["train"] * 3 and "validation: 0 rows/groups instead of 1" in notes[0]

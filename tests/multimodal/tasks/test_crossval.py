@@ -95,3 +95,102 @@ def test_fold_config_errors(tmp_path, tiny_text_dir):
         _cfg(tmp_path, tiny_text_dir, "data.folds=3", "data.fold_column=fold")
     with pytest.raises(ConfigError, match="data.test"):
         _cfg(tmp_path, tiny_text_dir, "data.folds=3", f"data.test={tmp_path / 'manifest.csv'}")
+
+
+def _speakers_manifest(tmp_path, speakers=6, per_speaker=4):
+    """Text-only rows: `speakers` speakers, each with rows of both classes."""
+    rows = [{"text": f"{'sunny' if i % 2 else 'dark'} {s}-{i}", "label": "day" if i % 2 else "night", "speaker": f"s{s}",
+             "fold": 1 + s % 3} for s in range(speakers) for i in range(per_speaker)]
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    return rows
+
+
+def _text_cfg(tmp_path, tiny_text_dir, *overrides):
+    base = [f"data.train={tmp_path / 'manifest.csv'}", "data.demo=null", "data.image_column=null", "data.audio_column=null",
+            "data.feature_cache=null", "data.num_workers=0", f"model.encoders={{text: 'text:{tiny_text_dir}'}}",
+            f"train.output_dir={tmp_path / 'out'}", "eval.html_report=false"]
+    return load_config(None, [*base, *overrides])
+
+
+class _FakeRun:
+    """Stands in for the runner: records each fold's splits and returns made-up metrics with nested entries."""
+
+    def __init__(self):
+        self.splits = []
+
+    def __call__(self, cfg, splits):
+        self.splits.append(splits)
+        k = len(self.splits)
+        test = {"accuracy": 0.5 + 0.1 * k, "num_examples": len(splits.test), "class_names": ["day", "night"],
+                "per_class": {"day": {"f1": 0.2 * k}, "night": {"f1": 1.0 - 0.2 * k}},
+                "image_to_text": {"R@1": 0.1 * k, "median_rank": float(k)}}
+        return {"split_sizes": splits.sizes(), "test": test, "validation": {"loss": 1.0 / k}}
+
+
+def test_nested_fold_metrics_are_aggregated_per_leaf(tmp_path, tiny_text_dir):
+    """Per-class and per-direction dicts in a fold's metrics get a mean and std per leaf; what is not a number
+    is listed, never silently dropped."""
+    from multimodal.tasks.crossval import run_crossval
+
+    _speakers_manifest(tmp_path)
+    fake = _FakeRun()
+    cv = run_crossval(_text_cfg(tmp_path, tiny_text_dir, "data.folds=3"), fake)["cross_validation"]
+    assert len(fake.splits) == 3
+    mean, std = cv["test_mean"], cv["test_std"]
+    assert mean["per_class/day/f1"] == pytest.approx(0.4) and std["per_class/day/f1"] == pytest.approx(0.2)
+    assert mean["per_class/night/f1"] == pytest.approx(0.6)
+    assert mean["image_to_text/R@1"] == pytest.approx(0.2) and mean["image_to_text/median_rank"] == pytest.approx(2.0)
+    assert mean["accuracy"] == pytest.approx(0.7) and mean["num_examples"] == pytest.approx(8.0)
+    assert cv["test_not_aggregated"] == ["class_names"] and cv["validation_mean"]["loss"] == pytest.approx(11 / 18)
+    with open(tmp_path / "out" / "metrics.json") as f:
+        assert json.load(f)["cross_validation"]["test_mean"]["per_class/night/f1"] == pytest.approx(0.6)
+    assert "per_class/day/f1 mean" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_only_folds_runs_those_folds_and_says_so(tmp_path, tiny_text_dir):
+    from multimodal.tasks.crossval import run_crossval
+
+    _speakers_manifest(tmp_path)
+    fake = _FakeRun()
+    cv = run_crossval(_text_cfg(tmp_path, tiny_text_dir, "data.folds=3", "data.only_folds=[2, 0]"), fake)["cross_validation"]
+    assert cv["num_folds"] == 3 and cv["folds_run"] == ["fold-1", "fold-3"] and cv["only_folds"] == [0, 2]
+    assert [f["fold"] for f in cv["folds"]] == ["fold-1", "fold-3"] and len(fake.splits) == 2
+    assert cv["test_mean"]["accuracy"] == pytest.approx(0.65)  # over the two folds that ran
+    assert "of which fold-1, fold-3 ran (data.only_folds)" in (tmp_path / "out" / "report.md").read_text()
+    with pytest.raises(ConfigError, match=r"data\.only_folds: \[3\] are not folds of this data, which has 3"):
+        run_crossval(_text_cfg(tmp_path, tiny_text_dir, "data.fold_column=fold", "data.only_folds=[0, 3]"), _FakeRun())
+
+
+def test_only_folds_is_checked_at_load_time(tmp_path, tiny_text_dir):
+    _speakers_manifest(tmp_path)
+    with pytest.raises(ConfigError, match=r"data\.only_folds: 3 is not a fold of data\.folds=3 \(positions 0 to 2\)"):
+        _text_cfg(tmp_path, tiny_text_dir, "data.folds=3", "data.only_folds=[3]")
+    with pytest.raises(ConfigError, match=r"data\.only_folds\[0\]: -1 is out of range; allowed: >= 0"):
+        _text_cfg(tmp_path, tiny_text_dir, "data.folds=3", "data.only_folds=[-1]")
+    with pytest.raises(ConfigError, match="distinct fold positions"):
+        _text_cfg(tmp_path, tiny_text_dir, "data.folds=3", "data.only_folds=[1, 1]")
+    with pytest.raises(ConfigError, match="set data.folds or data.fold_column"):
+        _text_cfg(tmp_path, tiny_text_dir, "data.only_folds=[0]")
+
+
+def test_few_groups_still_give_each_fold_a_validation_group(tmp_path, tiny_text_dir):
+    """Issue 18: 6 speakers, one left out per fold: 10% of the 5 training speakers rounds to none, yet the notes
+    said "validation carved out". Now one speaker is carved; with a single training speaker the note says none was."""
+    from multimodal.tasks.crossval import run_crossval
+
+    _speakers_manifest(tmp_path)
+    fake = _FakeRun()
+    run_crossval(_text_cfg(tmp_path, tiny_text_dir, "data.folds=groups", "data.group_column=speaker"), fake)
+    for splits in fake.splits:
+        speakers = {s: {splits_ds.value(p, "speaker") for p in range(len(splits_ds))}
+                    for s, splits_ds in splits.items()}
+        assert len(speakers["validation"]) == 1 and len(speakers["train"]) == 4 and len(speakers["test"]) == 1
+        assert not speakers["validation"] & speakers["train"]
+        assert "validation carved out of the training folds: 1 of 5 'speaker' groups" in " | ".join(splits.notes)
+    _speakers_manifest(tmp_path, speakers=2)
+    fake = _FakeRun()
+    run_crossval(_text_cfg(tmp_path, tiny_text_dir, "data.folds=groups", "data.group_column=speaker",
+                           f"train.output_dir={tmp_path / 'two'}"), fake)
+    for splits in fake.splits:
+        assert splits.validation is None and not any(n.startswith("validation carved") for n in splits.notes)
+        assert "no validation carved out of the training folds: 1 training 'speaker' groups cannot spare one" in splits.notes
