@@ -121,26 +121,53 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", repr(tp))
 
 
+def _coerce_union(value: Any, tp: Any, key: str) -> Any:
+    """`value` as the first member of the union `tp` that takes it."""
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, key)
+        except ConfigError as err:
+            errors.append(err)
+    if len(errors) == 1:
+        raise errors[0]
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {short(value)}")
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
+    """`value` as a bool, int, float or str (int -> float is the one conversion), or raise naming `key`."""
+    wrong = (tp is bool and not isinstance(value, bool)) or (tp is str and not isinstance(value, str)) or (
+        tp is int and (isinstance(value, bool) or not isinstance(value, int)))
+    if wrong:
+        expected = {bool: "true/false", int: "an integer", str: "a string"}[tp]
+        raise ConfigError(f"{key}: expected {expected}, got {type(value).__name__} {short(value)}")
+    if tp is not float:
+        return value
+    if isinstance(value, str):  # PyYAML reads "3e-3" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {short(value)}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ConfigError(f"{key}: {short(value)} is too large for a number") from None
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against type `tp`, converting only where lossless (int -> float); raise naming `key`."""
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as err:
-                errors.append(err)
-        if len(errors) == 1:
-            raise errors[0]
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {short(value)}")
+        return _coerce_union(value, tp, key)
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -164,30 +191,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {short(value)}")
         k_tp, v_tp = typing.get_args(tp) or (Any, Any)
         return {str(k): _coerce(v, v_tp, f"{key}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {type(value).__name__} {short(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {short(value)}")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # PyYAML reads "3e-3" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {short(value)}")
-        try:
-            return float(value)
-        except OverflowError:
-            raise ConfigError(f"{key}: {short(value)} is too large for a number") from None
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {short(value)}")
-        return value
+    if tp in (bool, int, float, str):
+        return _coerce_scalar(value, tp, key)
     if isinstance(tp, type) and not isinstance(value, tp):
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {short(value)}")
     return value

@@ -172,6 +172,19 @@ def _carve(table: _Table, val_fraction: float, test_fraction: float, seed: int, 
     return {s: table.subset(sorted(ids)) for s, ids in picked.items() if ids}, notes
 
 
+def _carve_missing(tables: dict[str, _Table], cfg: Any, group_column: Optional[str], strat: Optional[str]) -> list[str]:
+    """Carve the validation split (and the test split, when neither is named) out of the training table."""
+    carve_val = "validation" not in tables and cfg.val_fraction > 0
+    carve_test = "validation" not in tables and "test" not in tables and cfg.test_fraction > 0
+    if not (carve_val or carve_test):
+        return []
+    parts, notes = _carve(tables["train"], cfg.val_fraction if carve_val else 0.0,
+                          cfg.test_fraction if carve_test else 0.0, cfg.split_seed, group_column, strat)
+    made = [s for s in ("validation", "test") if s in parts]
+    tables.update(parts)
+    return [f"{' and '.join(made) or 'no split'} carved out of {tables['train'].source} (seed {cfg.split_seed})", *notes]
+
+
 def build_splits(
     cfg: Any,
     columns: dict[str, str],
@@ -189,23 +202,14 @@ def build_splits(
     group_column = cfg.group_column or group_column
     wanted = [*columns.values(), label_column, group_column]
     tables, split_column = _tables(cfg, [c for c in wanted if c], dataset)
-    notes: list[str] = []
     if "all" in tables and split_column:
         tables = _by_split_column(tables.pop("all"), split_column)
     if "all" in tables:
         tables["train"] = tables.pop("all")
     if "train" not in tables:
         raise DataError("no training split found (give data.train, a 'train' split or a single table to split)")
-    carve_val = "validation" not in tables and cfg.val_fraction > 0
-    carve_test = "validation" not in tables and "test" not in tables and cfg.test_fraction > 0
-    if carve_val or carve_test:
-        strat = label_column if (cfg.stratify and label_type == "single_label") else None
-        parts, carve_notes = _carve(tables["train"], cfg.val_fraction if carve_val else 0.0,
-                                    cfg.test_fraction if carve_test else 0.0, cfg.split_seed, group_column, strat)
-        made = [s for s in ("validation", "test") if s in parts]
-        notes.append(f"{' and '.join(made) or 'no split'} carved out of {tables['train'].source} (seed {cfg.split_seed})")
-        notes.extend(carve_notes)
-        tables.update(parts)
+    strat = label_column if (cfg.stratify and label_type == "single_label") else None
+    notes = _carve_missing(tables, cfg, group_column, strat)
 
     def make(name: str, vocab: Optional[LabelVocab]) -> MultimodalDataset:
         table = tables[name]
