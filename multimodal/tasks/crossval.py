@@ -41,6 +41,7 @@ def pooled_config(cfg: ExperimentConfig) -> ExperimentConfig:
         data.demo = None
     data.val_fraction, data.test_fraction = 0.0, 0.0
     data.shots_per_class, data.folds, data.fold_column, data.split_column = None, None, None, None
+    data.only_folds = None
     return pooled
 
 

@@ -14,6 +14,7 @@ import yaml
 from PIL import Image
 
 from multimodal import ConfigError, load_config, run
+from multimodal.config import check_config
 
 
 def _manifest(tmp_path, n=30):
@@ -116,10 +117,11 @@ class _FakeRun:
     """Stands in for the runner: records each fold's splits and returns made-up metrics with nested entries."""
 
     def __init__(self):
-        self.splits = []
+        self.splits, self.configs = [], []
 
     def __call__(self, cfg, splits):
         self.splits.append(splits)
+        self.configs.append(cfg)
         k = len(self.splits)
         test = {"accuracy": 0.5 + 0.1 * k, "num_examples": len(splits.test), "class_names": ["day", "night"],
                 "per_class": {"day": {"f1": 0.2 * k}, "night": {"f1": 1.0 - 0.2 * k}},
@@ -157,6 +159,9 @@ def test_only_folds_runs_those_folds_and_says_so(tmp_path, tiny_text_dir):
     assert [f["fold"] for f in cv["folds"]] == ["fold-1", "fold-3"] and len(fake.splits) == 2
     assert cv["test_mean"]["accuracy"] == pytest.approx(0.65)  # over the two folds that ran
     assert "of which fold-1, fold-3 ran (data.only_folds)" in (tmp_path / "out" / "report.md").read_text()
+    fold_cfg = fake.configs[0]  # each fold's own config (saved with its run) passes the checks on its own
+    assert fold_cfg.data.only_folds is None and fold_cfg.data.folds is None
+    check_config(fold_cfg)
     with pytest.raises(ConfigError, match=r"data\.only_folds: \[3\] are not folds of this data, which has 3"):
         run_crossval(_text_cfg(tmp_path, tiny_text_dir, "data.fold_column=fold", "data.only_folds=[0, 3]"), _FakeRun())
 
