@@ -62,12 +62,19 @@ def test_research_examples_train_and_reload(tmp_path, monkeypatch):
 
     ns = _run_block(dual_block, tmp_path, monkeypatch)
     assert ns["texts"].shape == (3, 256) and ns["images"].shape == (2, 256)
-    assert torch.isfinite(ns["loss"]) and ns["model"].head.logit_scale.grad is not None
+    model = ns["model"]
+    assert torch.isfinite(ns["loss"]) and model.head.logit_scale.grad is not None
+    assert {m: e.spec for m, e in model.encoders.items()} == {
+        "text": "text:sentence-transformers/all-MiniLM-L6-v2", "image": "image:tf_efficientnet_lite0"}
     torch.testing.assert_close(ns["texts"].norm(dim=-1), torch.ones(3))  # normalised embeddings
+    torch.testing.assert_close(ns["out"]["logit_scale"], model.head.clamped_logit_scale().exp())
+    image = model.encoders["image"]  # locked but its last group: gradients reached that group only
+    grads = [p.grad is not None for p in image.parameters()]
+    assert any(grads) and not all(grads) and not image.backbone.conv_stem.weight.requires_grad
     reloaded = ns["load_model"]("runs/towers")
-    image_inputs = ns["towers"]["image"].preprocess([np.zeros((8, 8, 3), np.uint8)])
+    image_inputs = image.preprocess([np.zeros((8, 8, 3), np.uint8)])
     with torch.no_grad():
-        assert torch.equal(reloaded.encode("image", image_inputs), ns["model"].eval().encode("image", image_inputs))
+        assert torch.equal(reloaded.encode("image", image_inputs), model.eval().encode("image", image_inputs))
 
 
 @pytest.fixture(scope="module")
