@@ -3,11 +3,8 @@ is registered under, and a user fusion that reads tokens gets them (with their w
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 import fusion.registry
@@ -69,31 +66,18 @@ def registered():
         yield
 
 
-def _manifest(root) -> str:
-    (root / "img").mkdir(exist_ok=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(32):
-        day = i % 2 == 0
-        pixels = np.clip((200 if day else 40) + rng.normal(0, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(root / "img" / f"{i}.png")
-        rows.append({"text": "a sunny scene" if day else "a dark scene", "image": f"img/{i}.png",
-                     "label": "day" if day else "night"})
-    pd.DataFrame(rows).to_csv(root / "m.csv", index=False)
-    return str(root / "m.csv")
-
-
-def _overrides(tmp_path, tiny_text_dir: str, *extra: str) -> list[str]:
-    return [f"data.train={_manifest(tmp_path)}", "data.audio_column=null", "data.num_workers=0",
+def _overrides(tmp_path, manifest: str, tiny_text_dir: str, *extra: str) -> list[str]:
+    return [f"data.train={manifest}", "data.audio_column=null", "data.num_workers=0",
             f"model.encoders={{text: 'text:{tiny_text_dir}', image: 'image:mobilenetv3_small_050'}}",
             "model.encoder_kwargs={image: {img_size: 32}}", "model.pretrained=false", "model.fusion_dim=8",
             "train.epochs=1", "train.batch_size=8", "train.log_with=none", "train.progress_bar=false",
             "train.save_checkpoints=false", f"train.output_dir={tmp_path / 'out'}", *extra]
 
 
-def test_user_classification_task_and_token_fusion_train_evaluate_and_reload(tmp_path, tiny_text_dir, registered):
-    cfg = load_config(None, _overrides(tmp_path, tiny_text_dir, "model.task=my_cls", "model.fusion=test_token_mean",
-                                       "model.freeze_encoders=true"))  # frozen: features come from the cache
+def test_user_classification_task_and_token_fusion_train_evaluate_and_reload(tmp_path, day_night_manifest,
+                                                                             tiny_text_dir, registered):
+    cfg = load_config(None, _overrides(tmp_path, day_night_manifest, tiny_text_dir, "model.task=my_cls",
+                                       "model.fusion=test_token_mean", "model.freeze_encoders=true"))  # cached
     metrics = run(cfg)
     assert metrics["metric_for_best"] == "accuracy" and 0.0 <= metrics["test"]["accuracy"] <= 1.0
     # MobileNetV3's tokens (288 wide) differ from its pooled features (1024): the task passed token_dims
@@ -104,19 +88,22 @@ def test_user_classification_task_and_token_fusion_train_evaluate_and_reload(tmp
     assert model.head.label_type == "single_label"
 
 
-def test_label_type_is_a_class_attribute_not_the_registered_name(tmp_path, tiny_text_dir, registered):
+def test_label_type_is_a_class_attribute_not_the_registered_name(tmp_path, day_night_manifest, tiny_text_dir,
+                                                                 registered):
     assert get_task("single_label") is ClassificationTask and ClassificationTask.label_type == "single_label"
     assert get_task("multi_label") is MultiLabelTask and MultiLabelTask.label_type == "multi_label"
     assert get_task("regression") is RegressionTask and RegressionTask.label_type == "regression"
-    cfg = load_config(None, _overrides(tmp_path, tiny_text_dir, "model.task=my_cls", "train.metric_for_best=macro_f1"))
+    cfg = load_config(None, _overrides(tmp_path, day_night_manifest, tiny_text_dir, "model.task=my_cls",
+                                       "train.metric_for_best=macro_f1"))
     task = get_task("my_cls")(cfg)
     assert task.label_type == "single_label" and "macro_f1" in task.metric_names(cfg)
-    cfg = load_config(None, _overrides(tmp_path, tiny_text_dir, "model.task=regression"))
+    cfg = load_config(None, _overrides(tmp_path, day_night_manifest, tiny_text_dir, "model.task=regression"))
     with pytest.warns(DeprecationWarning, match=r"use multimodal.get_task\('regression'\)\(cfg\)"):
         assert ClassificationTask(cfg).label_type == "regression"  # the old spelling keeps its meaning
 
 
-def test_a_token_fusion_without_token_dims_is_refused_with_the_widths(tmp_path, tiny_text_dir, registered):
-    cfg = load_config(None, _overrides(tmp_path, tiny_text_dir, "model.fusion=test_pooled_only"))
+def test_a_token_fusion_without_token_dims_is_refused_with_the_widths(tmp_path, day_night_manifest, tiny_text_dir,
+                                                                      registered):
+    cfg = load_config(None, _overrides(tmp_path, day_night_manifest, tiny_text_dir, "model.fusion=test_pooled_only"))
     with pytest.raises(ConfigError, match=r"reads tokens.*\{'image': 288\}.*needs a token_dims argument"):
         build_fusion(cfg, create_encoders(cfg))
