@@ -13,7 +13,15 @@ from encoders.audio import HFAudioEncoder
 from encoders.audio_mel import MelAudioEncoder
 from encoders.base import Encoder, EncoderError
 from encoders.image import ImageEncoder
-from encoders.registry import get_encoder_class, is_registered, known_kinds, list_encoders, register_encoder
+from encoders.registry import (
+    ENCODERS,
+    UnknownEncoderError,
+    get_encoder_class,
+    is_registered,
+    known_kinds,
+    list_encoders,
+    register_encoder,
+)
 from encoders.text import TextEncoder
 
 __all__ = ["create_encoder", "encoder_from_config", "list_encoders", "parse_spec"]
@@ -53,7 +61,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
     kind, name = spec.split(":", 1)
     kind = kind.strip().lower()
     if not is_registered(kind):
-        raise EncoderError(f"unknown encoder kind {kind!r} in {spec!r}; known kinds: {known_kinds()}")
+        unknown = ENCODERS.unknown(kind)
+        raise UnknownEncoderError(f"{unknown} (in spec {spec!r})", kind, unknown.known)
     if not name.strip():
         raise EncoderError(f"encoder spec {spec!r} names no model")
     return kind, name.strip()
@@ -79,9 +88,9 @@ def encoder_from_config(config: dict[str, Any], assets_dir: Optional[str] = None
     """
     kind = config.get("kind") if isinstance(config, dict) else None
     if not is_registered(kind):
-        raise EncoderError(
+        raise UnknownEncoderError(
             f"encoder config has unknown kind {kind!r}; expected one of {known_kinds()} "
-            "(a user-defined kind must be registered, i.e. its module imported, before loading)"
+            "(a user-defined kind must be registered, i.e. its module imported, before loading)", kind, known_kinds()
         )
     from_config = get_encoder_class(kind).from_config
     params = inspect.signature(from_config).parameters

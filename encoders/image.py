@@ -77,6 +77,17 @@ def _array_to_pil(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(arr, mode="RGB" if arr.shape[-1] == 3 else "RGBA")
 
 
+# How far (in normalised units, i.e. standard deviations) float pixels may stray outside the range that
+# normalising [0, 1] values gives, before `check_normalized` calls them raw: room for augmentation and
+# adversarial perturbations, far below what raw 0-255 floats reach.
+PIXEL_MARGIN = 1.0
+
+
+def _tracing() -> bool:
+    """True while torch.jit / torch.onnx / torch.compile trace the model (no data-dependent checks then)."""
+    return bool(torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
+
+
 class ImagePreprocessor:
     """Picklable: list of images (PIL / numpy / None -> a black image) -> {"pixel_values": uint8 [B, 3, H, W]}."""
 
@@ -135,6 +146,8 @@ class ImageEncoder(Encoder):
         std = torch.tensor(self.data_config["std"], dtype=torch.float32).view(1, -1, 1, 1)
         self.register_buffer("pixel_scale", 1.0 / (255.0 * std), persistent=False)
         self.register_buffer("pixel_shift", -mean / std, persistent=False)
+        # What normalising [0, 1] pixels gives, widened by PIXEL_MARGIN: float inputs outside it are refused.
+        self.normalized_range = (float((-mean / std).min()) - PIXEL_MARGIN, float(((1 - mean) / std).max()) + PIXEL_MARGIN)
 
     @classmethod
     def create(
@@ -172,15 +185,42 @@ class ImageEncoder(Encoder):
             config.get("data_overrides"),
         )
 
+    def normalize_pixels(self, pixels: torch.Tensor, max_value: float = 255.0) -> torch.Tensor:
+        """Raw pixels in [0, `max_value`] (uint8, or floats: 255.0 or 1.0 scale) -> the normalised floats
+        `forward` takes, with the timm data config's mean/std."""
+        if max_value <= 0:
+            raise ValueError(f"normalize_pixels: max_value must be > 0, got {max_value}")
+        scale = self.pixel_scale.to(pixels.device) * (255.0 / float(max_value))
+        return pixels.to(scale.dtype) * scale + self.pixel_shift.to(pixels.device)
+
+    def check_normalized(self, pixels: torch.Tensor) -> None:
+        """Refuse float pixels far outside what mean/std normalisation of [0, 1] values gives (raw 0-255 floats,
+        say): they would be encoded as noise without an error. The margin leaves room for augmentation."""
+        low, high = self.normalized_range
+        if pixels.device.type != "cpu":  # checked on the device: no host sync per step
+            torch._assert_async(((pixels >= low) & (pixels <= high)).all(), f"image encoder: float pixel_values "
+                                f"outside the normalised range [{low:.2f}, {high:.2f}]; raw pixels go through "
+                                "encoder.normalize_pixels(x, max_value) first")
+            return
+        lo, hi = (float(v) for v in pixels.aminmax()) if pixels.numel() else (0.0, 0.0)
+        if lo < low or hi > high:
+            raise ValueError(f"image encoder ({self.spec}): float pixel_values span [{lo:.3g}, {hi:.3g}], outside the "
+                             f"normalised range [{low:.2f}, {high:.2f}] of this encoder's mean/std; pass uint8 pixels "
+                             "(encoder.preprocess), normalised floats, or say they are raw with "
+                             "encoder.normalize_pixels(x, max_value=255.0 or 1.0)")
+
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
         """pixel_values -> tokens from forward_features, pooled from forward_head(pre_logits=True).
 
         uint8 `pixel_values` (what `preprocess` returns) are normalised with the timm data config's
-        mean/std here; floating-point `pixel_values` are taken as already normalised.
+        mean/std here; floating-point `pixel_values` must be normalised already (`normalize_pixels` turns
+        raw ones into that), and far out-of-range floats raise (`check_normalized`).
         """
         pixels = inputs["pixel_values"]
         if pixels.dtype == torch.uint8:
             pixels = pixels.to(self.pixel_scale.dtype) * self.pixel_scale + self.pixel_shift
+        elif pixels.is_floating_point() and not _tracing():
+            self.check_normalized(pixels)
         features = self.backbone.forward_features(pixels)
         pooled = self.backbone.forward_head(features, pre_logits=True)
         tokens = tokens_from_features(features, channels_last(self.backbone))

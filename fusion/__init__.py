@@ -1,16 +1,25 @@
-"""Fusion heads that combine encoder outputs, and the contrastive head of two-tower models."""
+"""Fusion heads that combine encoder outputs into one vector, and the registry that names them.
 
+The two-tower contrastive head and its loss moved to `multimodal.models.contrastive` (they are not fusions);
+their old names here still work for one release, with a DeprecationWarning.
+"""
+
+from typing import Any
+
+from encoders.registry import Registry, UnknownNameError
+
+from ._moved import moved
 from .attention import AttentionFusion
 from .base import Features, Fusion, Presence, as_encoder_output
 from .concat import ConcatFusion
-from .contrastive import ContrastiveHead
 from .film import FiLMFusion
 from .gated import GatedFusion
 from .late import LateFusion
-from .losses import ClipLoss, clip_loss, gather_features
 from .lowrank import LowRankTensorFusion
 from .registry import (
+    FUSIONS,
     FusionInfo,
+    UnknownFusionError,
     create_fusion,
     fusion_from_config,
     get_fusion_class,
@@ -20,10 +29,9 @@ from .registry import (
 from .standardized import StandardizedConcat
 
 __all__ = [
+    "FUSIONS",
     "AttentionFusion",
-    "ClipLoss",
     "ConcatFusion",
-    "ContrastiveHead",
     "FiLMFusion",
     "Features",
     "Fusion",
@@ -32,13 +40,19 @@ __all__ = [
     "LateFusion",
     "LowRankTensorFusion",
     "Presence",
+    "Registry",
     "StandardizedConcat",
+    "UnknownFusionError",
+    "UnknownNameError",
     "as_encoder_output",
-    "clip_loss",
     "create_fusion",
     "fusion_from_config",
-    "gather_features",
     "get_fusion_class",
     "list_fusions",
     "register_fusion",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Old names of the contrastive head and loss (moved to multimodal.models.contrastive), with a warning."""
+    return moved(__name__, name)

@@ -61,11 +61,18 @@ class Fusion(nn.Module):
         return feats, self.presence(feats, present)
 
     def presence(self, features: Features, present: Presence) -> dict[str, torch.Tensor]:
-        """Fill in all-True masks for modalities the caller did not mask; check keys, widths and batch sizes."""
+        """Fill in all-True masks for modalities the caller did not mask; check keys, widths and batch sizes.
+
+        A `present` key that is not one of the fusion's modalities raises: a misspelt mask would otherwise be
+        ignored and the modality taken as present for every sample."""
         features = {m: as_encoder_output(v, m) for m, v in features.items()}
         missing = [m for m in self.modalities if m not in features]
         if missing:
             raise KeyError(f"{type(self).__name__} expects modalities {self.modalities}; missing {missing}")
+        unknown = sorted(str(m) for m in (present or {}) if m not in self.input_dims)
+        if unknown:
+            raise KeyError(f"{type(self).__name__}: present names unknown modalities {unknown}; the known "
+                           f"modalities are {self.modalities}")
         out = {}
         batch = None
         for m in self.modalities:

@@ -1,17 +1,28 @@
-"""The fusion registry: one factory (`create_fusion`) and a listing (`list_fusions`)."""
+"""The fusion registry (an `encoders.registry.Registry`): one factory (`create_fusion`) and a listing (`list_fusions`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Optional, TypeVar, Union, overload
+
+from encoders.registry import Registry, UnknownNameError, first_doc_line
 
 from .base import Fusion
 
-_REGISTRY: dict[str, type[Fusion]] = {}
-_DESCRIPTIONS: dict[str, str] = {}
-
 F = TypeVar("F", bound=type[Fusion])
+
+
+class UnknownFusionError(UnknownNameError, ValueError):
+    """A fusion name that is not registered (also a ValueError, which callers caught before)."""
+
+
+def _check_fusion_class(name: str, cls: object) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, Fusion)):
+        raise TypeError(f"register_fusion({name!r}): {cls!r} is not a subclass of fusion.Fusion")
+
+
+FUSIONS: Registry[type[Fusion]] = Registry("fusion", validate=_check_fusion_class, error=UnknownFusionError)
 
 
 @dataclass(frozen=True)
@@ -23,40 +34,49 @@ class FusionInfo:
     requires_tokens: bool
 
 
-def register_fusion(name: str, description: str = "") -> Callable[[F], F]:
-    """Class decorator adding a `Fusion` subclass to the registry under `name` (user fusions too).
+@overload
+def register_fusion(name: str, description: str = "", cls: None = None, *, override: bool = False,
+                    hidden: bool = False) -> Callable[[F], F]: ...
+
+
+@overload
+def register_fusion(name: str, description: str = "", cls: F = ..., *, override: bool = False,
+                    hidden: bool = False) -> F: ...
+
+
+def register_fusion(name: str, description: str = "", cls: Optional[F] = None, *, override: bool = False,
+                    hidden: bool = False) -> Union[F, Callable[[F], F]]:
+    """Add a `Fusion` subclass under `name` (user fusions too): a class decorator, or a call with `cls`.
 
     Registering is what `create_fusion`, the config checks and `from_pretrained` look up, so a model built
-    with a user fusion reloads once the module that registers it has been imported.
+    with a user fusion reloads once the module that registers it has been imported. A class registered under
+    several names saves itself under the first (`Fusion.name`). `hidden` keeps an internal fusion out of
+    `list_fusions()` (and so out of configs) while saved models that name it still load.
     """
 
-    def decorator(cls: F) -> F:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"fusion name {name!r} is already registered to {_REGISTRY[name].__name__}")
-        if not (isinstance(cls, type) and issubclass(cls, Fusion)):
-            raise TypeError(f"register_fusion({name!r}): {cls!r} is not a subclass of fusion.Fusion")
-        cls.name = name
-        _REGISTRY[name] = cls
-        _DESCRIPTIONS[name] = description or (cls.__doc__ or "").strip().split("\n")[0]
-        return cls
+    if isinstance(description, type):  # register_fusion("name", MyFusion), as register_encoder / register_task
+        cls, description = description, ""
 
-    return decorator
+    def add(klass: F) -> F:
+        FUSIONS.register(name, klass, override=override, hidden=hidden,
+                         description=description or first_doc_line(klass))
+        own = vars(klass).get("name")
+        if not (own and FUSIONS.is_registered(own) and FUSIONS.get(own) is klass):
+            klass.name = name  # the first name is the one its configs are saved under
+        return klass
+
+    return add if cls is None else add(cls)
 
 
-def list_fusions() -> list[FusionInfo]:
-    """Every registered fusion: name, one-line description, whether it needs token sequences."""
-    return [
-        FusionInfo(name, _DESCRIPTIONS[name], bool(cls.requires_tokens))
-        for name, cls in sorted(_REGISTRY.items())
-    ]
+def list_fusions(pattern: str = "*") -> list[FusionInfo]:
+    """Every public fusion matching `pattern`: name, one-line description, whether it needs token sequences."""
+    return [FusionInfo(e.name, e.info["description"], bool(e.obj.requires_tokens))
+            for e in sorted(FUSIONS.entries(pattern), key=lambda e: e.name)]
 
 
 def get_fusion_class(name: str) -> type[Fusion]:
-    """The class registered under `name`; the error lists the valid names."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown fusion {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
+    """The class registered under `name`; `UnknownFusionError` (a ValueError and KeyError) naming the valid ones."""
+    return FUSIONS.get(name)
 
 
 def create_fusion(name: str, input_dims: dict[str, int], output_dim: int, **kwargs: Any) -> Fusion:

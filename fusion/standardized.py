@@ -10,7 +10,8 @@ from .base import Features, Fusion, Presence, zero_absent
 from .registry import register_fusion
 
 
-@register_fusion("standardized", "pooled features concatenated and standardised with fixed statistics (linear probe)")
+@register_fusion("standardized", "pooled features concatenated and standardised with fixed statistics (the linear "
+                 "probe's input; internal: not listed, not selectable in a config)", hidden=True)
 class StandardizedConcat(Fusion):
     """Concatenate each modality's pooled features, subtract `shift` and multiply by `scale` (buffers that
     `set_statistics` fills from training data), zero absent modalities (the training mean), and append one

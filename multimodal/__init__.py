@@ -6,8 +6,17 @@ The names most code needs are here: ``from multimodal import run, load_config, M
 from multimodal.config import ConfigError, ExperimentConfig, load_config
 from multimodal.data import DataError, MultimodalDataset, make_demo
 from multimodal.deploy import Predictor
-from multimodal.models import DualEncoder, ModelOutput, MultimodalModel, TaskHead, load_model
-from multimodal.registry import get_task, list_tasks, register_task
+from multimodal.models import (
+    DualEncoder,
+    ModelOutput,
+    MultimodalModel,
+    TaskHead,
+    create_dual_encoder,
+    create_model,
+    list_presets,
+    load_model,
+)
+from multimodal.registry import Registry, UnknownNameError, get_task, list_tasks, register_task
 from multimodal.tasks import ClassificationTask, EvalResult, RetrievalTask, Task, run, summarize
 from multimodal.training import Trainer, predict
 from multimodal.utils import to_device
@@ -23,11 +32,16 @@ __all__ = [
     "MultimodalDataset",
     "MultimodalModel",
     "Predictor",
+    "Registry",
     "RetrievalTask",
     "Task",
     "TaskHead",
     "Trainer",
+    "UnknownNameError",
+    "create_dual_encoder",
+    "create_model",
     "get_task",
+    "list_presets",
     "list_tasks",
     "load_config",
     "load_model",

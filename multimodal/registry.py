@@ -1,18 +1,50 @@
-"""The task registry: `register_task` adds a task class under a name that `model.task` in a config selects.
+"""The one registry idiom (`Registry`, `UnknownNameError`) and the task registry built on it.
 
-Kept apart from the task implementations (`multimodal.tasks`) so that the config loader can check names
-against it without importing them; the built-in tasks register themselves when `multimodal` is imported.
+`Registry` lives in `encoders.registry` because `encoders` and `fusion` sit below `multimodal` and must not
+import it; this is its public home for everything above them. The tables that use it:
+
+- encoder kinds: `encoders.registry.ENCODERS` (`encoders.register_encoder`)
+- fusions: `fusion.registry.FUSIONS` (`fusion.register_fusion`)
+- tasks: `TASKS` here (`register_task`); `model.task` in a config selects one
+- model types: `multimodal.models.base.MODEL_TYPES` (`register_model_type`); `load_model` reads it
+- demos: `multimodal.data.demos.DEMOS` (`register_demo`); `data.demo` selects one
+
+The task table is kept apart from the task implementations (`multimodal.tasks`) so that the config loader
+can check names against it without importing them; the built-in tasks register themselves when
+`multimodal` is imported.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional, TypeVar, Union
 
-_TASKS: dict[str, type] = {}
-_ALIASES: dict[str, str] = {}
+from encoders.registry import DuplicateNameError, Entry, Registry, UnknownNameError, first_doc_line
 
 T = TypeVar("T", bound=type)
+
+__all__ = [
+    "TASKS",
+    "DuplicateNameError",
+    "Entry",
+    "Registry",
+    "TaskInfo",
+    "UnknownNameError",
+    "canonical_task_name",
+    "get_task",
+    "list_tasks",
+    "register_task",
+    "task_names",
+]
+
+
+def _check_task_class(name: str, cls: object) -> None:
+    if not isinstance(cls, type):
+        raise TypeError(f"register_task({name!r}): expected a class, got {cls!r}")
+
+
+TASKS: Registry[type] = Registry("task", validate=_check_task_class)
 
 
 @dataclass(frozen=True)
@@ -23,46 +55,29 @@ class TaskInfo:
     description: str
 
 
-def register_task(name: str, cls: Optional[type] = None, aliases: tuple[str, ...] = ()) -> Any:
+def register_task(name: str, cls: Optional[T] = None, aliases: Sequence[str] = (), *,
+                  override: bool = False) -> Union[T, Callable[[T], T]]:
     """Register a `multimodal.tasks.Task` subclass under `name` (a plain call, or a class decorator when `cls`
-    is omitted). Registering the same class again is a no-op; another class under a taken name is an error."""
-
-    def add(task_cls: T) -> T:
-        if not isinstance(task_cls, type):
-            raise TypeError(f"register_task({name!r}): expected a class, got {task_cls!r}")
-        for key in (name, *aliases):
-            taken = _TASKS.get(key) or _TASKS.get(_ALIASES.get(key, ""))
-            if taken is not None and taken is not task_cls:
-                raise ValueError(f"task name {key!r} is already registered to {taken.__name__}")
-        _TASKS[name] = task_cls
-        for alias in aliases:
-            _ALIASES[alias] = name
-        return task_cls
-
-    if cls is not None:
-        return add(cls)
-    return add
+    is omitted). Registering the same class again is a no-op; another class under a taken name (or alias)
+    raises `DuplicateNameError` (a ValueError) unless `override`."""
+    return TASKS.register(name, cls, override=override, aliases=tuple(aliases))
 
 
 def canonical_task_name(name: str) -> str:
     """The registered name for `name` (resolving aliases such as 'contrastive' -> 'retrieval')."""
-    return _ALIASES.get(name, name)
+    return TASKS.canonical(name)
 
 
-def get_task(name: str) -> type:
-    """The task class registered as `name` (or an alias); the error lists the known names."""
-    key = canonical_task_name(name)
-    if key not in _TASKS:
-        raise KeyError(f"unknown task {name!r}; registered tasks: {', '.join(task_names())}")
-    return _TASKS[key]
+def get_task(name: str) -> Any:
+    """The task class registered as `name` (or an alias); `UnknownNameError` (a KeyError) names the known ones."""
+    return TASKS.get(name)
 
 
-def task_names() -> list[str]:
-    """Registered task names and aliases, sorted."""
-    return sorted(set(_TASKS) | set(_ALIASES))
+def task_names(pattern: str = "*") -> list[str]:
+    """Registered task names and aliases matching `pattern`, sorted."""
+    return sorted(TASKS.list(pattern, aliases=True))
 
 
-def list_tasks() -> list[TaskInfo]:
-    """Every registered task with the first line of its docstring."""
-    return [TaskInfo(n, (c.__doc__ or "").strip().split("\n")[0]) for n, c in sorted(_TASKS.items())]
-
+def list_tasks(pattern: str = "*") -> list[TaskInfo]:
+    """Every registered task matching `pattern`, with the first line of its docstring, sorted by name."""
+    return [TaskInfo(e.name, first_doc_line(e.obj)) for e in sorted(TASKS.entries(pattern), key=lambda e: e.name)]

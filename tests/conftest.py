@@ -12,8 +12,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Demo data and the "auto" feature cache go to a throwaway folder, never the user's ~/.cache.
 os.environ.setdefault("MULTIMODAL_CACHE", tempfile.mkdtemp(prefix="multimodal-tests-"))
 
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from multimodal import load_config, run  # noqa: E402
 
@@ -78,6 +81,22 @@ def tiny_audio_dir(tmp_path_factory) -> str:
         feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=True
     ).save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture
+def day_night_manifest(tmp_path) -> str:
+    """A 40-row text-image manifest (bright or dark 16x16 images, captions saying which) in `tmp_path`."""
+    (tmp_path / "img").mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(40):
+        day = i % 2 == 0
+        pixels = np.clip((200 if day else 40) + rng.normal(0, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "img" / f"{i}.png")
+        word = rng.choice(["sunny", "bright"] if day else ["dark", "midnight"])
+        rows.append({"text": f"a {word} scene", "image": f"img/{i}.png", "label": "day" if day else "night"})
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    return str(tmp_path / "m.csv")
 
 
 @pytest.fixture(scope="session")

@@ -13,10 +13,8 @@ import re
 import sys
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 README = os.path.join(os.path.dirname(__file__), "..", "README.md")
 
@@ -62,12 +60,19 @@ def test_research_examples_train_and_reload(tmp_path, monkeypatch):
 
     ns = _run_block(dual_block, tmp_path, monkeypatch)
     assert ns["texts"].shape == (3, 256) and ns["images"].shape == (2, 256)
-    assert torch.isfinite(ns["loss"]) and ns["model"].head.logit_scale.grad is not None
+    model = ns["model"]
+    assert torch.isfinite(ns["loss"]) and model.head.logit_scale.grad is not None
+    assert {m: e.spec for m, e in model.encoders.items()} == {
+        "text": "text:sentence-transformers/all-MiniLM-L6-v2", "image": "image:tf_efficientnet_lite0"}
     torch.testing.assert_close(ns["texts"].norm(dim=-1), torch.ones(3))  # normalised embeddings
+    torch.testing.assert_close(ns["out"]["logit_scale"], model.head.clamped_logit_scale().exp())
+    image = model.encoders["image"]  # locked but its last group: gradients reached that group only
+    grads = [p.grad is not None for p in image.parameters()]
+    assert any(grads) and not all(grads) and not image.backbone.conv_stem.weight.requires_grad
     reloaded = ns["load_model"]("runs/towers")
-    image_inputs = ns["towers"]["image"].preprocess([np.zeros((8, 8, 3), np.uint8)])
+    image_inputs = image.preprocess([np.zeros((8, 8, 3), np.uint8)])
     with torch.no_grad():
-        assert torch.equal(reloaded.encode("image", image_inputs), ns["model"].eval().encode("image", image_inputs))
+        assert torch.equal(reloaded.encode("image", image_inputs), model.eval().encode("image", image_inputs))
 
 
 @pytest.fixture(scope="module")
@@ -84,21 +89,7 @@ def user_modules(tmp_path_factory):
         sys.path.remove(str(folder))
 
 
-def _manifest(root) -> str:
-    os.makedirs(root / "img", exist_ok=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(40):
-        day = i % 2 == 0
-        pixels = np.clip((200 if day else 40) + rng.normal(0, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(root / "img" / f"{i}.png")
-        word = rng.choice(["sunny", "bright"] if day else ["dark", "midnight"])
-        rows.append({"text": f"a {word} scene", "image": f"img/{i}.png", "label": "day" if day else "night"})
-    pd.DataFrame(rows).to_csv(root / "m.csv", index=False)
-    return str(root / "m.csv")
-
-
-def test_extending_files_work_together_in_a_real_run(tmp_path, user_modules):
+def test_extending_files_work_together_in_a_real_run(tmp_path, user_modules, day_night_manifest):
     from encoders import create_encoder, list_encoders
     from fusion import list_fusions
     from multimodal import MultimodalModel, list_tasks, load_config, load_model, run
@@ -108,7 +99,7 @@ def test_extending_files_work_together_in_a_real_run(tmp_path, user_modules):
     enc = create_encoder("text-hash:512")
     assert enc(enc.preprocess(["a sunny day", None])).pooled.shape == (2, 64)
     cfg = load_config(None, [
-        f"data.train={_manifest(tmp_path)}", "data.audio_column=null", "data.num_workers=0",
+        f"data.train={day_night_manifest}", "data.audio_column=null", "data.num_workers=0",
         "data.feature_cache=null", "model.encoders={text: 'text-hash:512', image: 'image:test_efficientnet'}",
         "model.encoder_kwargs={image: {img_size: 32}}", "model.pretrained=false", "model.fusion=max",
         "model.fusion_dim=16", "model.task=calibrated_classification", "train.epochs=3", "train.batch_size=8",

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from encoders.registry import Registry
 from multimodal.data import demo_classification, demo_pairs
 from multimodal.data.partition import assign_splits
 
@@ -39,27 +40,23 @@ class Demo:
     config_defaults: dict[str, Any] = field(default_factory=dict)
 
 
-_DEMOS: dict[str, Demo] = {}
+DEMOS: Registry[Demo] = Registry("demo")  # name -> Demo; ``data.demo`` selects one
 
 
-def register_demo(demo: Demo) -> Demo:
-    """Add a demo under `demo.name` (a name can be registered once)."""
-    if demo.name in _DEMOS and _DEMOS[demo.name] != demo:
-        raise ValueError(f"demo {demo.name!r} is already registered")
-    _DEMOS[demo.name] = demo
-    return demo
+def register_demo(demo: Demo, *, override: bool = False) -> Demo:
+    """Add a demo under `demo.name`; an equal demo again is a no-op, another one under a taken name raises
+    `DuplicateNameError` (a ValueError) unless `override`."""
+    return DEMOS.register(demo.name, demo, override=override)
 
 
 def get_demo(name: str) -> Demo:
-    """The demo registered as `name` (KeyError naming the known ones)."""
-    if name not in _DEMOS:
-        raise KeyError(f"unknown demo {name!r}; choose one of {sorted(_DEMOS)}")
-    return _DEMOS[name]
+    """The demo registered as `name` (`UnknownNameError`, a KeyError, naming the known ones)."""
+    return DEMOS.get(name)
 
 
-def list_demos() -> list[Demo]:
-    """Every registered demo, by name."""
-    return [_DEMOS[n] for n in sorted(_DEMOS)]
+def list_demos(pattern: str = "*") -> list[Demo]:
+    """Every registered demo matching `pattern`, by name."""
+    return [e.obj for e in sorted(DEMOS.entries(pattern), key=lambda e: e.name)]
 
 
 def default_demo_root() -> str:

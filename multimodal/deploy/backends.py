@@ -27,7 +27,7 @@ class TorchBackend:
         self.device = torch.device(device)
         self.modalities: list[str] = model.modalities
         self.model_type: str = model.model_type
-        self.task: str = model.head.task if isinstance(model, MultimodalModel) else "retrieval"
+        self.task: str = model.head.label_type if isinstance(model, MultimodalModel) else "retrieval"
         self.labels = labels
         self.preprocessors = model.get_preprocessors(train=False)
 

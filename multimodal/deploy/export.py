@@ -198,7 +198,7 @@ def export_model(model: EncoderModel, output: Union[str, os.PathLike], fmt: str 
         head = model.head
         manifest: dict[str, Any] = {
             "format": fmt, "format_version": DEPLOY_FORMAT_VERSION, "model_type": model.model_type,
-            "task": head.task if isinstance(model, MultimodalModel) else "retrieval",
+            "task": head.label_type if isinstance(model, MultimodalModel) else "retrieval",
             "labels": list(labels) if labels is not None else None, "modalities": model.modalities,
             "graphs": graphs, "preprocessing": preprocessing, "opset": opset if fmt == "onnx" else None,
             "versions": package_versions(), "source": source or {"config": model.get_config()},

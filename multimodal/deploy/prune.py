@@ -213,6 +213,6 @@ def save_pruned(model: EncoderModel, output: str, labels: Optional[list[str]], r
     """``save_pretrained`` plus ``labels.json`` and ``pruning.json`` (the report)."""
     model.save_pretrained(output)
     if labels is not None:
-        task = getattr(getattr(model, "head", None), "task", "single_label")
+        task = getattr(getattr(model, "head", None), "label_type", "single_label")
         LabelVocab(labels, task).save(os.path.join(output, "labels.json"))
     write_json(os.path.join(output, "pruning.json"), report)

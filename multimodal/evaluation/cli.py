@@ -88,8 +88,8 @@ def task_for(model: Any, task: str, columns: dict[str, Optional[str]], label_col
         head = getattr(model, "head", None)
         if head is None or not hasattr(head, "num_outputs"):
             raise ConfigError("--task classification needs a model with a task head (this one is a two-tower model)")
-        cfg.model.task = head.task
-        if head.task == "multitask":  # the saved head names its tasks, columns and classes
+        cfg.model.task = head.label_type
+        if head.label_type == "multitask":  # the saved head names its tasks, columns and classes
             cfg.model.tasks = {t["name"]: {k: t[k] for k in ("column", "task", "weight", "labels", "width") if k in t}
                                for t in head.tasks}
     else:

@@ -48,9 +48,9 @@ def explain_manifest(model: Any, data: str, output: str, columns: dict[str, str]
                      target: str = "predicted", steps: int = 32, seed: int = 0) -> str:
     """Explain examples of manifest `data` (1-based `rows`, or the first `num_examples`); returns the report path."""
     head = getattr(model, "head", None)
-    if getattr(head, "task", None) != "single_label":
+    if getattr(head, "label_type", None) != "single_label":
         raise ConfigError(f"multimodal-explain explains single-label classifiers; this model's head is "
-                          f"{getattr(head, 'task', type(model).__name__)!r}")
+                          f"{getattr(head, 'label_type', type(model).__name__)!r}")
     table = read_manifest(data)
     if label_column and table and label_column not in table[0]:
         if target == "label":

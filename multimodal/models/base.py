@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, TypeVar, Union
 
 import torch
 from safetensors import SafetensorError
@@ -23,7 +22,10 @@ from torch import nn
 
 from encoders import Encoder, EncoderError, encoder_from_config
 from encoders.base import EncoderOutput, Preprocessor
+from encoders.registry import Registry
 from multimodal.models import peft as peft_support
+from multimodal.models.output import ModelOutput  # noqa: F401 (its old import path, multimodal.models.base)
+from multimodal.models.unlock import lock_encoder
 from multimodal.utils import write_text
 
 FORMAT_VERSION = 1
@@ -31,7 +33,10 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 ENCODER_ASSETS_DIR = "encoders"
 
-_MODEL_TYPES: dict[str, type] = {}
+M = TypeVar("M", bound=type)
+
+# model_type (as written in config.json) -> model class; `load_model` reads it.
+MODEL_TYPES: Registry[type] = Registry("model_type")
 
 
 class ModelFolderError(ValueError):
@@ -42,26 +47,22 @@ class ModelFileMissingError(ModelFolderError, FileNotFoundError):
     """A file a saved model folder needs (config.json, model.safetensors) is not there."""
 
 
-@dataclass
-class ModelOutput:
-    """What the models' `forward` returns (fields a model does not produce stay None)."""
+def register_model_type(name: str, cls: Optional[M] = None, *, override: bool = False) -> Any:
+    """`load_model` rebuilds folders whose config.json says ``"model_type": name`` with this class (a class
+    decorator, or a call with `cls`). Another class under a taken name is refused unless `override`."""
 
-    loss: Optional[torch.Tensor] = None
-    logits: Optional[torch.Tensor] = None
-    fused: Optional[torch.Tensor] = None
-    embeddings: Optional[dict[str, torch.Tensor]] = None
-    features: Optional[dict[str, EncoderOutput]] = None
+    def add(klass: M) -> M:
+        MODEL_TYPES.register(name, klass, override=override)
+        if not vars(klass).get("model_type"):  # the name its folders are saved under: the first one
+            klass.model_type = name
+        return klass
+
+    return add if cls is None else add(cls)
 
 
-def register_model_type(name: str) -> Any:
-    """Class decorator: `load_model` rebuilds folders whose config.json says ``"model_type": name`` with it."""
-
-    def add(cls: type) -> type:
-        cls.model_type = name
-        _MODEL_TYPES[name] = cls
-        return cls
-
-    return add
+def list_model_types(pattern: str = "*") -> list[str]:
+    """Registered model types matching `pattern` (what config.json's ``model_type`` may say)."""
+    return MODEL_TYPES.list(pattern)
 
 
 class EncoderModel(nn.Module):
@@ -89,11 +90,19 @@ class EncoderModel(nn.Module):
                 return encoder(inputs)
         return encoder(inputs)
 
+    def _check_modalities(self, what: str, keys: Iterable[str]) -> None:
+        """KeyError naming the model's modalities when `keys` holds any other (research code fails loudly)."""
+        unknown = sorted(str(k) for k in keys if k not in self.encoders)
+        if unknown:
+            raise KeyError(f"{what} for unknown modalities {unknown}; the model has {self.modalities}")
+
+    def check_present(self, present: Optional[dict[str, torch.Tensor]]) -> None:
+        """Refuse presence masks of modalities the model does not have (a typo would otherwise be ignored)."""
+        self._check_modalities("present", present or {})
+
     def encode_inputs(self, inputs: dict[str, dict[str, torch.Tensor]]) -> dict[str, EncoderOutput]:
         """Run the encoders of the modalities found in `inputs` (frozen ones without autograd)."""
-        unknown = [m for m in inputs if m not in self.encoders]
-        if unknown:
-            raise KeyError(f"inputs for unknown modalities {unknown}; the model has {self.modalities}")
+        self._check_modalities("inputs", inputs)
         return {m: self._run_encoder(m, inputs[m]) for m in self.modalities if m in inputs}
 
     def _features(
@@ -103,6 +112,8 @@ class EncoderModel(nn.Module):
         """EncoderOutputs for the modalities given: precomputed where given, else from the encoders; every
         modality in `required` must be there."""
         features = dict(features or {})
+        self._check_modalities("inputs", inputs)
+        self._check_modalities("features", features)
         out: dict[str, EncoderOutput] = {}
         for m in self.modalities:
             if m in features:
@@ -113,6 +124,17 @@ class EncoderModel(nn.Module):
         if missing:
             raise KeyError(f"no inputs or precomputed features for modalities {missing} (got {sorted(out)})")
         return out
+
+    def preprocess(self, samples: dict[str, Sequence[Any]], train: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+        """Raw samples by modality (None where a sample lacks one) -> ``{"inputs": ..., "present": ...}`` ready for
+        ``model(**batch)``, through each encoder's own preprocessing (`train`: with its augmentation)."""
+        self._check_modalities("samples", samples)
+        sizes = {m: len(v) for m, v in samples.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"preprocess: every modality needs one entry per sample (None if absent); got {sizes}")
+        inputs = {m: self.encoders[m].preprocess(list(v), train=train) for m, v in sorted(samples.items())}
+        present = {m: torch.tensor([x is not None for x in v], dtype=torch.bool) for m, v in sorted(samples.items())}
+        return {"inputs": inputs, "present": present}
 
     # ------------------------------------------------------------------ training helpers
     def _no_decay_names(self) -> set[str]:
@@ -164,6 +186,13 @@ class EncoderModel(nn.Module):
         """Unfreeze the named encoders (all by default)."""
         for m in self._select(names):
             self.encoders[m].unfreeze()
+        return self
+
+    def lock(self, modality: str, unlocked_groups: int = 0) -> EncoderModel:
+        """Freeze the `modality` tower except its last `unlocked_groups` layer groups (open_clip's
+        ``lock_image_tower(unlocked_groups=...)``); frozen BatchNorm statistics stay fixed."""
+        self._select(modality)
+        lock_encoder(self.encoders[modality], unlocked_groups)
         return self
 
     def get_preprocessors(self, train: bool = False) -> dict[str, Preprocessor]:
@@ -254,20 +283,21 @@ def load_model(directory: Union[str, os.PathLike], trust_remote_code: bool = Fal
     model_type = config.get("model_type") or ("dual_encoder" if (config.get("fusion") or {}).get("name") == "contrastive"
                                               else "fused")  # folders written before model_type existed
     config_path = directory / CONFIG_NAME
-    if not isinstance(model_type, str) or model_type not in _MODEL_TYPES:
-        raise ModelFolderError(f"{config_path}: unknown model_type {model_type!r}; known: {sorted(_MODEL_TYPES)}")
-    cls = _MODEL_TYPES[model_type]
+    if not MODEL_TYPES.is_registered(model_type):
+        raise ModelFolderError(f"{config_path}: {MODEL_TYPES.unknown(model_type)}")
+    cls = MODEL_TYPES.get(model_type)
     encoders = {}
     for m, enc_config in config["encoders"].items():
         assets = directory / ENCODER_ASSETS_DIR / m
         try:
             encoders[m] = encoder_from_config(enc_config, str(assets) if assets.is_dir() else None,
                                               trust_remote_code=trust_remote_code)
-        except KeyError as err:
-            raise ModelFolderError(f"{config_path}: field 'encoders.{m}' lacks {err}") from err
+        # EncoderError first: an unknown kind (UnknownEncoderError) is also a KeyError
         except (EncoderError, TypeError, ValueError, RuntimeError, OSError) as err:
             raise ModelFolderError(f"{config_path}: field 'encoders.{m}' does not rebuild an encoder: "
                                    f"{type(err).__name__}: {err}") from err
+        except KeyError as err:
+            raise ModelFolderError(f"{config_path}: field 'encoders.{m}' lacks {err}") from err
     encoders = peft_support.restore_encoders(config, encoders)  # LoRA: pretrained base from its spec + adapters
     try:
         model = cls._from_config(config, encoders)

@@ -3,7 +3,7 @@
 open_clip's shape: ``encode(modality, inputs)`` embeds one modality alone (``encode_image`` / ``encode_text``),
 so a gallery is embedded once and any pair of modalities can be compared (text-image, text-audio,
 image-audio). `forward` embeds every modality in the batch and returns the contrastive loss over the
-aligned pairs (`fusion.ContrastiveHead`), gathered across processes in training.
+aligned pairs (`multimodal.models.contrastive.ContrastiveHead`), gathered across processes in training.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import torch
 
 from encoders import Encoder
 from encoders.base import EncoderOutput
-from fusion import ContrastiveHead
-from multimodal.models.base import EncoderModel, ModelOutput, register_model_type
+from multimodal.models.base import EncoderModel, register_model_type
+from multimodal.models.compat import positional_deprecated
+from multimodal.models.contrastive import ContrastiveHead
+from multimodal.models.output import ModelOutput
 
 
 @register_model_type("dual_encoder")
@@ -23,11 +25,13 @@ class DualEncoder(EncoderModel):
     """Encoders by modality plus a `ContrastiveHead` (projections + temperature).
 
     Build it from encoders and an embedding width (``DualEncoder(encoders, embed_dim=256)``, extra keyword
-    arguments go to `ContrastiveHead`), or pass a ready `head`.
+    arguments go to `ContrastiveHead`), or pass a ready one (``DualEncoder(encoders, head=...)``).
     """
 
+    @positional_deprecated("head", "embed_dim")
     def __init__(
-        self, encoders: dict[str, Encoder], head: Optional[ContrastiveHead] = None, embed_dim: int = 256, **head_kwargs: Any
+        self, encoders: dict[str, Encoder], *, head: Optional[ContrastiveHead] = None, embed_dim: int = 256,
+        **head_kwargs: Any,
     ) -> None:
         super().__init__(encoders)
         dims = {m: int(e.output_dim) for m, e in encoders.items()}
@@ -73,14 +77,16 @@ class DualEncoder(EncoderModel):
         labels: Optional[torch.Tensor] = None,
         features: Optional[dict[str, EncoderOutput]] = None,
     ) -> ModelOutput:
-        """Embed every modality in the batch; with two or more, the InfoNCE loss over the aligned pairs."""
+        """Embed every modality in the batch; with two or more, the InfoNCE loss over the aligned pairs. The
+        output's `logit_scale` is the exponentiated temperature (what `ClipLoss` takes, as in open_clip)."""
         feats = self._features(inputs or {}, features)
         if not feats:
             raise KeyError(f"no inputs or features for any tower of {self.modalities}")
+        self.check_present(present)
         embeddings = {m: self.head.embed(m, f.pooled) for m, f in feats.items()}
         pairs_here = any(a in embeddings and b in embeddings for a, b in self.head.pairs)
         loss = self.head.loss(embeddings, present) if pairs_here else None
-        return ModelOutput(loss=loss, embeddings=embeddings, features=feats)
+        return ModelOutput(loss=loss, embeddings=embeddings, features=feats, logit_scale=self.logit_scale.exp())
 
     def get_config(self) -> dict[str, Any]:
         """JSON-serialisable description that `from_pretrained` rebuilds with no network."""
@@ -93,11 +99,11 @@ class DualEncoder(EncoderModel):
                 head = ContrastiveHead.from_config(config["head"])
             except (KeyError, TypeError, ValueError) as err:
                 raise ValueError(f"field 'head': {err}") from err
-            return cls(encoders, head)
+            return cls(encoders, head=head)
         legacy = config.get("fusion")  # written by MultimodalModel + ContrastiveFusion (before DualEncoder)
         if isinstance(legacy, dict) and legacy.get("name") == "contrastive":
             kwargs = {k: v for k, v in (legacy.get("kwargs") or {}).items() if k != "pairs"}
-            return cls(encoders, ContrastiveHead(legacy["input_dims"], legacy["output_dim"], **kwargs))
+            return cls(encoders, head=ContrastiveHead(legacy["input_dims"], legacy["output_dim"], **kwargs))
         raise ValueError("a dual_encoder needs a 'head' object (the contrastive head's config)")
 
     def legacy_state_names(self, state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -10,13 +11,16 @@ import torch.nn.functional as F
 from encoders import Encoder
 from encoders.base import EncoderOutput
 from fusion import Fusion, fusion_from_config
-from multimodal.models.base import EncoderModel, ModelOutput, register_model_type
+from multimodal.models.base import EncoderModel, register_model_type
+from multimodal.models.compat import positional_deprecated
 from multimodal.models.heads import TaskHead
+from multimodal.models.output import ModelOutput
 
 
 @register_model_type("fused")
 class MultimodalModel(EncoderModel):
-    """Per-modality encoders, one fusion and an optional task head, all injected.
+    """Per-modality encoders, one fusion and an optional task head, all injected:
+    ``MultimodalModel(encoders, fusion=..., head=...)``.
 
     `forward(inputs, present, labels, features)` encodes (skipping modalities given as precomputed
     `features`), fuses with presence masks, applies the head and, with `labels`, its loss.
@@ -24,9 +28,11 @@ class MultimodalModel(EncoderModel):
     sample's modalities).
     """
 
+    @positional_deprecated("fusion", "head", "modality_dropout")
     def __init__(
         self,
         encoders: dict[str, Encoder],
+        *,
         fusion: Fusion,
         head: Optional[TaskHead] = None,
         modality_dropout: float = 0.0,
@@ -56,7 +62,9 @@ class MultimodalModel(EncoderModel):
     def encode(
         self, inputs: dict[str, dict[str, torch.Tensor]], present: Optional[dict[str, torch.Tensor]] = None
     ) -> dict[str, EncoderOutput]:
-        """Run the encoders of the modalities found in `inputs` (frozen ones without autograd)."""
+        """Deprecated: `encode_inputs(inputs)` (``encode`` embeds one modality, as `DualEncoder.encode` does)."""
+        warnings.warn("MultimodalModel.encode(inputs, present) is deprecated: use encode_inputs(inputs) (encoder "
+                      "outputs by modality; present was never used)", DeprecationWarning, stacklevel=2)
         return self.encode_inputs(inputs)
 
     def _drop_modalities(self, present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -106,11 +114,11 @@ class MultimodalModel(EncoderModel):
         if not isinstance(config.get("fusion"), dict):
             raise ValueError("missing field 'fusion' (an object with name, input_dims, output_dim)")
         try:
-            head = TaskHead(**config["head"]) if config.get("head") else None
+            head = TaskHead.from_config(config["head"]) if config.get("head") else None
         except (TypeError, ValueError) as err:
             raise ValueError(f"field 'head': {err}") from err
         try:
             fusion = fusion_from_config(config["fusion"])
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"field 'fusion': {err}") from err
-        return cls(encoders, fusion, head, modality_dropout=config.get("modality_dropout", 0.0))
+        return cls(encoders, fusion=fusion, head=head, modality_dropout=config.get("modality_dropout", 0.0))

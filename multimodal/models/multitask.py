@@ -19,14 +19,14 @@ from encoders import Encoder
 from fusion import fusion_from_config
 from multimodal.models.base import register_model_type
 from multimodal.models.fused import MultimodalModel
-from multimodal.models.heads import TaskHead
+from multimodal.models.heads import LabelTyped, TaskHead
 
 
-class MultiTaskHead(nn.Module):
+class MultiTaskHead(LabelTyped, nn.Module):
     """`tasks`: dicts with ``name``, ``task`` (single_label / multi_label / regression), ``num_outputs``,
     ``weight`` and optionally ``column`` and ``labels`` (kept in the config so a saved model describes itself)."""
 
-    task = "multitask"
+    label_type = "multitask"  # labels packed per task (see the module docstring)
 
     def __init__(self, in_dim: int, tasks: list[dict[str, Any]], hidden_dim: Optional[int] = None,
                  dropout: float = 0.0) -> None:
@@ -99,5 +99,5 @@ class MultiTaskModel(MultimodalModel):
     def _from_config(cls, config: dict[str, Any], encoders: dict[str, Encoder]) -> MultiTaskModel:
         if not isinstance(config.get("fusion"), dict) or not isinstance(config.get("head"), dict):
             raise ValueError("config.json: a multitask model needs 'fusion' and 'head' objects")
-        return cls(encoders, fusion_from_config(config["fusion"]), MultiTaskHead.from_config(config["head"]),
+        return cls(encoders, fusion=fusion_from_config(config["fusion"]), head=MultiTaskHead.from_config(config["head"]),
                    modality_dropout=config.get("modality_dropout", 0.0))

@@ -17,22 +17,25 @@ from torch import nn
 
 from encoders import Encoder
 from encoders.base import EncoderOutput
-from multimodal.models.base import EncoderModel, ModelOutput, register_model_type
+from multimodal.models.base import EncoderModel, register_model_type
+from multimodal.models.compat import positional_deprecated
 from multimodal.models.dual import DualEncoder
+from multimodal.models.heads import LabelTyped
+from multimodal.models.output import ModelOutput
 
 
 def projection_module(kind: str, in_dim: int, embed_dim: int, hidden_dim: Optional[int], dropout: float) -> nn.Module:
-    """The same layers as a `fusion.ContrastiveHead` projection, so its weights load into it."""
+    """The same layers as a `ContrastiveHead` projection, so its weights load into it."""
     if kind == "linear":
         return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, embed_dim, bias=False))
     hidden = int(hidden_dim or in_dim)
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, embed_dim))
 
 
-class PromptHead(nn.Module):
+class PromptHead(LabelTyped, nn.Module):
     """Projection into the shared space, a learnable temperature and class weights; single-label loss."""
 
-    task = "single_label"
+    label_type = "single_label"
 
     def __init__(self, in_dim: int, embed_dim: int, num_outputs: int, projection: str = "linear",
                  hidden_dim: Optional[int] = None, dropout: float = 0.0, logit_scale: float = 4.6052,
@@ -71,7 +74,8 @@ class PromptHead(nn.Module):
 class PromptClassifier(EncoderModel):
     """One encoder (the classified modality) and a `PromptHead`; `from_dual` builds it from a two-tower model."""
 
-    def __init__(self, encoders: dict[str, Encoder], head: PromptHead) -> None:
+    @positional_deprecated("head")
+    def __init__(self, encoders: dict[str, Encoder], *, head: PromptHead) -> None:
         super().__init__(encoders)
         if len(encoders) != 1:
             raise ValueError(f"PromptClassifier classifies one modality; got encoders {sorted(encoders)}")
@@ -94,13 +98,14 @@ class PromptClassifier(EncoderModel):
         head.projection.load_state_dict(dual.head.projections[modality].state_dict())
         with torch.no_grad():
             head.class_weights.copy_(class_weights)
-        return cls({modality: dual.encoders[modality]}, head)
+        return cls({modality: dual.encoders[modality]}, head=head)
 
     def forward(self, inputs: Optional[dict[str, dict[str, torch.Tensor]]] = None,
                 present: Optional[dict[str, torch.Tensor]] = None, labels: Optional[torch.Tensor] = None,
                 features: Optional[dict[str, EncoderOutput]] = None) -> ModelOutput:
         """Encode the modality (or take its cached features), classify, and with `labels` the loss."""
         feats = self._features(inputs or {}, features, required=[self.modality])
+        self.check_present(present)
         logits = self.head(feats[self.modality].pooled)
         loss = self.head.loss(logits, labels) if labels is not None else None
         return ModelOutput(loss=loss, logits=logits, features=feats)
@@ -113,4 +118,4 @@ class PromptClassifier(EncoderModel):
     def _from_config(cls, config: dict[str, Any], encoders: dict[str, Encoder]) -> PromptClassifier:
         if not isinstance(config.get("head"), dict):
             raise ValueError("config.json: a prompt_classifier needs a 'head' object")
-        return cls(encoders, PromptHead(**config["head"]))
+        return cls(encoders, head=PromptHead(**config["head"]))

@@ -66,6 +66,23 @@ def keep_frozen_norms_in_eval(encoder: Any) -> None:
     encoder.train(encoder.training)
 
 
+def lock_encoder(encoder: Any, unlocked_groups: int = 0) -> Any:
+    """Freeze `encoder` except its last `unlocked_groups` coarse layer groups (open_clip's ``unlocked_groups``):
+    0 freezes it all, more than it has unlocks all of it. Frozen BatchNorms keep their running statistics."""
+    n = int(unlocked_groups)
+    if n < 0:
+        raise ValueError(f"unlocked_groups must be >= 0, got {unlocked_groups}")
+    if n == 0:
+        return encoder.freeze()
+    encoder.unfreeze()
+    ids, top = encoder_layer_ids(encoder, coarse=True)
+    for name, p in encoder.named_parameters():
+        if ids.get(name, top) <= top - n:
+            p.requires_grad_(False)
+    keep_frozen_norms_in_eval(encoder)
+    return encoder
+
+
 def unlock_last_blocks(model: Any, counts: dict[str, int]) -> Any:
     """Train only the last ``counts[modality]`` blocks (coarse groups) of each named encoder; the rest is frozen
     (with its BatchNorm statistics). 0 freezes the whole encoder; more than it has unlocks all of it."""
@@ -75,14 +92,5 @@ def unlock_last_blocks(model: Any, counts: dict[str, int]) -> Any:
                              f"({sorted(model.encoders)})")
         if int(n) < 0:
             raise ValueError(f"model.unlock_last_blocks.{modality} must be >= 0, got {n}")
-        encoder = model.encoders[modality]
-        if int(n) == 0:
-            encoder.freeze()
-            continue
-        encoder.unfreeze()
-        ids, top = encoder_layer_ids(encoder, coarse=True)
-        for name, p in encoder.named_parameters():
-            if ids.get(name, top) <= top - int(n):
-                p.requires_grad_(False)
-        keep_frozen_norms_in_eval(encoder)
+        lock_encoder(model.encoders[modality], int(n))
     return model

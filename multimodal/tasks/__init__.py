@@ -2,7 +2,7 @@
 
 from multimodal.evaluation.report import EvalResult
 from multimodal.tasks.base import Task, apply_freezing, create_encoders, modality_columns
-from multimodal.tasks.classification import ClassificationTask
+from multimodal.tasks.classification import ClassificationTask, MultiLabelTask, RegressionTask
 from multimodal.tasks.multitask import MultiTask
 from multimodal.tasks.prompt import PromptClassifierTask
 from multimodal.tasks.retrieval import RetrievalTask
@@ -11,8 +11,10 @@ from multimodal.tasks.runner import build_loaders, recipe_main, run, summarize, 
 __all__ = [
     "ClassificationTask",
     "EvalResult",
+    "MultiLabelTask",
     "MultiTask",
     "PromptClassifierTask",
+    "RegressionTask",
     "RetrievalTask",
     "Task",
     "apply_freezing",

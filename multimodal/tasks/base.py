@@ -4,16 +4,22 @@ A task reads its data (`build_splits`), builds its model (`build_model`), scores
 (`evaluate`, from `multimodal.training.predict`, the same DDP-aware path for validation, test and the
 evaluate CLI) and writes its report (`write_report`). Subclass `Task`, then register it:
 ``multimodal.register_task("my_task", MyTask)``; ``model.task: my_task`` in a config selects it.
+
+What a task needs is declared on its class (`label_type`, `uses_fusion`, ...), never read from the name it
+is registered under; what a model needs from the data (token sequences) is asked of the fusion class
+(`Fusion.requires_tokens`), never of its name.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from encoders import Encoder, create_encoder
+from fusion import Fusion, create_fusion, get_fusion_class
 from multimodal.config.columns import modality_columns
 from multimodal.config.schema import ConfigError, ExperimentConfig
 from multimodal.data.dataset import MultimodalDataset
@@ -42,6 +48,23 @@ def create_encoders(cfg: ExperimentConfig, modalities: Optional[list[str]] = Non
     return encoders
 
 
+def build_fusion(cfg: ExperimentConfig, encoders: dict[str, Encoder]) -> Fusion:
+    """The configured fusion over `encoders`. A fusion that reads tokens (`requires_tokens`) also gets
+    ``token_dims`` where an encoder's token width differs from its pooled width (e.g. timm MobileNetV3)."""
+    mcfg = cfg.model
+    kwargs = dict(mcfg.fusion_kwargs)
+    cls = get_fusion_class(mcfg.fusion)
+    token_dims = {m: e.token_dim for m, e in encoders.items() if getattr(e, "token_dim", e.output_dim) != e.output_dim}
+    if cls.requires_tokens and token_dims:
+        params = inspect.signature(cls).parameters
+        if "token_dims" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            raise ConfigError(f"model.fusion={mcfg.fusion!r} reads tokens, and the tokens of {sorted(token_dims)} are "
+                              f"not as wide as their pooled features ({token_dims}): the fusion needs a token_dims "
+                              "argument (modality -> token width), as fusion.AttentionFusion has")
+        kwargs.setdefault("token_dims", token_dims)
+    return create_fusion(mcfg.fusion, {m: e.output_dim for m, e in encoders.items()}, mcfg.fusion_dim, **kwargs)
+
+
 def apply_freezing(model: Any, cfg: ExperimentConfig) -> Any:
     """Freeze the encoders ``model.freeze_encoders`` names (true: all of them)."""
     value = cfg.model.freeze_encoders
@@ -55,7 +78,8 @@ class Task:
     """One kind of learning problem (see the module docstring). Subclasses implement `build_model`,
     `evaluate` and `default_metric`; the rest has working defaults."""
 
-    label_type: Optional[str] = None  # how the dataset encodes labels: single_label, multi_label, regression, None
+    # How the dataset encodes labels: single_label, multi_label, regression, multitask or None (unlabelled).
+    label_type: Optional[str] = None
     uses_fusion: bool = True  # whether model.fusion applies (checked against the fusion registry)
     supports_baselines: bool = False  # whether eval.baselines trains single-modality models too
     # whether train.epochs=0 is a meaningful run (evaluate the model as built, e.g. a zero-shot classifier)

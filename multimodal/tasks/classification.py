@@ -1,13 +1,18 @@
-"""Classification and regression on a fused representation: single-label, multi-label, regression."""
+"""Classification and regression on a fused representation: single-label, multi-label, regression.
+
+One class per label type, registered under the label type's name: `ClassificationTask` (single_label),
+`MultiLabelTask` and `RegressionTask`. A user subclass registered under any name keeps its class's
+`label_type` (set it on the subclass to learn multi-label targets or values).
+"""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from fusion import create_fusion
 from multimodal.config.schema import ConfigError, ExperimentConfig
 from multimodal.data.dataset import MultimodalDataset
 from multimodal.data.splits import DataSplits
@@ -20,7 +25,7 @@ from multimodal.evaluation.metrics import (
 from multimodal.evaluation.report import EvalResult
 from multimodal.models import MultimodalModel, TaskHead
 from multimodal.registry import register_task
-from multimodal.tasks.base import Task, apply_freezing, create_encoders
+from multimodal.tasks.base import Task, apply_freezing, build_fusion, create_encoders
 
 DEFAULT_METRIC = {"single_label": "macro_f1", "multi_label": "micro_f1", "regression": "mse"}
 
@@ -32,13 +37,19 @@ class ClassificationTask(Task):
     ``data.multi_label_separator`` or given as lists); regression: MSE on one or more numeric targets.
     """
 
+    label_type = "single_label"
     uses_fusion = True
     supports_baselines = True
     batch_loss = False  # the loss is recomputed exactly from the gathered logits
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         super().__init__(cfg)
-        self.label_type = cfg.model.task
+        legacy = cfg.model.task
+        if type(self) is ClassificationTask and legacy in ("multi_label", "regression"):
+            # Before one class per label type, ClassificationTask(cfg) read its label type from model.task.
+            warnings.warn(f"ClassificationTask(cfg) for model.task={legacy!r} is deprecated: use "
+                          f"multimodal.get_task({legacy!r})(cfg)", DeprecationWarning, stacklevel=2)
+            self.label_type = legacy
 
     @classmethod
     def check_config(cls, cfg: ExperimentConfig) -> None:
@@ -47,7 +58,7 @@ class ClassificationTask(Task):
 
     @classmethod
     def metric_names(cls, cfg: ExperimentConfig) -> Optional[set[str]]:
-        return {*CLASSIFICATION_METRICS[cfg.model.task], "loss"}
+        return {*CLASSIFICATION_METRICS[cls.label_type], "loss"}
 
     def default_metric(self) -> str:
         return DEFAULT_METRIC[self.label_type]
@@ -62,16 +73,11 @@ class ClassificationTask(Task):
                     num_outputs: Optional[int] = None) -> nn.Module:
         mcfg = self.cfg.model
         encoders = create_encoders(self.cfg, modalities)
-        kwargs = dict(mcfg.fusion_kwargs)
-        if mcfg.fusion == "attention":  # token widths that differ from pooled widths (e.g. MobileNetV3)
-            token_dims = {m: e.token_dim for m, e in encoders.items() if getattr(e, "token_dim", e.output_dim) != e.output_dim}
-            if token_dims:
-                kwargs.setdefault("token_dims", token_dims)
-        fusion = create_fusion(mcfg.fusion, {m: e.output_dim for m, e in encoders.items()}, mcfg.fusion_dim, **kwargs)
+        fusion = build_fusion(self.cfg, encoders)
         outputs = num_outputs if num_outputs is not None else self.num_outputs(splits)
-        head = TaskHead(fusion.output_dim, outputs, task=self.label_type, hidden_dim=mcfg.head_hidden_dim,
+        head = TaskHead(fusion.output_dim, outputs, label_type=self.label_type, hidden_dim=mcfg.head_hidden_dim,
                         dropout=mcfg.head_dropout)
-        model = MultimodalModel(encoders, fusion, head, modality_dropout=mcfg.modality_dropout)
+        model = MultimodalModel(encoders, fusion=fusion, head=head, modality_dropout=mcfg.modality_dropout)
         return apply_freezing(model, self.cfg)
 
     def evaluate(self, preds: dict[str, torch.Tensor], dataset: MultimodalDataset, model: nn.Module,
@@ -92,5 +98,18 @@ class ClassificationTask(Task):
         return chance_metrics(splits.train.labels(), dataset.labels(), self.label_type)
 
 
-for _name in ("single_label", "multi_label", "regression"):
-    register_task(_name, ClassificationTask)
+class MultiLabelTask(ClassificationTask):
+    """Multi-label classification on a fused representation (binary cross-entropy per class)."""
+
+    label_type = "multi_label"
+
+
+class RegressionTask(ClassificationTask):
+    """Regression of one or more numeric targets on a fused representation (MSE)."""
+
+    label_type = "regression"
+
+
+register_task("single_label", ClassificationTask)
+register_task("multi_label", MultiLabelTask)
+register_task("regression", RegressionTask)

@@ -20,7 +20,6 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from fusion import create_fusion
 from multimodal.config.schema import ConfigError, ExperimentConfig
 from multimodal.data.dataset import MultimodalDataset
 from multimodal.data.multitask import TARGET_KINDS, MultiTaskDataset, Target, fit_targets
@@ -34,7 +33,7 @@ from multimodal.evaluation.metrics import (
 from multimodal.evaluation.report import EvalResult
 from multimodal.models.multitask import MultiTaskHead, MultiTaskModel
 from multimodal.registry import register_task
-from multimodal.tasks.base import Task, apply_freezing, create_encoders, modality_columns
+from multimodal.tasks.base import Task, apply_freezing, build_fusion, create_encoders, modality_columns
 
 TASK_KEYS = ("column", "task", "weight", "labels", "width")
 
@@ -133,17 +132,12 @@ class MultiTask(Task):
     def build_model(self, splits: Optional[DataSplits], modalities: Optional[list[str]] = None) -> nn.Module:
         mcfg = self.cfg.model
         encoders = create_encoders(self.cfg, modalities)
-        kwargs = dict(mcfg.fusion_kwargs)
-        if mcfg.fusion == "attention":
-            token_dims = {m: e.token_dim for m, e in encoders.items() if e.token_dim != e.output_dim}
-            if token_dims:
-                kwargs.setdefault("token_dims", token_dims)
-        fusion = create_fusion(mcfg.fusion, {m: e.output_dim for m, e in encoders.items()}, mcfg.fusion_dim, **kwargs)
+        fusion = build_fusion(self.cfg, encoders)
         # The fitted targets travel with the data (a cross-validation fold's task never built the splits itself).
         targets = splits.train.targets if splits is not None and isinstance(splits.train, MultiTaskDataset) else self.targets
         tasks = [{"name": t.name, "num_outputs": t.num_outputs, **t.config()} for t in targets]
         head = MultiTaskHead(fusion.output_dim, tasks, mcfg.head_hidden_dim, mcfg.head_dropout)
-        model = MultiTaskModel(encoders, fusion, head, modality_dropout=mcfg.modality_dropout)
+        model = MultiTaskModel(encoders, fusion=fusion, head=head, modality_dropout=mcfg.modality_dropout)
         return apply_freezing(model, self.cfg)
 
     # -- evaluation ---------------------------------------------------------------------------

@@ -25,7 +25,7 @@ def as_probe_model(model: Any, label_type: str) -> Any:
     """Swap the model's fusion and head for a standardised concatenation and a linear head (no dropout)."""
     dims = {m: int(enc.output_dim) for m, enc in model.encoders.items()}
     model.fusion = StandardizedConcat(dims)
-    model.head = TaskHead(model.fusion.output_dim, model.head.num_outputs, task=label_type, hidden_dim=None, dropout=0.0)
+    model.head = TaskHead(model.fusion.output_dim, model.head.num_outputs, label_type=label_type, hidden_dim=None, dropout=0.0)
     model.freeze_encoders()
     return model
 
@@ -92,9 +92,9 @@ def fit_probe(model: Any, task: Any, accelerator: Any, train_loader: Any, val_lo
               metric: str, mode: str, cs: Optional[list[float]] = None, refit: bool = True) -> dict[str, Any]:
     """Fit the probe's statistics and head in place; returns the C sweep and what was chosen."""
     fusion, head = model.fusion, model.head
-    multi_label = head.task == "multi_label"
-    if head.task not in ("single_label", "multi_label"):
-        raise ValueError(f"the linear probe fits classifiers; model.task={head.task!r} is not supported")
+    multi_label = head.label_type == "multi_label"
+    if head.label_type not in ("single_label", "multi_label"):
+        raise ValueError(f"the linear probe fits classifiers; model.task={head.label_type!r} is not supported")
     train = collect_features(model, train_loader, accelerator)
     fusion.set_statistics(train["raw"], train["keep"])
     x_train = fusion.standardize(train["raw"], train["keep"])

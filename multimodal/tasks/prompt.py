@@ -42,13 +42,10 @@ def classified_modality(cfg: ExperimentConfig) -> str:
 class PromptClassifierTask(ClassificationTask):
     """Single-label classification of one tower of a two-tower model, its head initialised from class prompts."""
 
+    label_type = "single_label"
     uses_fusion = False
     supports_baselines = False
     allows_zero_epochs = True  # train.epochs=0: the pure zero-shot classifier
-
-    def __init__(self, cfg: ExperimentConfig) -> None:
-        super().__init__(cfg)
-        self.label_type = "single_label"
 
     @classmethod
     def check_config(cls, cfg: ExperimentConfig) -> None:
@@ -60,7 +57,7 @@ class PromptClassifierTask(ClassificationTask):
 
     @classmethod
     def metric_names(cls, cfg: ExperimentConfig) -> Optional[set[str]]:
-        return {*CLASSIFICATION_METRICS["single_label"], "loss"}
+        return {*CLASSIFICATION_METRICS[cls.label_type], "loss"}
 
     @property
     def modalities(self) -> list[str]:

@@ -154,7 +154,7 @@ def build_distillation(cfg: ExperimentConfig, train: MultimodalDataset, student:
         raise ConfigError(f"train.distill.teacher is a {type(teacher).__name__} but the student is a "
                           f"{type(student).__name__}: distil a classifier into a classifier, towers into towers")
     if isinstance(student, MultimodalModel):
-        if teacher.head is None or student.head is None or teacher.head.task != student.head.task:
+        if teacher.head is None or student.head is None or teacher.head.label_type != student.head.label_type:
             raise ConfigError("train.distill: teacher and student need task heads of the same task")
         logits = teacher_outputs(teacher, cfg, train, device)["logits"]
         names = train.vocab.names if train.vocab is not None else None
@@ -165,7 +165,7 @@ def build_distillation(cfg: ExperimentConfig, train: MultimodalDataset, student:
         if logits.shape[1] != student.head.num_outputs:
             raise ConfigError(f"train.distill: the teacher has {logits.shape[1]} outputs, the student "
                               f"{student.head.num_outputs}")
-        return LogitDistillation(logits, student.head.task, settings.alpha, settings.temperature)
+        return LogitDistillation(logits, student.head.label_type, settings.alpha, settings.temperature)
     assert isinstance(student, DualEncoder) and isinstance(teacher, DualEncoder)
     shared = [(a, b) for a, b in student.head.pairs if a in teacher.modalities and b in teacher.modalities]
     if not shared:

@@ -51,6 +51,22 @@ def test_cnn_forward_backward_shapes(tiny_cnn):
     assert all(p.grad is not None for p in enc.parameters() if p.requires_grad)
 
 
+def test_float_pixels_must_be_normalised_unless_said_raw(tiny_cnn):
+    enc = tiny_cnn.eval()
+    raw = enc.preprocess([np.full((32, 32, 3), 200, np.uint8), np.zeros((32, 32, 3), np.uint8)])["pixel_values"]
+    with torch.no_grad():
+        reference = enc({"pixel_values": raw}).pooled
+        normalised = enc.normalize_pixels(raw.float())  # raw 0-255 floats, said to be raw
+        torch.testing.assert_close(enc({"pixel_values": normalised}).pooled, reference)
+        torch.testing.assert_close(enc.normalize_pixels(raw.float() / 255.0, max_value=1.0), normalised)
+        with pytest.raises(ValueError, match=r"float pixel_values span \[0, 200\], outside the normalised range "
+                                             r"\[-3\.\d+, 3\.\d+\].*normalize_pixels"):
+            enc({"pixel_values": raw.float()})  # would have been encoded as noise, silently
+        # what augmentation and attacks do to normalised pixels stays accepted
+        jitter = normalised + 0.5 * (2 * torch.rand_like(normalised) - 1)  # e.g. an L-inf attack of radius 0.5
+        assert enc({"pixel_values": jitter}).pooled.shape == (2, 256)
+
+
 def test_vit_tokens_are_the_sequence():
     enc = create_encoder("image:test_vit", pretrained=False, img_size=32)
     x = enc.preprocess([np.zeros((64, 64, 3), np.uint8), None])

@@ -35,9 +35,10 @@ BUILTINS = ["text", "image", "audio", "audio-mel"]
 
 
 @pytest.fixture(autouse=True)
-def scratch_registry(monkeypatch):
-    """Each test registers into a copy of the registry, so user kinds never leak into other tests."""
-    monkeypatch.setattr(encoders.registry, "_REGISTRY", dict(encoders.registry._REGISTRY))
+def scratch_registry():
+    """Registrations made by a test are undone after it, so user kinds never leak into other tests."""
+    with encoders.registry.ENCODERS.scratch():
+        yield
 
 
 class BytesPreprocessor:
@@ -126,12 +127,15 @@ def test_builtins_are_in_the_one_registry():
     assert [row.kind for row in list_encoders()] == BUILTINS
     classes = [TextEncoder, ImageEncoder, HFAudioEncoder, MelAudioEncoder]
     assert [get_encoder_class(kind) for kind in BUILTINS] == classes
-    assert list(encoders.registry._REGISTRY) == BUILTINS
+    assert encoders.registry.ENCODERS.list() == BUILTINS
     assert get_encoder_class(" Image ") is ImageEncoder
     with pytest.raises(EncoderError, match="unknown encoder kind 'video'.*audio-mel"):
         get_encoder_class("video")
     with pytest.raises(EncoderError, match="unknown encoder kind None"):
         get_encoder_class(None)
+    with pytest.raises(KeyError, match=r"unknown encoder kind 'imgae' \(did you mean 'image'\?\)"):
+        get_encoder_class("imgae")  # one UnknownNameError: a KeyError, and the EncoderError callers caught before
+    assert [r.kind for r in list_encoders("audio*")] == ["audio", "audio-mel"]
 
 
 def test_user_kind_as_decorator_works_everywhere(tmp_path):

@@ -8,8 +8,18 @@ import json
 import pytest
 import torch
 
+import fusion.registry
 from encoders.base import EncoderOutput
-from fusion import Fusion, create_fusion, fusion_from_config, list_fusions, register_fusion
+from fusion import (
+    Fusion,
+    StandardizedConcat,
+    UnknownFusionError,
+    create_fusion,
+    fusion_from_config,
+    get_fusion_class,
+    list_fusions,
+    register_fusion,
+)
 from fusion.base import masked_softmax
 
 ALL = ["concat", "late", "gated", "attention", "lowrank_tensor", "film"]
@@ -73,8 +83,29 @@ def test_registry_lists_every_fusion():
 
 
 def test_unknown_fusion_names_the_choices():
-    with pytest.raises(ValueError, match="available: .*concat"):
+    with pytest.raises(ValueError, match="known: .*concat"):
         create_fusion("nope", {"text": 4}, 2)
+    with pytest.raises(UnknownFusionError, match=r"unknown fusion 'gatd' \(did you mean 'gated'\?\)") as info:
+        get_fusion_class("gatd")
+    assert isinstance(info.value, KeyError) and isinstance(info.value, ValueError)
+    assert [f.name for f in list_fusions("l*")] == ["late", "lowrank_tensor"]
+
+
+def test_the_probe_fusion_is_private_but_old_models_using_it_still_load():
+    assert "standardized" not in {f.name for f in list_fusions()}
+    fused = StandardizedConcat({"text": 3, "image": 2})
+    assert fused.name == "standardized" and get_fusion_class("standardized") is StandardizedConcat
+    rebuilt = fusion_from_config(json.loads(json.dumps(fused.get_config())))
+    assert type(rebuilt) is StandardizedConcat and rebuilt.output_dim == 3 + 2 + 2
+
+
+def test_unknown_present_keys_raise_naming_the_modalities():
+    fused = create_fusion("concat", {"text": 4, "image": 6}, 3)
+    feats = {"text": torch.randn(2, 4), "image": torch.randn(2, 6)}
+    with pytest.raises(KeyError, match=r"present names unknown modalities \['imgae'\]; the known modalities are "
+                                       r"\['image', 'text'\]"):
+        fused(feats, {"imgae": torch.tensor([True, False])})  # a typo would leave the image present everywhere
+    fused(feats, {"image": torch.tensor([True, False])})
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
@@ -288,6 +319,29 @@ def test_user_fusion_registers_builds_and_round_trips():
         register_fusion("concat", "clash")(SumFusion)
     with pytest.raises(TypeError, match="not a subclass of fusion.Fusion"):
         register_fusion("test_not_a_fusion")(dict)
+
+
+def test_register_fusion_as_a_call_and_under_two_names_keeps_the_first():
+    class Doubled(Fusion):
+        """Twice the first modality's projection."""
+
+        def __init__(self, input_dims, output_dim):
+            super().__init__(input_dims, output_dim)
+            self.proj = torch.nn.Linear(next(iter(self.input_dims.values())), output_dim)
+
+        def forward(self, features, present=None):
+            features, present = self.prepare(features, present)
+            return 2 * self.proj(features[self.modalities[0]].pooled)
+
+    with fusion.registry.FUSIONS.scratch():
+        assert register_fusion("test_doubled", Doubled) is Doubled  # a plain call, as register_encoder / register_task
+        assert register_fusion("test_doubled_alias", cls=Doubled) is Doubled
+        assert Doubled.name == "test_doubled"  # not overwritten by the second name
+        built = create_fusion("test_doubled_alias", {"text": 3}, 2)
+        assert fusion_from_config(built.get_config()).get_config() == built.get_config()
+        assert {"test_doubled": "Twice the first modality's projection."}.items() <= {
+            f.name: f.description for f in list_fusions("test_*")}.items()
+    assert "test_doubled" not in {f.name for f in list_fusions()}
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)

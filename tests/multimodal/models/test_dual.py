@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from encoders import create_encoder
-from fusion import ContrastiveHead, clip_loss
 from multimodal import DualEncoder, MultimodalModel, load_model
+from multimodal.models import ClipLoss, ContrastiveHead, clip_loss
 
 _BUILT: dict = {}
 
@@ -63,7 +63,11 @@ def test_forward_loss_is_infonce_and_trains_both_towers(tiny_text_dir):
     out = model(inputs=inputs)
     torch.manual_seed(0)
     emb = {m: model.encode(m, inputs[m]) for m in ("image", "text")}
-    torch.testing.assert_close(out.loss, clip_loss(emb["image"], emb["text"], model.logit_scale, gather=False))
+    torch.testing.assert_close(out.loss, clip_loss(emb["image"], emb["text"], model.logit_scale.exp(), gather=False))
+    # open_clip's shape: the output carries the exponentiated scale, which ClipLoss takes as it is
+    torch.testing.assert_close(out["logit_scale"], model.logit_scale.exp())
+    loss = ClipLoss(gather=False)(out["embeddings"]["image"], out["embeddings"]["text"], out["logit_scale"])
+    torch.testing.assert_close(loss, out.loss)
     assert out.logits is None and set(out.embeddings) == {"image", "text"}
     out.loss.backward()
     for m in ("image", "text"):
@@ -90,7 +94,7 @@ def test_three_towers_align_any_pair(tiny_text_dir):
         image, audio = model.encode("image", inputs["image"]), model.encode("audio", inputs["audio"])
         out = model(inputs={"image": inputs["image"], "audio": inputs["audio"]})
     assert (image @ audio.t()).shape == (3, 3)
-    torch.testing.assert_close(out.loss, clip_loss(audio, image, model.logit_scale, gather=False))
+    torch.testing.assert_close(out.loss, clip_loss(audio, image, log_logit_scale=model.logit_scale, gather=False))
 
 
 def test_save_load_round_trip_and_load_model_dispatch(tiny_text_dir, tmp_path):
@@ -141,6 +145,16 @@ def test_folders_saved_before_dual_encoder_still_load(tiny_text_dir, tmp_path):
 def test_construction_errors(tiny_text_dir):
     encoders = _encoders(tiny_text_dir)
     with pytest.raises(ValueError, match="expects"):
-        DualEncoder(encoders, ContrastiveHead({"text": 32, "image": 7}, 4))
+        DualEncoder(encoders, head=ContrastiveHead({"text": 32, "image": 7}, 4))
     with pytest.raises(ValueError, match="either a head or head options"):
-        DualEncoder(encoders, ContrastiveHead({"text": 32, "image": 256}, 4), projection="mlp")
+        DualEncoder(encoders, head=ContrastiveHead({"text": 32, "image": 256}, 4), projection="mlp")
+    with pytest.warns(DeprecationWarning, match=r"DualEncoder\(...\) with head passed by position is deprecated"):
+        model = DualEncoder(encoders, ContrastiveHead({"text": 32, "image": 256}, 4))
+    assert model.embed_dim == 4
+
+
+def test_unknown_present_key_raises(tiny_text_dir):
+    model = DualEncoder(_encoders(tiny_text_dir), embed_dim=8, gather=False).eval()
+    inputs = _inputs(model)
+    with pytest.raises(KeyError, match=r"present for unknown modalities \['txt'\]; the model has \['image', 'text'\]"):
+        model(inputs=inputs, present={"txt": torch.tensor([True, False, True])})

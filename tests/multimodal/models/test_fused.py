@@ -46,7 +46,7 @@ def _model(tiny_text_dir: str, fusion_name: str, **fusion_kwargs) -> MultimodalM
     dims = {m: e.output_dim for m, e in encoders.items()}
     torch.manual_seed(1)
     fusion = create_fusion(fusion_name, dims, 16, **fusion_kwargs)
-    return MultimodalModel(encoders, fusion, TaskHead(16, 3, hidden_dim=8))
+    return MultimodalModel(encoders, fusion=fusion, head=TaskHead(16, 3, hidden_dim=8))
 
 
 def _batch(model: MultimodalModel) -> dict:
@@ -152,7 +152,7 @@ def test_attention_fusion_tokens_are_not_decayed(tiny_text_dir):
 
 def test_modality_dropout_never_drops_everything(tiny_text_dir):
     model = MultimodalModel(
-        _encoders(tiny_text_dir), create_fusion("concat", {"text": 32, "image": 256}, 8), modality_dropout=0.5
+        _encoders(tiny_text_dir), fusion=create_fusion("concat", {"text": 32, "image": 256}, 8), modality_dropout=0.5
     )
     torch.manual_seed(0)
     n = 4000
@@ -198,7 +198,7 @@ def test_precomputed_features_skip_their_encoder(tiny_text_dir):
     batch = _batch(model)
     with torch.no_grad():
         full = _call(model, batch)
-        cached = model.encode({"text": batch["inputs"]["text"]})
+        cached = model.encode_inputs({"text": batch["inputs"]["text"]})
         partial = model(
             inputs={"image": batch["inputs"]["image"]},
             present=batch["present"],
@@ -207,17 +207,88 @@ def test_precomputed_features_skip_their_encoder(tiny_text_dir):
     assert torch.equal(full.logits, partial.logits)
     with pytest.raises(KeyError, match=r"no inputs or precomputed features for modalities \['text'\]"):
         model(inputs={"image": batch["inputs"]["image"]})
+    with pytest.warns(DeprecationWarning, match=r"MultimodalModel.encode\(inputs, present\) is deprecated: use encode_inputs"):
+        old = model.encode({"text": batch["inputs"]["text"]}, batch["present"])
+    assert torch.equal(old["text"].pooled, cached["text"].pooled)
+
+
+def test_unknown_modality_keys_raise_naming_the_model_modalities(tiny_text_dir):
+    model = _model(tiny_text_dir, "concat").eval()
+    batch = _batch(model)
+    with pytest.raises(KeyError, match=r"present names unknown modalities \['imgae'\].*\['image', 'text'\]"):
+        model(inputs=batch["inputs"], present={"imgae": batch["present"]["image"]})
+    with pytest.raises(KeyError, match=r"inputs for unknown modalities \['audio'\]; the model has \['image', 'text'\]"):
+        model(inputs={**batch["inputs"], "audio": {}})
+    feats = model.encode_inputs(batch["inputs"])
+    with pytest.raises(KeyError, match=r"features for unknown modalities \['txt'\]"):
+        model(inputs={"image": batch["inputs"]["image"]}, features={"txt": feats["text"]})
+
+
+def test_outputs_are_indexable_by_key(tiny_text_dir):
+    model = _model(tiny_text_dir, "concat").eval()
+    with torch.no_grad():
+        out = _call(model, _batch(model))
+    assert out["logits"] is out.logits and out["loss"] is out.loss and "fused" in out
+    assert out.keys() == ["loss", "logits", "fused", "features"] and dict(out)["fused"] is out.fused
+    assert "embeddings" not in out and out.get("embeddings", 3) == 3
+    with pytest.raises(KeyError, match=r"no 'embeddings' \(not produced by this model\); it holds \['loss'"):
+        out["embeddings"]
+    with pytest.raises(KeyError, match=r"no 'logit' \(not a field\)"):
+        out["logit"]
+
+
+def test_model_preprocess_gives_the_batch_forward_takes(tiny_text_dir):
+    model = _model(tiny_text_dir, "gated").eval()
+    batch = model.preprocess({"text": TEXTS, "image": _images()})
+    assert torch.equal(batch["present"]["text"], torch.tensor([t is not None for t in TEXTS]))
+    assert torch.equal(batch["present"]["image"], torch.tensor(PRESENT_IMAGE))
+    manual = _batch(model)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, model(inputs=manual["inputs"], present=manual["present"]).logits)
+    with pytest.raises(ValueError, match="one entry per sample"):
+        model.preprocess({"text": TEXTS, "image": _images()[:2]})
+    with pytest.raises(KeyError, match=r"samples for unknown modalities \['audio'\]"):
+        model.preprocess({"audio": [None]})
+
+
+def test_positional_fusion_and_head_still_work_with_a_warning(tiny_text_dir):
+    encoders = _encoders(tiny_text_dir)
+    fused = create_fusion("concat", {"text": 32, "image": 256}, 4)
+    with pytest.warns(DeprecationWarning, match=r"fusion, head, modality_dropout passed by position is deprecated: write fusion=..., head="):
+        model = MultimodalModel(encoders, fused, TaskHead(4, 2), 0.1)
+    assert model.fusion is fused and model.head.num_outputs == 2 and model.modality_dropout == 0.1
+    with pytest.raises(TypeError, match="multiple values for \\['fusion'\\]"):
+        MultimodalModel(encoders, fused, fusion=fused)
+    with pytest.raises(TypeError):
+        MultimodalModel(encoders, fused, None, 0.0, "extra")
+
+
+def test_lock_freezes_all_but_the_last_groups(tiny_text_dir):
+    model = _model(tiny_text_dir, "concat")
+    image = model.encoders["image"]
+    model.lock("image")  # open_clip's lock_image_tower(): all frozen
+    assert image.frozen and not any(p.requires_grad for p in image.parameters())
+    model.lock("image", unlocked_groups=1)
+    trainable = [n for n, p in image.named_parameters() if p.requires_grad]
+    assert trainable and len(trainable) < len(list(image.parameters()))
+    assert all(not n.startswith("backbone.conv_stem") for n in trainable)  # the stem stays locked
+    model.lock("text", unlocked_groups=100)  # more than it has: all of it trains
+    assert all(p.requires_grad for p in model.encoders["text"].parameters())
+    with pytest.raises(KeyError, match="unknown encoder"):
+        model.lock("audio")
+    with pytest.raises(ValueError, match="unlocked_groups must be >= 0"):
+        model.lock("text", unlocked_groups=-1)
 
 
 def test_construction_errors(tiny_text_dir):
     encoders = _encoders(tiny_text_dir)
     with pytest.raises(ValueError, match="do not match"):
-        MultimodalModel(encoders, create_fusion("concat", {"text": 32, "audio": 8}, 4))
+        MultimodalModel(encoders, fusion=create_fusion("concat", {"text": 32, "audio": 8}, 4))
     with pytest.raises(ValueError, match="outputs 256 features"):
-        MultimodalModel(encoders, create_fusion("concat", {"text": 32, "image": 10}, 4))
+        MultimodalModel(encoders, fusion=create_fusion("concat", {"text": 32, "image": 10}, 4))
     with pytest.raises(ValueError, match="head.in_dim"):
-        MultimodalModel(encoders, create_fusion("concat", {"text": 32, "image": 256}, 4), TaskHead(5, 2))
-    headless = MultimodalModel(encoders, create_fusion("concat", {"text": 32, "image": 256}, 4))
+        MultimodalModel(encoders, fusion=create_fusion("concat", {"text": 32, "image": 256}, 4), head=TaskHead(5, 2))
+    headless = MultimodalModel(encoders, fusion=create_fusion("concat", {"text": 32, "image": 256}, 4))
     feats = {m: EncoderOutput(torch.randn(2, d)) for m, d in (("text", 32), ("image", 256))}
     with pytest.raises(ValueError, match="no task head"):
         headless(features=feats, labels=torch.tensor([0, 1]))
@@ -271,7 +342,7 @@ def test_save_load_round_trip_is_bit_identical(tiny_text_dir, tmp_path, fusion_n
 def test_tied_weights_are_saved_once_and_restored(tiny_text_dir, tmp_path):
     encoders = _encoders(tiny_text_dir)
     fusion = create_fusion("concat", {"text": 32, "image": 256}, 16, proj_dim=16, hidden_dim=16)
-    model = MultimodalModel(encoders, fusion, TaskHead(16, 16))
+    model = MultimodalModel(encoders, fusion=fusion, head=TaskHead(16, 16))
     model.head.net[-1].weight = model.fusion.mlp[-1].weight  # share one [16, 16] matrix
     with torch.no_grad():
         model.fusion.mlp[-1].weight.normal_()
@@ -307,11 +378,11 @@ def test_attention_fusion_with_tokens_narrower_than_pooled(tiny_text_dir, tmp_pa
     encs = {"text": text, "image": image}
     dims = {m: e.output_dim for m, e in encs.items()}
     with pytest.raises(ValueError, match="token_dims"):
-        MultimodalModel(encs, create_fusion("attention", dims, 16, hidden_dim=16, num_heads=2), TaskHead(16, 2)).eval()(
+        MultimodalModel(encs, fusion=create_fusion("attention", dims, 16, hidden_dim=16, num_heads=2), head=TaskHead(16, 2)).eval()(
             inputs={"text": text.preprocess(["a"]), "image": image.preprocess([np.zeros((8, 8, 3), np.uint8)])}
         )
     fusion = create_fusion("attention", dims, 16, hidden_dim=16, num_heads=2, token_dims={"image": image.token_dim})
-    model = MultimodalModel(encs, fusion, TaskHead(16, 2)).eval()
+    model = MultimodalModel(encs, fusion=fusion, head=TaskHead(16, 2)).eval()
     inputs = {"text": text.preprocess(["a cat", "a dog"]), "image": image.preprocess([np.zeros((8, 8, 3), np.uint8)] * 2)}
     with torch.no_grad():
         before = model(inputs=inputs).logits

@@ -19,7 +19,7 @@ def _model(tiny_text_dir: str) -> MultimodalModel:
     encoders = {"text": create_encoder(f"text:{tiny_text_dir}"),  # pretrained = the directory's saved weights
                 "image": create_encoder("image:tf_efficientnet_lite0", img_size=32)}
     fusion = create_fusion("concat", {m: e.output_dim for m, e in encoders.items()}, 16)
-    return MultimodalModel(encoders, fusion, TaskHead(16, 3))
+    return MultimodalModel(encoders, fusion=fusion, head=TaskHead(16, 3))
 
 
 def _batch(model: MultimodalModel) -> dict:

@@ -31,7 +31,7 @@ def _tampered_folder(root, tiny_text_dir: str, model_type: str = "bert") -> tupl
     evil.py writes a marker file when it is imported; returns (model dir, marker path)."""
     torch.manual_seed(0)
     text = create_encoder(f"text:{tiny_text_dir}", max_length=16)
-    model = MultimodalModel({"text": text}, create_fusion("concat", {"text": text.output_dim}, 8), TaskHead(8, 2))
+    model = MultimodalModel({"text": text}, fusion=create_fusion("concat", {"text": text.output_dim}, 8), head=TaskHead(8, 2))
     folder = os.path.join(root, "model")
     model.save_pretrained(folder)
     config_path = os.path.join(folder, "config.json")
@@ -94,7 +94,7 @@ def test_evaluate_cli_runs_folder_code_only_with_the_flag(tmp_path, tiny_text_di
 def test_audio_encoder_assets_never_run_folder_code(tmp_path, tiny_audio_dir, modules_cache):
     torch.manual_seed(0)
     audio = create_encoder(f"audio:{tiny_audio_dir}", max_seconds=0.5)
-    model = MultimodalModel({"audio": audio}, create_fusion("concat", {"audio": audio.output_dim}, 8), TaskHead(8, 2))
+    model = MultimodalModel({"audio": audio}, fusion=create_fusion("concat", {"audio": audio.output_dim}, 8), head=TaskHead(8, 2))
     folder = str(tmp_path / "model")
     model.save_pretrained(folder)
     assets = os.path.join(folder, "encoders", "audio")

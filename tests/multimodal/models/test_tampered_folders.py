@@ -22,7 +22,7 @@ def saved(tmp_path_factory, tiny_text_dir) -> str:
     image = create_encoder("image:test_efficientnet", pretrained=False, img_size=32)
     fusion = create_fusion("concat", {"text": text.output_dim, "image": image.output_dim}, 8)
     folder = str(tmp_path_factory.mktemp("tamper") / "model")
-    MultimodalModel({"text": text, "image": image}, fusion, TaskHead(8, 2)).save_pretrained(folder)
+    MultimodalModel({"text": text, "image": image}, fusion=fusion, head=TaskHead(8, 2)).save_pretrained(folder)
     return folder
 
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from fusion import ContrastiveHead, clip_loss
+from multimodal.models.contrastive import ContrastiveHead, clip_loss
 
 DIMS = {"audio": 8, "image": 10, "text": 6}
 
@@ -49,7 +49,7 @@ def test_loss_is_clip_loss_over_pairs_and_skips_absent_rows():
     present = {"image": torch.tensor([True, True, False, True, True]), "text": torch.ones(5, dtype=torch.bool)}
     loss = head.loss(emb, present)
     keep = present["image"]
-    expected = clip_loss(emb["image"][keep], emb["text"][keep], head.clamped_logit_scale(), gather=False)
+    expected = clip_loss(emb["image"][keep], emb["text"][keep], log_logit_scale=head.clamped_logit_scale(), gather=False)
     torch.testing.assert_close(loss, expected)
     # changing the absent row does not change the loss
     x["image"][2] = 1e3
@@ -62,7 +62,7 @@ def test_three_towers_average_every_pair_and_custom_pairs():
     assert head.pairs == [("audio", "image"), ("audio", "text"), ("image", "text")]
     x = _pooled()
     emb = {m: head.embed(m, x[m]) for m in DIMS}
-    scale = head.clamped_logit_scale()
+    scale = head.clamped_logit_scale().exp()  # clip_loss takes the exponentiated scale
     pair_losses = [clip_loss(emb[a], emb[b], scale, gather=False) for a, b in head.pairs]
     torch.testing.assert_close(head.loss(emb), torch.stack(pair_losses).mean())
     # with only two towers in a batch, only their pair counts

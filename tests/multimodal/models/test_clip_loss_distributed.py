@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from encoders.base import EncoderOutput
-from fusion import ContrastiveHead
+from multimodal.models.contrastive import ContrastiveHead
 
 DIMS = {"image": 10, "text": 6}
 WORLD = 2
