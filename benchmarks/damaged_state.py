@@ -38,9 +38,9 @@ from multimodal.cache import FeatureCache  # noqa: E402
 from multimodal.config import DataConfig  # noqa: E402
 from multimodal.data import BadSampleError, Collator, build_splits, make_dataloader  # noqa: E402
 from multimodal.data.cached import cache_datasets  # noqa: E402
+from multimodal.files import write_json as write_state  # noqa: E402
 from multimodal.training.checkpoints import resolve_latest  # noqa: E402
 from multimodal.training.integrity import file_manifest  # noqa: E402
-from multimodal.utils import write_json as write_state  # noqa: E402
 from tests.multimodal.test_cache import CountingImageEncoder  # noqa: E402
 
 

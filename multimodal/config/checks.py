@@ -13,11 +13,11 @@ from encoders import EncoderError, parse_spec
 from fusion import list_fusions
 from multimodal.config.experiments import check_experiment_options
 from multimodal.config.finetune_checks import check_finetune
+from multimodal.config.merge import deep_merge
 from multimodal.config.schema import ConfigError, ExperimentConfig, ModelConfig
 from multimodal.config.validation import check_cross_fields, check_paths, check_ranges, short
 from multimodal.data.demos import get_demo, list_demos
 from multimodal.registry import get_task, task_names
-from multimodal.utils import deep_merge
 
 
 def layered_defaults(values: dict) -> dict:

@@ -23,9 +23,10 @@ from typing import Any, Literal, Optional, TypeVar, Union
 import yaml
 
 from multimodal.config.checks import check_config, layered_defaults
+from multimodal.config.merge import deep_merge
 from multimodal.config.schema import ConfigError, ExperimentConfig
 from multimodal.config.validation import short, type_hints
-from multimodal.utils import deep_merge, write_text
+from multimodal.files import write_text
 
 T = TypeVar("T")
 

@@ -25,7 +25,7 @@ from multimodal.data.manifest import SPLITS, cell, is_missing, read_manifest, sp
 from multimodal.data.media import FILE_MODALITIES, cell_path
 from multimodal.data.partition import assign_splits
 from multimodal.data.subsets import apply_shots
-from multimodal.utils import write_json, write_text
+from multimodal.files import write_json, write_text
 
 
 @dataclass

@@ -26,8 +26,9 @@ from multimodal.data.partition import assign_splits
 from multimodal.data.splits import DataSplits
 from multimodal.data.subsets import apply_shots, fold_units, subset, units_of
 from multimodal.evaluation.report import write_report
+from multimodal.files import write_json
 from multimodal.registry import get_task
-from multimodal.utils import process_state, write_json
+from multimodal.training.accelerator import process_state
 
 RunFn = Callable[..., dict[str, Any]]
 
