@@ -12,7 +12,7 @@ from multimodal import Trainer, get_task, run
 from multimodal.config import ConfigError, load_config
 from multimodal.models.unlock import encoder_layer_ids, unlock_last_blocks
 from multimodal.tasks import build_loaders
-from multimodal.tasks.finetune import prepare_model
+from multimodal.training.methods import prepare_model
 from multimodal.training.optim import layer_decay_groups
 from multimodal.training.wise import interpolate, snapshot
 from tests.multimodal.training.test_trainer import _config
