@@ -32,6 +32,7 @@ import os
 from typing import Any, Optional
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -88,8 +89,6 @@ def partition_rows(n_rows: int, clients: int, scheme: str, labels: Optional[list
 
 def write_rows(dataset: Any, positions: list[int], path: str) -> str:
     """The rows of `dataset` at `positions` as a CSV manifest with absolute file paths."""
-    import pandas as pd
-
     rows = []
     for i in positions:
         row = dict(dataset.row(i))
