@@ -80,8 +80,8 @@ def sklearn_baselines(devset: str, manifest: str, cache: str, out: str) -> dict:
     from multimodal import get_task
     from multimodal.config import load_config
     from multimodal.tasks import build_loaders
-    from multimodal.tasks.finetune import prepare_model
-    from multimodal.tasks.probe import DEFAULT_CS, collect_features
+    from multimodal.training.methods import prepare_model
+    from multimodal.training.probe import DEFAULT_CS, collect_features
 
     cfg = load_config(None, overrides(devset, "probe", manifest, out, cache))
     cfg.model.encoder_kwargs = {MODALITY[devset]: DEVSET[devset]["kwargs"]}

@@ -33,7 +33,7 @@ def main() -> None:
     from multimodal.data.loading import Collator, make_dataloader
     from multimodal.data.shards import write_shards
     from multimodal.data.streaming import stream_loader, streaming_splits
-    from multimodal.federated import write_rows
+    from multimodal.regimes.federated import write_rows
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory() as tmp:

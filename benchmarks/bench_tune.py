@@ -41,7 +41,7 @@ def cpu_seconds() -> float:
 def base_config(epochs: int) -> dict:
     """The recipe YAML with the benchmark's overrides, as a mapping."""
     from multimodal.config.loading import parse_overrides, read_config_file
-    from multimodal.utils import deep_merge
+    from multimodal.config.merge import deep_merge
 
     return deep_merge(read_config_file(CONFIG), parse_overrides([
         f"train.epochs={epochs}", "eval.baselines=false", "train.progress_bar=false", "train.log_with=none",
@@ -65,10 +65,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from multimodal.config.loading import config_from_dict
+    from multimodal.config.merge import deep_merge
     from multimodal.tasks.runner import run
     from multimodal.tuning.space import nested, read_space
     from multimodal.tuning.study import SearchSettings, tune
-    from multimodal.utils import deep_merge
 
     base = base_config(args.epochs)
     space = read_space(SPACE, base)

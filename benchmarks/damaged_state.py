@@ -37,9 +37,9 @@ from multimodal import load_config, run  # noqa: E402
 from multimodal.cache import FeatureCache, cache_datasets  # noqa: E402
 from multimodal.config import DataConfig  # noqa: E402
 from multimodal.data import BadSampleError, Collator, build_splits, make_dataloader  # noqa: E402
+from multimodal.files import write_json as write_state  # noqa: E402
 from multimodal.training.checkpoints import resolve_latest  # noqa: E402
 from multimodal.training.integrity import file_manifest  # noqa: E402
-from multimodal.utils import write_json as write_state  # noqa: E402
 from tests.multimodal.cache.test_cache import CountingImageEncoder  # noqa: E402
 
 

@@ -120,8 +120,8 @@ def worker(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
     from multimodal import load_config, run
+    from multimodal.errors import user_errors
     from multimodal.training import Trainer
-    from multimodal.usererrors import user_errors
 
     plan = json.loads(args.plan)
     _inject(plan)

@@ -5,6 +5,7 @@ The names most code needs are here: ``from multimodal import run, load_config, M
 
 from multimodal.config import ConfigError, ExperimentConfig, load_config
 from multimodal.data import DataError, MultimodalDataset, make_demo
+from multimodal.data.batches import to_device
 from multimodal.deploy import Predictor
 from multimodal.models import (
     DualEncoder,
@@ -18,8 +19,7 @@ from multimodal.models import (
 )
 from multimodal.registry import Registry, UnknownNameError, get_task, list_tasks, register_task
 from multimodal.tasks import ClassificationTask, EvalResult, RetrievalTask, Task, run, summarize
-from multimodal.training import Trainer, predict
-from multimodal.utils import to_device
+from multimodal.training import Trainer, TrainerOptions, predict
 
 __all__ = [
     "ClassificationTask",
@@ -37,6 +37,7 @@ __all__ = [
     "Task",
     "TaskHead",
     "Trainer",
+    "TrainerOptions",
     "UnknownNameError",
     "create_dual_encoder",
     "create_model",

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from encoders.base import EncoderOutput
-from multimodal.utils import write_text
+from multimodal.files import write_text
 
 log = logging.getLogger("multimodal.cache")
 

@@ -5,7 +5,7 @@ floats must also be finite), the registries (tasks, fusions, encoder kinds, demo
 (streaming, few-shot, cross-validation, adversarial training, distillation), the fine-tuning methods,
 the task's own rules (`Task.check_config`, `Task.metric_names`), rules across fields, and last the files the
 run reads. Each raises `ConfigError` naming the key, before any data is read or a model is built. (What the
-output folder holds, e.g. a checkpoint to resume, is checked when the run starts: `multimodal.tasks.outputs`.)
+output folder holds, e.g. a checkpoint to resume, is checked when the run starts: `multimodal.tasks.run_folder`.)
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ from multimodal.config.checks import check_config, type_hints
 from multimodal.config.schema import ConfigError, ExperimentConfig, ModelConfig, short
 from multimodal.data.demos import get_demo
 from multimodal.registry import get_task
-from multimodal.utils import deep_merge, write_text
+from multimodal.config.merge import deep_merge
+from multimodal.files import write_text
 
 T = TypeVar("T")
 

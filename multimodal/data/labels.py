@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from multimodal.utils import write_json
+from multimodal.files import write_json
 
 
 @dataclass

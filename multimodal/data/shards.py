@@ -21,7 +21,7 @@ from multimodal.data.dataset import DataError, MultimodalDataset
 from multimodal.data.labels import LabelVocab
 from multimodal.data.manifest import cell, is_missing, read_manifest
 from multimodal.data.media import FILE_MODALITIES, cell_path
-from multimodal.utils import write_json
+from multimodal.files import write_json
 
 INDEX_NAME = "index.json"
 SHARD_PATTERN = "shard-%06d.tar"

@@ -38,7 +38,7 @@ from multimodal.data.partition import (
     leave_one_group_out,
     pick_shots,
 )
-from multimodal.utils import write_json, write_text
+from multimodal.files import write_json, write_text
 
 
 @dataclass

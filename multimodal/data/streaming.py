@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from multimodal.data.batches import to_device
 from multimodal.data.dataset import DataError, MultimodalDataset, SkipCounts
 from multimodal.data.labels import LabelVocab
 from multimodal.data.loading import epoch_seed
@@ -40,7 +41,6 @@ from multimodal.data.manifest import cell, is_missing, read_manifest
 from multimodal.data.media import load_sample
 from multimodal.data.shards import read_index
 from multimodal.data.splits import DataSplits
-from multimodal.utils import to_device
 
 
 @dataclass

@@ -8,11 +8,11 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from multimodal.data.batches import to_device
 from multimodal.deploy.common import DeployError
 from multimodal.models.base import EncoderModel
 from multimodal.models.dual import DualEncoder
 from multimodal.models.fused import MultimodalModel
-from multimodal.utils import to_device
 
 
 class TorchBackend:

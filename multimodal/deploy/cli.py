@@ -24,11 +24,11 @@ from multimodal.deploy.loading import load_source_model
 from multimodal.deploy.predictor import Predictor
 from multimodal.deploy.prune import prune_model, recover, save_pruned
 from multimodal.deploy.quantize import quantize_exported
-from multimodal.usererrors import user_errors as report_user_errors
+from multimodal.errors import user_errors as report_user_errors
 
 
 def user_errors() -> contextlib.AbstractContextManager[None]:
-    """The framework's user-error reporting (`multimodal.usererrors`: ``error: <message>``, exit status 1, no
+    """The framework's user-error reporting (`multimodal.errors`: ``error: <message>``, exit status 1, no
     traceback unless MULTIMODAL_DEBUG=1), with the deploy errors and missing files counted as the user's."""
     return report_user_errors(extra=(DeployError, FileNotFoundError))
 

@@ -34,10 +34,10 @@ from multimodal.deploy.describe import describe_encoder
 from multimodal.deploy.loading import load_source_model
 from multimodal.deploy.probes import probe_batches
 from multimodal.deploy.verify import verify_export
+from multimodal.files import write_text
 from multimodal.models.base import EncoderModel
 from multimodal.models.dual import DualEncoder
 from multimodal.models.fused import MultimodalModel
-from multimodal.utils import write_text
 
 GRAPH_SUFFIX = {"onnx": ".onnx", "torch-export": ".pt2"}
 

@@ -29,11 +29,11 @@ from torch.nn.utils import prune
 from multimodal.config.schema import ExperimentConfig
 from multimodal.data.labels import LabelVocab
 from multimodal.deploy.common import DeployError
+from multimodal.files import write_json
 from multimodal.models.base import EncoderModel, load_weights
 from multimodal.registry import get_task
 from multimodal.tasks.runner import build_loaders
 from multimodal.training.trainer import Trainer
-from multimodal.utils import write_json
 
 METHODS = ("magnitude", "channels", "heads")
 SCOPES = ("all", "encoders", "head")

@@ -24,7 +24,7 @@ from multimodal.deploy.common import DEPLOY_CONFIG, DeployError, staged_folder
 from multimodal.deploy.loading import read_deploy_config
 from multimodal.deploy.probes import probe_batches
 from multimodal.deploy.runtime import ExportedModel
-from multimodal.utils import write_text
+from multimodal.files import write_text
 
 DEFAULT_OPS = ("MatMul", "Gather")
 

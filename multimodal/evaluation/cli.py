@@ -28,14 +28,14 @@ from multimodal.config.schema import ADVERSARIAL_TARGETS, AdversarialConfig, Con
 from multimodal.data.dataset import DataError
 from multimodal.data.loading import Collator, make_dataloader
 from multimodal.data.manifest import read_manifest
+from multimodal.errors import DEBUG_HELP, user_errors
 from multimodal.evaluation.report import EvalResult, write_result
+from multimodal.files import write_json
 from multimodal.models.base import load_model
 from multimodal.registry import get_task
 from multimodal.tasks.base import Task
 from multimodal.training.adversarial import Adversary
 from multimodal.training.predict import predict
-from multimodal.usererrors import DEBUG_HELP, user_errors
-from multimodal.utils import write_json
 
 TASKS = ("classification", "retrieval", "zero_shot")
 

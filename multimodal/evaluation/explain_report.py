@@ -11,7 +11,7 @@ from typing import Any, Optional
 import numpy as np
 
 from multimodal.evaluation.explain import Attribution, Explanation
-from multimodal.utils import write_json, write_text
+from multimodal.files import write_json, write_text
 
 
 def _plt() -> Any:

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import numpy as np
 
 from multimodal.data.media import load_audio, load_image
-from multimodal.utils import write_text
+from multimodal.files import write_text
 
 
 @dataclass

@@ -23,10 +23,11 @@ from torch import nn
 from encoders import Encoder, EncoderError, encoder_from_config
 from encoders.base import EncoderOutput, Preprocessor
 from encoders.registry import Registry
+from multimodal.files import write_text
 from multimodal.models import peft as peft_support
 from multimodal.models.output import ModelOutput  # noqa: F401 (its old import path, multimodal.models.base)
+from multimodal.models.param_groups import param_groups
 from multimodal.models.unlock import lock_encoder
-from multimodal.utils import write_text
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
@@ -137,37 +138,15 @@ class EncoderModel(nn.Module):
         return {"inputs": inputs, "present": present}
 
     # ------------------------------------------------------------------ training helpers
-    def _no_decay_names(self) -> set[str]:
-        names: set[str] = set()
-        for prefix, module in self.named_modules():
-            hook = getattr(module, "no_weight_decay", None)
-            if callable(hook):
-                for n in hook():
-                    names.add(f"{prefix}.{n}" if prefix else n)
-        return names
-
-    def parameter_groups(self, encoder_lr: float, head_lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    def parameter_groups(self, encoder_lr: float, head_lr: float, weight_decay: float,
+                         layer_decay: Optional[float] = None) -> list[dict[str, Any]]:
         """AdamW groups: encoders vs everything else, each split into decay / no-decay; frozen params left out.
 
         No weight decay for biases, norm weights and every other 1-d parameter, `logit_scale`, and names that
-        a module lists in its `no_weight_decay()` (learned tokens, timm position embeddings).
+        a module lists in its `no_weight_decay()` (learned tokens, timm position embeddings). With `layer_decay`,
+        encoder layers below the top train at smaller rates (`multimodal.models.param_groups`).
         """
-        no_decay_names = self._no_decay_names()
-        buckets: dict[tuple[str, bool], list[nn.Parameter]] = {
-            ("encoders", True): [], ("encoders", False): [], ("head", True): [], ("head", False): [],
-        }
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            part = "encoders" if name.startswith("encoders.") else "head"
-            leaf = name.rsplit(".", 1)[-1]
-            no_decay = p.ndim <= 1 or leaf in ("bias", "logit_scale") or name in no_decay_names
-            buckets[(part, not no_decay)].append(p)
-        return [
-            {"params": params, "lr": encoder_lr if part == "encoders" else head_lr,
-             "weight_decay": weight_decay if decay else 0.0, "name": f"{part}.{'decay' if decay else 'no_decay'}"}
-            for (part, decay), params in buckets.items() if params
-        ]
+        return param_groups(self, encoder_lr, head_lr, weight_decay, layer_decay)
 
     def _select(self, names: Optional[Iterable[str]]) -> list[str]:
         names = self.modalities if names is None else ([names] if isinstance(names, str) else list(names))

@@ -28,7 +28,7 @@ from multimodal.data.splits import DataSplits, build_splits
 from multimodal.data.streaming import streaming_splits
 from multimodal.evaluation.metrics import metric_mode
 from multimodal.evaluation.report import EvalResult, write_result
-from multimodal.utils import process_state
+from multimodal.training.accelerator import process_state
 
 
 def create_encoders(cfg: ExperimentConfig, modalities: Optional[list[str]] = None) -> dict[str, Encoder]:

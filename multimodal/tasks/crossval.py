@@ -26,8 +26,9 @@ from multimodal.data.dataset import DataError
 from multimodal.data.demos import make_demo
 from multimodal.data.splits import fold_splits, fold_units
 from multimodal.evaluation.report import write_report
+from multimodal.files import write_json
 from multimodal.registry import get_task
-from multimodal.utils import process_state, write_json
+from multimodal.training.accelerator import process_state
 
 RunFn = Callable[..., dict[str, Any]]
 

@@ -21,23 +21,24 @@ from accelerate.utils import gather_object
 
 from encoders.base import jsonable
 from multimodal.cache import CachedFeatureCollator, cache_datasets, frozen_modalities, resolve_cache_dir
-from multimodal.config.loading import config_to_dict, parse_cli, save_config
+from multimodal.config.loading import config_to_dict, parse_cli
 from multimodal.config.schema import ADVERSARIAL_TARGETS, ExperimentConfig
 from multimodal.data import augment
 from multimodal.data.loading import Collator, make_dataloader
 from multimodal.data.splits import DataSplits, write_splits
 from multimodal.data.streaming import StreamingDataset, stream_loader
+from multimodal.errors import debug_requested, user_errors
 from multimodal.evaluation.plots import plot_training_curves
 from multimodal.evaluation.report import EvalResult
+from multimodal.files import write_json
 from multimodal.registry import get_task
-from multimodal.tasks import finetune
 from multimodal.tasks.base import Task
 from multimodal.tasks.crossval import run_crossval
-from multimodal.tasks.outputs import prepare_output_dir, remove_run_outputs, require_model
+from multimodal.tasks.run_folder import open_run_folder, remove_run_outputs, require_model
+from multimodal.training.accelerator import process_state
 from multimodal.training.distill import build_distillation
-from multimodal.training.trainer import Trainer
-from multimodal.usererrors import debug_requested, user_errors
-from multimodal.utils import process_state, write_json
+from multimodal.training.methods import after_training, prepare_model, train_model
+from multimodal.training.trainer import Trainer, TrainerOptions
 
 
 def build_loaders(task: Task, model: Any, splits: DataSplits, accelerator: Any = None,
@@ -90,8 +91,7 @@ def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modaliti
     `callbacks` go to the `Trainer` (called after every epoch's evaluation, e.g. a tuning pruner)."""
     cfg = task.cfg
     state = process_state()
-    model = task.build_model(splits, modalities)
-    model = finetune.prepare_model(model, cfg, task.label_type)  # probe head, LoRA, unlocked blocks
+    model = prepare_model(task.build_model(splits, modalities), cfg, task.label_type)  # probe head, LoRA, blocks
     loaders = build_loaders(task, model, splits, accelerator=state if state.num_processes > 1 else None,
                             progress=state.is_main_process)
     tcfg = copy.deepcopy(cfg.train)
@@ -99,21 +99,19 @@ def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modaliti
     if not main:
         tcfg.log_with, tcfg.save_checkpoints, tcfg.resume_from = "none", False, None
     metric = tcfg.metric_for_best if tcfg.metric_for_best != "auto" else task.default_metric()
-    loss_fn = build_distillation(cfg, splits.train, model, state.device) if main and cfg.train.distill else None
-    trainer = Trainer(
-        model, tcfg, loaders["train"], loaders["validation"],
+    options = TrainerOptions(
         compute_metrics_fn=lambda preds: task.evaluate(preds, splits.validation, model, full=False).metrics,
-        metric_for_best=metric, metric_mode_for_best=task.metric_mode(metric), tracker_config=config_to_dict(cfg), run_name="run" if main else "baseline",
+        metric_for_best=metric, metric_mode_for_best=task.metric_mode(metric),
         unfreeze_after_epochs=cfg.model.unfreeze_after_epochs, eval_batch_loss=task.batch_loss, callbacks=callbacks,
-        loss_fn=loss_fn,
-    )
+        loss_fn=build_distillation(cfg, splits.train, model, state.device) if main and cfg.train.distill else None,
+        tracker_config=config_to_dict(cfg), run_name="run" if main else "baseline")
+    trainer = Trainer(model, tcfg, loaders["train"], loaders["validation"], options=options)
     start = time.time()
-    extra = finetune.train_model(trainer, task, model, loaders, splits, cfg, output_dir)  # probe fit or trainer.train()
+    fit = train_model(trainer, task, model, loaders, splits, cfg, output_dir)  # probe solve or trainer.train()
     train_time = time.time() - start
     trainer.accelerator.wait_for_everyone()
     require_model(output_dir, tcfg, trainer.state)  # stop_after_steps before the first epoch ended: say so
     trainer.load_model_weights(os.path.join(output_dir, "model"))  # the best epoch's weights (also under FSDP)
-    extra = finetune.after_training(trainer, task, model, splits, cfg, output_dir, extra)  # WiSE-FT, counts
     result: dict[str, Any] = {
         "modalities": sorted(modalities or cfg.model.encoders),
         "frozen": [m for m, e in model.encoders.items() if e.frozen],
@@ -122,8 +120,19 @@ def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modaliti
         "stopped_early": trainer.state.stopped_early,
         "train_time_s": round(train_time, 2),
         "metric_for_best": trainer.metric_for_best,
-        **extra,
+        **after_training(trainer, task, model, splits, cfg, output_dir, fit),  # WiSE-FT, parameter counts
     }
+    evaluations = evaluate_splits(trainer, task, model, splits, loaders, result)
+    result["history"] = trainer.state.history
+    result["train_log"] = trainer.state.train_log
+    trainer.end()
+    return result, evaluations
+
+
+def evaluate_splits(trainer: Trainer, task: Task, model: Any, splits: DataSplits, loaders: dict[str, Any],
+                    result: dict[str, Any]) -> dict[str, EvalResult]:
+    """Score the trained model on validation and test through the gathered prediction loop; each split's
+    metrics (with its example counts) go into `result`."""
     evaluations: dict[str, EvalResult] = {}
     for name, dataset in (("validation", splits.validation), ("test", splits.test)):
         if loaders.get(name) is None:
@@ -136,10 +145,7 @@ def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modaliti
             result[name]["loss"] = float(preds["loss"])
         result[name]["num_examples"] = int(preds["index"].shape[0])
         result[name]["num_unique_examples"] = int(torch.unique(preds["index"]).numel())
-    result["history"] = trainer.state.history
-    result["train_log"] = trainer.state.train_log
-    trainer.end()
-    return result, evaluations
+    return evaluations
 
 
 def run(cfg: ExperimentConfig, dataset: Any = None, splits: Optional[DataSplits] = None,
@@ -151,17 +157,33 @@ def run(cfg: ExperimentConfig, dataset: Any = None, splits: Optional[DataSplits]
     if splits is None and (cfg.data.folds is not None or cfg.data.fold_column):
         return run_crossval(cfg, run, dataset)
     state = process_state(cfg.train.dist_timeout_s)
-    main = state.is_main_process
     task = get_task(cfg.model.task)(cfg)
     out = cfg.train.output_dir
-    note = prepare_output_dir(cfg.train, is_main=main)  # refuses a folder holding another run's results
-    if note:
-        state.print(note)
-    state.wait_for_everyone()
-    if main:
-        os.makedirs(out, exist_ok=True)
-        save_config(cfg, os.path.join(out, "config.yaml"))
+    open_run_folder(cfg, state)  # refuses a folder holding another run's results; writes config.yaml
     t0 = time.time()
+    splits = _splits(task, state, dataset, splits)
+    fused, evaluations = train_and_evaluate(task, splits, out, main=True, callbacks=callbacks)
+    share_skips(state, splits)  # rows skipped while loading (data.validate=false), on whichever process
+    if state.is_main_process and splits.vocab is not None:
+        splits.vocab.save(os.path.join(out, "model", "labels.json"))  # travels with the model
+    metrics = _summary(task, state, splits, fused)
+    eval_name = "test" if "test" in evaluations else ("validation" if "validation" in evaluations else None)
+    if eval_name is not None:
+        chance = task.chance(splits, splits.test if eval_name == "test" else splits.validation)
+        if chance:
+            metrics["chance"] = chance
+    if cfg.eval.baselines and task.supports_baselines and len(metrics["modalities"]) > 1:
+        metrics.update(_baselines(task, splits, state, fused, eval_name))
+    metrics["wall_time_s"] = round(time.time() - t0, 2)
+    if state.is_main_process:
+        _write_outputs(task, splits, fused, evaluations, metrics, eval_name)
+    state.wait_for_everyone()
+    return jsonable(metrics)  # as written to metrics.json (NaN -> None, arrays -> lists)
+
+
+def _splits(task: Task, state: Any, dataset: Any, splits: Optional[DataSplits]) -> DataSplits:
+    """The task's splits (or the given ones), their notes printed; the main process records them under splits/."""
+    out, main = task.cfg.train.output_dir, state.is_main_process
     splits = splits if splits is not None else task.build_splits(dataset, progress=main)
     for note in splits.notes:
         state.print(f"data: {note}")
@@ -171,14 +193,15 @@ def run(cfg: ExperimentConfig, dataset: Any = None, splits: Optional[DataSplits]
         write_splits(splits, os.path.join(out, "splits"))
         if splits.vocab is not None:
             splits.vocab.save(os.path.join(out, "labels.json"))
-    fused, evaluations = train_and_evaluate(task, splits, out, main=True, callbacks=callbacks)
-    share_skips(state, splits)  # rows skipped while loading (data.validate=false), on whichever process
-    if main and splits.vocab is not None:
-        splits.vocab.save(os.path.join(out, "model", "labels.json"))  # travels with the model
-    modalities = sorted(cfg.model.encoders)
-    metrics: dict[str, Any] = {
+    return splits
+
+
+def _summary(task: Task, state: Any, splits: DataSplits, fused: dict[str, Any]) -> dict[str, Any]:
+    """The head of metrics.json: what ran on which data, then the fused model's result."""
+    cfg = task.cfg
+    return {
         "task": cfg.model.task,
-        "modalities": modalities,
+        "modalities": sorted(cfg.model.encoders),
         **({"fusion": cfg.model.fusion} if task.uses_fusion else {}),
         "encoders": dict(cfg.model.encoders),
         "num_processes": state.num_processes,
@@ -188,45 +211,50 @@ def run(cfg: ExperimentConfig, dataset: Any = None, splits: Optional[DataSplits]
         "skipped": splits.skip_report(),
         **{k: v for k, v in fused.items() if k != "train_log"},
     }
-    eval_name = "test" if "test" in evaluations else ("validation" if "validation" in evaluations else None)
+
+
+def _baselines(task: Task, splits: DataSplits, state: Any, fused: dict[str, Any],
+               eval_name: Optional[str]) -> dict[str, Any]:
+    """One single-modality model per modality (same settings), and how each compares with the fused one."""
+    out = task.cfg.train.output_dir
+    found: dict[str, Any] = {"baselines": {}}
+    for m in sorted(task.cfg.model.encoders):
+        state.print(f"baseline: {m} only")
+        if state.is_main_process:
+            remove_run_outputs(os.path.join(out, "baselines", m))  # trained afresh: nothing of an earlier attempt
+        state.wait_for_everyone()
+        result, _ = train_and_evaluate(task, splits, os.path.join(out, "baselines", m), [m], main=False)
+        result.pop("train_log", None)
+        found["baselines"][m] = result
     if eval_name is not None:
-        chance = task.chance(splits, splits.test if eval_name == "test" else splits.validation)
-        if chance:
-            metrics["chance"] = chance
-    if cfg.eval.baselines and task.supports_baselines and len(modalities) > 1:
-        metrics["baselines"] = {}
-        for m in modalities:
-            state.print(f"baseline: {m} only")
-            if main:
-                remove_run_outputs(os.path.join(out, "baselines", m))  # trained afresh: nothing of an earlier attempt
-            state.wait_for_everyone()
-            result, _ = train_and_evaluate(task, splits, os.path.join(out, "baselines", m), [m], main=False)
-            result.pop("train_log", None)
-            metrics["baselines"][m] = result
-        if eval_name is not None:
-            metric = fused["metric_for_best"]
-            summary = {"fused": fused.get(eval_name, {}).get(metric)}
-            for m, res in metrics["baselines"].items():
-                summary[f"{m}_only"] = res.get(eval_name, {}).get(metric)
-            metrics["comparison"] = {"split": eval_name, "metric": metric, **summary}
-    metrics["wall_time_s"] = round(time.time() - t0, 2)
-    if main:
-        if any(ds.skipped_while_loading() for _, ds in splits.items()):
-            write_splits(splits, os.path.join(out, "splits"))  # without the rows found bad while loading
-        write_json(os.path.join(out, "metrics.json"), metrics)
-        metric_name = fused.get("metric_for_best")
-        curves = plot_training_curves(fused.get("train_log", []), fused.get("history", []),
-                                      os.path.join(out, "training_curves.png"),
-                                      metric=metric_name if metric_name != "loss" else None,
-                                      title=f"{'+'.join(modalities)} ({cfg.model.task})")
-        if eval_name is not None:
-            notes = [f"Task {cfg.model.task}; {eval_name} split ({metrics['split_sizes'][eval_name]} rows); trained "
-                     f"{fused['epochs_run']} epochs in {fused['train_time_s']:.1f}s (best epoch {fused['best_epoch']})."]
-            evaluations[eval_name].notes[:0] = notes
-            task.write_report(out, evaluations[eval_name], title=f"{'–'.join(modalities)} {cfg.model.task}: {eval_name}",
-                              html=cfg.eval.html_report, extra_plots=[("Training curves", curves)])
-    state.wait_for_everyone()
-    return jsonable(metrics)  # as written to metrics.json (NaN -> None, arrays -> lists)
+        metric = fused["metric_for_best"]
+        summary = {"fused": fused.get(eval_name, {}).get(metric)}
+        for m, res in found["baselines"].items():
+            summary[f"{m}_only"] = res.get(eval_name, {}).get(metric)
+        found["comparison"] = {"split": eval_name, "metric": metric, **summary}
+    return found
+
+
+def _write_outputs(task: Task, splits: DataSplits, fused: dict[str, Any], evaluations: dict[str, EvalResult],
+                   metrics: dict[str, Any], eval_name: Optional[str]) -> None:
+    """metrics.json, the training curves and the report of the evaluated split (main process only)."""
+    cfg, out = task.cfg, task.cfg.train.output_dir
+    modalities = metrics["modalities"]
+    if any(ds.skipped_while_loading() for _, ds in splits.items()):
+        write_splits(splits, os.path.join(out, "splits"))  # without the rows found bad while loading
+    write_json(os.path.join(out, "metrics.json"), metrics)
+    metric_name = fused.get("metric_for_best")
+    curves = plot_training_curves(fused.get("train_log", []), fused.get("history", []),
+                                  os.path.join(out, "training_curves.png"),
+                                  metric=metric_name if metric_name != "loss" else None,
+                                  title=f"{'+'.join(modalities)} ({cfg.model.task})")
+    if eval_name is None:
+        return
+    notes = [f"Task {cfg.model.task}; {eval_name} split ({metrics['split_sizes'][eval_name]} rows); trained "
+             f"{fused['epochs_run']} epochs in {fused['train_time_s']:.1f}s (best epoch {fused['best_epoch']})."]
+    evaluations[eval_name].notes[:0] = notes
+    task.write_report(out, evaluations[eval_name], title=f"{'–'.join(modalities)} {cfg.model.task}: {eval_name}",
+                      html=cfg.eval.html_report, extra_plots=[("Training curves", curves)])
 
 
 def share_skips(state: Any, splits: DataSplits) -> None:

@@ -16,8 +16,8 @@ import shutil
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
+from multimodal.files import write_json
 from multimodal.training.integrity import CheckpointError, check_manifest, check_pickles, file_manifest
-from multimodal.utils import write_json
 
 STATE_FILE = "trainer_state.json"
 FORMAT = 1  # of trainer_state.json: 1 adds "format" and "files" (the manifest)

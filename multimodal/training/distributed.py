@@ -28,6 +28,8 @@ import tempfile
 from typing import Any, Optional
 
 import torch
+from accelerate.utils import DistributedType, merge_fsdp_weights
+from safetensors.torch import load_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -35,6 +37,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
 )
 from torch.distributed.fsdp import FSDPModule
+from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
 from multimodal.models.base import WEIGHTS_NAME, load_model, load_weights, read_model_config
 
@@ -73,13 +76,9 @@ def fsdp_block_classes(model: nn.Module) -> list[str]:
 def configure_fsdp(accelerator: Any, model: nn.Module) -> Optional[list[str]]:
     """With accelerate's FSDP plugin on a transformer-based wrap policy and no classes named, fill in
     `fsdp_block_classes(model)`; returns the classes used (None when not running under FSDP)."""
-    from accelerate.utils import DistributedType
-
     if accelerator.distributed_type != DistributedType.FSDP:
         return None
     plugin = accelerator.state.fsdp_plugin
-    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
-
     policy = getattr(plugin.auto_wrap_policy, "func", plugin.auto_wrap_policy)
     if policy is transformer_auto_wrap_policy and not plugin.transformer_cls_names_to_wrap:
         plugin.transformer_cls_names_to_wrap = fsdp_block_classes(model)
@@ -104,8 +103,6 @@ def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
 
 def read_saved_weights(directory: str) -> dict[str, torch.Tensor]:
     """The tensors of a ``save_pretrained`` folder, tied aliases restored (as `load_weights` reads them)."""
-    from safetensors.torch import load_file
-
     config = read_model_config(directory)
     state = load_file(os.path.join(directory, WEIGHTS_NAME))
     for alias, canonical in config.get("tied_weights", {}).items():
@@ -124,9 +121,6 @@ def load_saved_weights(model: nn.Module, directory: str) -> None:
 def consolidate_checkpoint(checkpoint: str, model_dir: str, output: str) -> str:
     """Merge a sharded checkpoint's weights (``<checkpoint>/pytorch_model_fsdp_0``) into a full
     ``save_pretrained`` folder at `output`, with the architecture and assets of the saved model `model_dir`."""
-    from accelerate.utils import merge_fsdp_weights
-    from safetensors.torch import load_file
-
     sharded = os.path.join(checkpoint, SHARDED_MODEL_DIR)
     if not os.path.isdir(sharded):
         raise FileNotFoundError(f"{checkpoint}: no {SHARDED_MODEL_DIR}/ (not a sharded FSDP checkpoint)")

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from timm.utils import ModelEmaV3
 from torch import nn
 
 from multimodal.models.base import untie_state_dict
@@ -20,13 +21,10 @@ EMA_FILE = "ema.safetensors"
 
 
 class WeightEma:
-    """An EMA copy of a model (``.module``), updated in place by `update`."""
+    """An EMA copy of a model (``.module``), updated in place by `update`; `decay` in (0, 1) (``train.ema_decay``,
+    checked with the train config)."""
 
     def __init__(self, model: nn.Module, decay: float, warmup: bool = True) -> None:
-        from timm.utils import ModelEmaV3
-
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"train.ema_decay must be in (0, 1), got {decay}")
         self.ema = ModelEmaV3(model, decay=decay, use_warmup=warmup, foreach=True)
         for p in self.ema.module.parameters():
             p.requires_grad_(False)

@@ -22,9 +22,11 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from multimodal.training.state import NonFiniteLossError
-
 PICKLE_SUFFIXES = (".bin", ".pkl", ".pt", ".pth")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
 
 
 class CheckpointError(ValueError):

@@ -1,8 +1,8 @@
 """Training loop on Hugging Face Accelerate, kept out of the model modules.
 
-`Trainer(model, config, train_loader, eval_loader, compute_metrics_fn=...)` runs epochs of AdamW over
-``model.parameter_groups(encoder_lr, head_lr, weight_decay)`` with warmup then cosine/linear decay
-(per optimizer step), gradient accumulation (``accelerator.accumulate``), clipping and mixed
+`Trainer(model, config, train_loader, eval_loader, compute_metrics_fn=...)` runs epochs of AdamW over the
+model's parameter groups (`multimodal.training.optim`) with transformers' LR schedule stepped per optimizer
+step (`multimodal.training.schedule`), gradient accumulation (``accelerator.accumulate``), clipping and mixed
 precision; evaluates every epoch through `multimodal.training.predict` (outputs gathered with
 ``accelerator.gather_for_metrics``, each validation example counted once under DDP) and the caller's
 `compute_metrics_fn`; keeps the best model (``save_pretrained``), stops early on a chosen metric, and
@@ -26,94 +26,72 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable
 from typing import Any, Optional
 
 import torch
+from accelerate.utils import set_seed
 from torch import nn
+from tqdm.auto import tqdm
 
 from multimodal.config.schema import ConfigError
-from multimodal.config.validation import check_ranges
+from multimodal.config.checks import check_ranges
 from multimodal.data.loading import epoch_seed
 from multimodal.evaluation.metrics import improves, metric_mode
+from multimodal.training.accelerator import flat_config, make_accelerator
 from multimodal.training.adversarial import Adversary
-from multimodal.training.checkpoints import (
-    resolve_latest,
-    resume_target,
-    save_checkpoint,
-)
+from multimodal.training.checkpoints import resolve_latest, resume_target, save_checkpoint
 from multimodal.training.distributed import configure_fsdp, full_state_dict, is_sharded, load_saved_weights
 from multimodal.training.ema import WeightEma
 from multimodal.training.integrity import check_finite, check_finite_loss, training_tensors
 from multimodal.training.optim import make_optimizer
+from multimodal.training.options import TrainerOptions
 from multimodal.training.predict import evaluation_metrics, forward_batch, predict
-from multimodal.training.state import (
-    TrainerState,
-    flat_config,
-    lr_lambda,
-    make_accelerator,
-)
+from multimodal.training.schedule import make_scheduler
+from multimodal.training.trainer_state import EpochLosses, TrainerState
+
+__all__ = ["Trainer", "TrainerOptions"]
 
 
 class Trainer:
     """Accelerate training loop for models following the `MultimodalModel` / `DualEncoder` contract."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        config: Any,
-        train_loader: torch.utils.data.DataLoader,
-        eval_loader: Optional[torch.utils.data.DataLoader] = None,
-        compute_metrics_fn: Optional[Callable[[dict[str, torch.Tensor]], dict[str, float]]] = None,
-        metric_for_best: Optional[str] = None,
-        metric_mode_for_best: Optional[str] = None,
-        accelerator: Any = None,
-        tracker_config: Optional[dict] = None,
-        run_name: str = "run",
-        unfreeze_after_epochs: Optional[int] = None,
-        eval_batch_loss: bool = True,
-        callbacks: Optional[list[Callable[[Trainer, dict], None]]] = None,
-        loss_fn: Optional[Callable[[dict, Any], torch.Tensor]] = None,
-    ) -> None:
-        """`config` is a `multimodal.config.TrainConfig`. `compute_metrics_fn` gets the gathered validation
-        outputs of `predict` (``index``, ``logits``, ``labels``, ``embeddings.<modality>``, ``loss``) and returns
-        metrics; `metric_for_best` picks the metric that selects the best epoch when ``config.metric_for_best``
-        is "auto" (default: the loss), and `metric_mode_for_best` ("min"/"max") its direction when
-        ``config.metric_mode`` is "auto" (default: losses, errors and ranks go down, the rest up).
-        `unfreeze_after_epochs` unfreezes frozen encoders from that epoch on;
-        `eval_batch_loss=False` skips the batch-loss mean when `compute_metrics_fn` computes the loss itself.
-        `callbacks` are called as ``callback(trainer, record)`` after every epoch's evaluation (``record`` is that
-        epoch's history entry); one may raise to end the run (e.g. ``optuna.TrialPruned``).
-        ``config.adversarial`` (an `AdversarialConfig`) trains on adversarial examples (`Adversary`).
-        `loss_fn(batch, output)`, if given, is the training loss instead of ``output.loss`` (distillation)."""
-        from accelerate.utils import set_seed
-
+    def __init__(self, model: nn.Module, config: Any, train_loader: torch.utils.data.DataLoader,
+                 eval_loader: Optional[torch.utils.data.DataLoader] = None, *, options: Optional[TrainerOptions] = None,
+                 accelerator: Any = None, **keywords: Any) -> None:
+        """`config` is a `multimodal.config.TrainConfig` (its ranges are checked here when it did not come through
+        the config loader); `options` (`TrainerOptions`, or its fields as keywords) say how to score, select,
+        report and start. ``config.adversarial`` trains on adversarial examples (`Adversary`)."""
+        options = TrainerOptions.merged(options, keywords)
         if dataclasses.is_dataclass(config):
             check_ranges(config, "train.")  # e.g. a negative max_grad_norm would turn training into ascent
-        self.config = config
-        self.output_dir = config.output_dir
-        self.unfreeze_epoch = unfreeze_after_epochs
-        if accelerator is None:
-            accelerator = make_accelerator(config, unfreeze_later=unfreeze_after_epochs is not None)
-        self.accelerator = accelerator
+        self.config, self.options, self.output_dir = config, options, config.output_dir
+        self.unfreeze_epoch = options.unfreeze_after_epochs
+        self.accelerator = accelerator or make_accelerator(config, unfreeze_later=self.unfreeze_epoch is not None)
         set_seed(config.seed)
-        self.compute_metrics_fn = compute_metrics_fn
-        self.eval_batch_loss = eval_batch_loss
-        self.callbacks = list(callbacks or [])
+        self.compute_metrics_fn, self.eval_batch_loss = options.compute_metrics_fn, options.eval_batch_loss
+        self.callbacks, self.loss_fn = list(options.callbacks or []), options.loss_fn
         adversarial = getattr(config, "adversarial", None)
-        self.adversary = Adversary(adversarial, autocast=accelerator.autocast) if adversarial is not None else None
-        self.loss_fn = loss_fn
+        self.adversary = Adversary(adversarial, autocast=self.accelerator.autocast) if adversarial is not None else None
         self.state = TrainerState()
         self._epoch_loss: Optional[float] = None
-        self._tracker_config = tracker_config or {}
-        self._run_name = run_name
-        metric = config.metric_for_best if config.metric_for_best != "auto" else (metric_for_best or "loss")
-        self.metric_for_best = metric
-        if config.metric_mode != "auto":
-            self.metric_mode = config.metric_mode
-        else:
-            self.metric_mode = metric_mode_for_best or metric_mode(metric)
-        optimizer = make_optimizer(model, config, self.unfreeze_epoch is not None)
+        self.metric_for_best = config.metric_for_best if config.metric_for_best != "auto" else (
+            options.metric_for_best or "loss")
+        self.metric_mode = (config.metric_mode if config.metric_mode != "auto"
+                            else options.metric_mode_for_best or metric_mode(self.metric_for_best))
+        self._prepare(model, train_loader, eval_loader)
+        ema_decay = getattr(config, "ema_decay", None)
+        self.ema = WeightEma(self.unwrapped_model, ema_decay, getattr(config, "ema_warmup", True)) if ema_decay else None
+        self.updates_per_epoch = max(1, math.ceil(len(self.train_loader) / config.grad_accum_steps))
+        self.total_steps = self.updates_per_epoch * config.epochs
+        self.state.epoch = options.start_epoch
+        self.state.global_step = options.start_epoch * self.updates_per_epoch
+        self.scheduler = make_scheduler(self.optimizer.optimizer, config, self.total_steps, self.state.global_step)
+        self.accelerator.register_for_checkpointing(self.scheduler)
+
+    def _prepare(self, model: nn.Module, train_loader: Any, eval_loader: Any) -> None:
+        """The optimizer, then model, optimizer and loaders through ``accelerator.prepare`` (DDP / FSDP / devices)."""
+        accelerator = self.accelerator
+        optimizer = make_optimizer(model, self.config, self.unfreeze_epoch is not None)
         self.fsdp_block_classes = configure_fsdp(accelerator, model)  # None unless launched with an FSDP config
         frozen = [m for m, enc in getattr(model, "encoders", {}).items() if getattr(enc, "frozen", False)]
         if self.unfreeze_epoch is not None and frozen:
@@ -127,14 +105,6 @@ class Trainer:
         if self.unfreeze_epoch is not None and frozen:
             self.unwrapped_model.freeze_encoders(frozen)
         self.eval_loader = accelerator.prepare(eval_loader) if eval_loader is not None else None
-        ema_decay = getattr(config, "ema_decay", None)
-        self.ema = WeightEma(self.unwrapped_model, ema_decay, getattr(config, "ema_warmup", True)) if ema_decay else None
-        self.updates_per_epoch = max(1, math.ceil(len(self.train_loader) / config.grad_accum_steps))
-        total = self.updates_per_epoch * config.epochs
-        warmup = config.warmup_steps if config.warmup_steps is not None else int(config.warmup_ratio * total)
-        self.total_steps = total
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, lr_lambda(config.scheduler, warmup, total))
-        accelerator.register_for_checkpointing(self.scheduler)
 
     # ----------------------------------------------------------------------------------------
     @property
@@ -233,6 +203,7 @@ class Trainer:
         """Load a `save_pretrained` folder's weights into the (possibly sharded) model, on every process."""
         load_saved_weights(self.unwrapped_model, directory)
 
+    # -- the loop ----------------------------------------------------------------------------
     def train(self) -> TrainerState:
         """Run (or resume) training; returns the final `TrainerState` (history holds per-epoch metrics)."""
         cfg, acc = self.config, self.accelerator
@@ -242,151 +213,154 @@ class Trainer:
                 acc.print(f"{cfg.resume_from}: that run had already stopped early; nothing left to train")
                 return self.state
         if acc.trackers == [] and acc.log_with:
-            acc.init_trackers(self._run_name, config=flat_config(self._tracker_config))
+            acc.init_trackers(self.options.run_name, config=flat_config(self.options.tracker_config or {}))
         best_dir = os.path.join(self.output_dir, "model")
         self.model.train()
-        stop = False
+        interrupted = False
         for epoch in range(self.state.epoch, cfg.epochs):
-            self._maybe_unfreeze(epoch)
-            self.train_loader.set_epoch(epoch)
-            generator = getattr(self.train_loader, "generator", None)
-            if generator is not None:
-                generator.manual_seed(epoch_seed(cfg.seed, epoch))
-            loader = self.train_loader
-            skip = self.state.batch_in_epoch
-            if skip:  # a stream skips its records without decoding them
-                loader = (self.train_loader.continue_epoch(epoch, skip) if hasattr(self.train_loader, "continue_epoch")
-                          else acc.skip_first_batches(self.train_loader, skip))
-            stop = self._train_epoch(epoch, loader, skip)
-            if stop:
+            interrupted = self._fit_epoch(epoch)
+            if interrupted or self._end_epoch(epoch, best_dir):
                 break
-            metrics = self.evaluate() if self.eval_loader is not None else {}
-            record = {"epoch": epoch + 1, "step": self.state.global_step, **metrics}
-            if self._epoch_loss is not None:
-                record["train_loss"] = self._epoch_loss
-            self.state.history.append(record)
-            acc.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.state.global_step)
-            value = metrics.get(self.metric_for_best) if metrics else None
-            if not metrics:
-                improved = True
-            else:
-                if value is None:
-                    raise ConfigError(
-                        f"train.metric_for_best={self.metric_for_best!r} is not among the eval metrics {sorted(metrics)}"
-                    )
-                improved = improves(value, self.state.best_metric, self.metric_mode)
-            if improved:
-                self.state.best_metric = value
-                self.state.best_epoch = epoch + 1
-                self.state.bad_epochs = 0
-                self.save_model(best_dir)
-            else:
-                self.state.bad_epochs += 1
-            acc.print(
-                f"epoch {epoch + 1}/{cfg.epochs}: "
-                + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-                + (" (best)" if improved else "")
-            )
-            self.state.epoch = epoch + 1
-            self.state.batch_in_epoch = 0
-            patience = cfg.early_stopping_patience
-            if patience is not None and self.state.bad_epochs >= patience:
-                self.state.stopped_early = True
-            if cfg.save_checkpoints:
-                self.save_checkpoint(f"epoch-{epoch + 1:03d}")
-            for callback in self.callbacks:
-                callback(self, record)
-            if self.state.stopped_early:
-                acc.print(f"early stopping: no improvement in {self.metric_for_best} for {patience} epochs")
-                break
-        if not stop and not os.path.exists(os.path.join(best_dir, "config.json")):
+        if not interrupted and not os.path.exists(os.path.join(best_dir, "config.json")):
             self.save_model(best_dir)
         acc.wait_for_everyone()
         return self.state
 
-    def _train_epoch(self, epoch: int, loader: Any, skip: int) -> bool:
-        """One epoch; returns True if `stop_after_steps` interrupted it."""
-        cfg, acc = self.config, self.accelerator
-        device = acc.device
-        loss_sum = torch.zeros((), device=device)
-        loss_n = 0
-        epoch_sum = torch.zeros((), device=device)  # not reset at logging steps: the epoch's mean train loss
-        epoch_n = 0
-        first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        step_on_device = torch.full((), self.state.global_step, dtype=torch.long, device=device)  # no per-step H2D
-        bar = None
-        if cfg.progress_bar and acc.is_local_main_process:
-            from tqdm.auto import tqdm
+    def train_epochs(self, count: int) -> Optional[float]:
+        """Run the next `count` epochs of the training loop alone (optimizer, schedule, precision, accumulation,
+        clipping, adversarial steps, EMA): no evaluation, model selection, checkpoints or callbacks. Returns the
+        mean training loss over them. A federated client runs its local epochs of a round with it."""
+        self.model.train()
+        losses = []
+        for epoch in range(self.state.epoch, min(self.state.epoch + count, self.config.epochs)):
+            if self._fit_epoch(epoch):
+                break
+            self.state.epoch, self.state.batch_in_epoch = epoch + 1, 0
+            if self._epoch_loss is not None:
+                losses.append(self._epoch_loss)
+        return sum(losses) / len(losses) if losses else None
 
+    def _fit_epoch(self, epoch: int) -> bool:
+        """The training part of one epoch (continuing a mid-epoch resume); True if `stop_after_steps` ended it."""
+        self._maybe_unfreeze(epoch)
+        self.train_loader.set_epoch(epoch)
+        generator = getattr(self.train_loader, "generator", None)
+        if generator is not None:
+            generator.manual_seed(epoch_seed(self.config.seed, epoch))
+        loader, skip = self.train_loader, self.state.batch_in_epoch
+        if skip:  # a stream skips its records without decoding them
+            loader = (loader.continue_epoch(epoch, skip) if hasattr(loader, "continue_epoch")
+                      else self.accelerator.skip_first_batches(loader, skip))
+        return self._train_epoch(epoch, loader, skip)
+
+    def _end_epoch(self, epoch: int, best_dir: str) -> bool:
+        """Evaluate, keep the best model, checkpoint and call back after an epoch; True when training stops early."""
+        cfg, acc = self.config, self.accelerator
+        metrics = self.evaluate() if self.eval_loader is not None else {}
+        record = {"epoch": epoch + 1, "step": self.state.global_step, **metrics}
+        if self._epoch_loss is not None:
+            record["train_loss"] = self._epoch_loss
+        self.state.history.append(record)
+        acc.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.state.global_step)
+        improved = self._select(epoch, metrics, best_dir)
+        acc.print(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                                                               if isinstance(v, float)) + (" (best)" if improved else ""))
+        self.state.epoch, self.state.batch_in_epoch = epoch + 1, 0
+        patience = cfg.early_stopping_patience
+        if patience is not None and self.state.bad_epochs >= patience:
+            self.state.stopped_early = True
+        if cfg.save_checkpoints:
+            self.save_checkpoint(f"epoch-{epoch + 1:03d}")
+        for callback in self.callbacks:
+            callback(self, record)
+        if self.state.stopped_early:
+            acc.print(f"early stopping: no improvement in {self.metric_for_best} for {patience} epochs")
+        return self.state.stopped_early
+
+    def _select(self, epoch: int, metrics: dict[str, Any], best_dir: str) -> bool:
+        """Whether this epoch's model is the best so far (then saved to `best_dir`); with no metrics, every one is."""
+        value = metrics.get(self.metric_for_best) if metrics else None
+        if metrics and value is None:
+            raise ConfigError(f"train.metric_for_best={self.metric_for_best!r} is not among the eval metrics {sorted(metrics)}")
+        if metrics and not improves(value, self.state.best_metric, self.metric_mode):
+            self.state.bad_epochs += 1
+            return False
+        self.state.best_metric, self.state.best_epoch, self.state.bad_epochs = value, epoch + 1, 0
+        self.save_model(best_dir)
+        return True
+
+    def _train_epoch(self, epoch: int, loader: Any, skip: int) -> bool:
+        """The optimizer steps of one epoch; returns True if `stop_after_steps` interrupted it."""
+        acc = self.accelerator
+        losses = EpochLosses(acc.device, self.state.global_step)
+        bar = None
+        if self.config.progress_bar and acc.is_local_main_process:
             bar = tqdm(total=len(self.train_loader), initial=skip, desc=f"epoch {epoch + 1}", leave=False)
         start = time.time()
-        params = [p for p in self.model.parameters()]
+        params = list(self.model.parameters())
         for batch in loader:
-            with acc.accumulate(self.model):
-                if self.adversary is not None:
-                    out = self.adversary.training_output(self.model, self.unwrapped_model, batch)
-                else:
-                    out = self._forward(batch)
-                loss = out.loss if self.loss_fn is None else self.loss_fn(batch, out)
-                if loss is None:
-                    raise ValueError("the model returned no loss: does the batch carry labels for this task?")
-                accelerator_loss = loss.detach().float()
-                first_bad = torch.where(
-                    (first_bad < 0) & ~torch.isfinite(accelerator_loss), step_on_device, first_bad
-                )
-                loss_sum += accelerator_loss
-                loss_n += 1
-                epoch_sum += accelerator_loss
-                epoch_n += 1
-                acc.backward(loss)
-                if acc.sync_gradients and cfg.max_grad_norm:
-                    acc.clip_grad_norm_(params, cfg.max_grad_norm)
-                self.optimizer.step()
-                if acc.sync_gradients:
-                    self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+            self._train_step(batch, losses, params)
             self.state.batch_in_epoch += 1
             if bar is not None:
                 bar.update(1)
-            if not acc.sync_gradients:
-                continue
-            step_on_device += 1
-            self.state.global_step += 1
-            if self.ema is not None:
-                self.ema.update(self.unwrapped_model, self.state.global_step)
-            step = self.state.global_step
-            end_of_epoch = self.state.batch_in_epoch >= len(self.train_loader)
-            if step % max(1, cfg.log_every) == 0 or end_of_epoch:
-                self._check_finite(first_bad)
-                mean_loss = float(acc.reduce(loss_sum, reduction="mean")) / max(loss_n, 1)
-                lr = self.scheduler.get_last_lr()
-                entry = {"step": step, "epoch": epoch + (self.state.batch_in_epoch / len(self.train_loader)),
-                         "loss": mean_loss, "lr": lr[-1]}
-                self.state.train_log.append(entry)
-                acc.log({"train/loss": mean_loss, "train/lr": lr[-1]}, step=step)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{mean_loss:.4f}")
-                loss_sum.zero_()
-                loss_n = 0
-            stopping = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
-            if cfg.save_checkpoints and (
-                stopping or (cfg.save_every_steps and step % cfg.save_every_steps == 0 and not end_of_epoch)
-            ):
-                self._check_finite(first_bad)  # a NaN loss since the last logging step stops before the save
-                self.save_checkpoint(f"step-{step:07d}")
-            if stopping:
-                self._check_finite(first_bad)
+            if acc.sync_gradients and self._after_update(epoch, losses, bar):
                 if bar is not None:
                     bar.close()
-                acc.print(f"stopping after {step} optimizer steps (train.stop_after_steps)")
                 return True
-        self._check_finite(first_bad)
+        self._check_finite(losses.first_bad)
         if bar is not None:
             bar.close()
-        # Mean over this epoch's batches (those run since a mid-epoch resume), averaged across processes.
-        self._epoch_loss = float(acc.reduce(epoch_sum, reduction="mean")) / epoch_n if epoch_n else None
+        self._epoch_loss = losses.epoch_mean(acc)
         acc.print(f"epoch {epoch + 1}: {len(self.train_loader) - skip} batches in {time.time() - start:.1f}s")
         return False
+
+    def _train_step(self, batch: dict, losses: EpochLosses, params: list[nn.Parameter]) -> None:
+        """Forward and backward one batch; on a synchronising batch also clip, step the optimizer and the schedule."""
+        acc = self.accelerator
+        with acc.accumulate(self.model):
+            if self.adversary is not None:
+                out = self.adversary.training_output(self.model, self.unwrapped_model, batch)
+            else:
+                out = self._forward(batch)
+            loss = out.loss if self.loss_fn is None else self.loss_fn(batch, out)
+            if loss is None:
+                raise ValueError("the model returned no loss: does the batch carry labels for this task?")
+            losses.add(loss)
+            acc.backward(loss)
+            if acc.sync_gradients and self.config.max_grad_norm:
+                acc.clip_grad_norm_(params, self.config.max_grad_norm)
+            self.optimizer.step()
+            if acc.sync_gradients:
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def _after_update(self, epoch: int, losses: EpochLosses, bar: Any) -> bool:
+        """Bookkeeping after an optimizer step (EMA, the log line, step checkpoints); True once
+        ``train.stop_after_steps`` is reached."""
+        cfg, acc = self.config, self.accelerator
+        losses.step += 1
+        self.state.global_step += 1
+        step = self.state.global_step
+        if self.ema is not None:
+            self.ema.update(self.unwrapped_model, step)
+        end_of_epoch = self.state.batch_in_epoch >= len(self.train_loader)
+        if step % max(1, cfg.log_every) == 0 or end_of_epoch:
+            self._check_finite(losses.first_bad)
+            mean_loss, lr = losses.window_mean(acc), self.scheduler.get_last_lr()[-1]
+            fraction = self.state.batch_in_epoch / len(self.train_loader)
+            self.state.train_log.append({"step": step, "epoch": epoch + fraction, "loss": mean_loss, "lr": lr})
+            acc.log({"train/loss": mean_loss, "train/lr": lr}, step=step)
+            if bar is not None:
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+        stopping = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
+        periodic = cfg.save_every_steps and step % cfg.save_every_steps == 0 and not end_of_epoch
+        if cfg.save_checkpoints and (stopping or periodic):
+            self._check_finite(losses.first_bad)  # a NaN loss since the last logging step stops before the save
+            self.save_checkpoint(f"step-{step:07d}")
+        if stopping:
+            self._check_finite(losses.first_bad)
+            acc.print(f"stopping after {step} optimizer steps (train.stop_after_steps)")
+        return stopping
 
     def end(self) -> None:
         """Close trackers (not `end_training`, which would also tear down the process group that later

@@ -38,9 +38,7 @@ def wise_ft_sweep(trainer: Any, task: Any, model: nn.Module, start: dict[str, to
     finetuned = snapshot(model)
     metric, mode = trainer.metric_for_best, trainer.metric_mode
     rows, best, best_alpha = [], None, None
-    for alpha in sorted(float(a) for a in alphas):
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"train.wise_ft_alphas: {alpha} is outside [0, 1]")
+    for alpha in sorted(float(a) for a in alphas):  # in [0, 1]: checked with the train config
         interpolate(model, start, finetuned, alpha)
         metrics = task.evaluate(trainer.predict(trainer.eval_loader), val_dataset, model, full=False).metrics
         value = metrics.get(metric)

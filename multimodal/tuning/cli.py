@@ -15,11 +15,11 @@ from typing import Optional
 
 from encoders import EncoderError
 from multimodal.config.loading import config_from_dict, parse_overrides, read_config_file
+from multimodal.config.merge import deep_merge
 from multimodal.config.schema import ConfigError
 from multimodal.data.dataset import DataError
 from multimodal.tuning.space import read_space
 from multimodal.tuning.study import PRUNERS, SearchSettings, tune
-from multimodal.utils import deep_merge
 
 
 def main(argv: Optional[list[str]] = None) -> int:

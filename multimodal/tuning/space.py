@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from multimodal.config.loading import config_from_dict, parse_overrides, read_config_file
+from multimodal.config.merge import deep_merge
 from multimodal.config.schema import ConfigError
-from multimodal.utils import deep_merge
 
 TYPES = ("float", "log", "int", "categorical")
 

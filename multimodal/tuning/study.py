@@ -30,12 +30,13 @@ import torch
 
 from encoders import EncoderError
 from multimodal.config.loading import config_from_dict, save_config
+from multimodal.config.merge import deep_merge
 from multimodal.config.schema import ConfigError, ExperimentConfig
+from multimodal.files import write_json
 from multimodal.registry import get_task
 from multimodal.tasks.runner import run
-from multimodal.training.state import NonFiniteLossError
+from multimodal.training.integrity import NonFiniteLossError
 from multimodal.tuning.space import Param, nested
-from multimodal.utils import deep_merge, write_json
 
 USER_ERRORS = (ValueError, EncoderError, NonFiniteLossError, torch.OutOfMemoryError)
 """Failures of a trial that come from its settings or data (ConfigError and DataError are ValueErrors)."""

@@ -12,7 +12,7 @@ import torch
 
 from multimodal import Trainer, get_task, load_config
 from multimodal.tasks import build_loaders
-from multimodal.utils import process_state
+from multimodal.training.accelerator import process_state
 
 
 def main(argv: list[str]) -> None:

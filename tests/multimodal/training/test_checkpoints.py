@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 
 from multimodal import run
 from multimodal.config import ConfigError
-from multimodal.tasks.outputs import check_resume
+from multimodal.files import write_json
+from multimodal.tasks.run_folder import check_resume
 from multimodal.training.checkpoints import checkpoints, resolve_latest, resume_target, verify_checkpoint
 from multimodal.training.integrity import CheckpointError, NonFiniteWeightsError, file_manifest
-from multimodal.utils import write_json
 from tests.multimodal.training.test_trainer import _config, _parts, _run, _trainer, _weights
 
 

@@ -10,10 +10,10 @@ import torch
 
 from multimodal import Trainer, get_task, run
 from multimodal.config import ConfigError, load_config
+from multimodal.models.param_groups import param_groups
 from multimodal.models.unlock import encoder_layer_ids, unlock_last_blocks
 from multimodal.tasks import build_loaders
-from multimodal.tasks.finetune import prepare_model
-from multimodal.training.optim import layer_decay_groups
+from multimodal.training.methods import prepare_model
 from multimodal.training.wise import interpolate, snapshot
 from tests.multimodal.training.test_trainer import _config
 
@@ -102,7 +102,7 @@ def test_unlock_last_blocks(tmp_path, tiny_text_dir):
 def test_layer_decay_groups(tmp_path, tiny_text_dir):
     cfg = _config(tmp_path, tiny_text_dir)
     _, _, model, _ = _parts(cfg)
-    groups = layer_decay_groups(model, encoder_lr=1.0, head_lr=5.0, weight_decay=0.1, layer_decay=0.5)
+    groups = param_groups(model, encoder_lr=1.0, head_lr=5.0, weight_decay=0.1, layer_decay=0.5)
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
     named = dict(model.named_parameters())
     emb = named["encoders.text.backbone.embeddings.word_embeddings.weight"]

@@ -216,3 +216,16 @@ def test_multi_label_and_regression_metrics(tmp_path, tiny_text_dir, task):
     if task == "multi_label":
         assert trainer.unwrapped_model.head.num_outputs == 3  # light, moon, sun
     assert all(np.isfinite(e["loss"]) for e in trainer.state.train_log)
+
+
+def test_options_group_the_keywords_and_unknown_ones_are_refused(tmp_path, tiny_text_dir):
+    from multimodal.training import TrainerOptions
+
+    cfg = _config(tmp_path, tiny_text_dir, "train.epochs=1")
+    task, splits, model, loaders = _parts(cfg)
+    options = TrainerOptions(metric_for_best="accuracy", metric_mode_for_best="max", run_name="x")
+    trainer = Trainer(model, cfg.train, loaders["train"], loaders["validation"], options=options,
+                      metric_mode_for_best="min")  # a keyword replaces the option of the same name
+    assert (trainer.metric_for_best, trainer.metric_mode, trainer.options.run_name) == ("accuracy", "min", "x")
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['compute_metric_fn'\]"):
+        Trainer(model, cfg.train, loaders["train"], compute_metric_fn=lambda p: {})

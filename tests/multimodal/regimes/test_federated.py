@@ -1,7 +1,10 @@
-"""Federated fine-tuning: partitions, exchanged tensors, FedProx, and a real SuperLink + 2 SuperNodes run."""
+"""Federated fine-tuning: partitions, exchanged tensors, FedProx, clients training through the Trainer's loop
+(layer decay, the schedule across rounds), options a client cannot honour refused, and a real SuperLink +
+2 SuperNodes run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -13,8 +16,16 @@ from PIL import Image
 
 from multimodal import get_task, load_config, load_model
 from multimodal.data import DataError
-from multimodal.federated import exchanged_names, get_arrays, local_train, main, partition_rows, set_arrays
+from multimodal.regimes.federated import (
+    exchanged_names,
+    get_arrays,
+    local_train,
+    main,
+    partition_rows,
+    set_arrays,
+)
 from multimodal.tasks import build_loaders
+from multimodal.training.schedule import lr_multiplier
 
 
 def test_partitions():
@@ -77,6 +88,45 @@ def test_exchanged_tensors_and_fedprox(tmp_path, tiny_text_dir):
     assert 0 < held < 0.8 * free  # the proximal term keeps the client near the global model
     with pytest.raises(ValueError, match="shape"):
         set_arrays(model, names, [np.zeros(1)] * len(names))
+
+
+def test_clients_train_through_the_trainer_loop(tmp_path, tiny_text_dir):
+    cfg = load_config(_write(tmp_path, tiny_text_dir, freeze="[image]"),
+                      ["data.feature_cache=null", "train.scheduler=constant", "train.warmup_steps=0"])
+    task = get_task(cfg.model.task)(cfg)
+    splits = task.build_splits(progress=False)
+    model = task.build_model(splits)
+    names = exchanged_names(model)
+    start = get_arrays(model, names)
+    loader = build_loaders(task, model, splits, progress=False)["train"]
+
+    def moved(prefix: str, **train) -> float:
+        set_arrays(model, names, start)
+        local_train(model, loader, dataclasses.replace(cfg.train, **train), 1, seed=0)
+        now = get_arrays(model, names)
+        return float(sum(np.abs(a - b).sum() for n, a, b in zip(names, now, start) if n.startswith(prefix)))
+
+    embeddings = "encoders.text.backbone.embeddings."
+    # layer decay: the embeddings sit two layer groups below the top, so 1e-3 decay scales their LR by 1e-6
+    assert moved(embeddings, layer_decay=1e-3) < 1e-2 * moved(embeddings)
+    # the schedule: a warmup far longer than the round keeps the LR near 0
+    assert moved("head.", warmup_steps=1000) < 0.05 * moved("head.")
+    # round 2 of 2 continues the cosine schedule where round 1 ended (half way), and ends it at 0
+    cosine = dataclasses.replace(cfg.train, scheduler="cosine")
+    steps = len(loader)
+    first = local_train(model, loader, cosine, 1, seed=0, server_round=1, rounds=2)
+    second = local_train(model, loader, cosine, 1, seed=0, server_round=2, rounds=2)
+    assert first["lr"] == pytest.approx(cfg.train.head_lr * lr_multiplier("cosine", 0, 2 * steps)(steps)) == 0.005
+    assert second["lr"] == pytest.approx(0.0, abs=1e-12) and np.isfinite(second["train_loss"])
+
+
+def test_options_a_client_cannot_honour_are_refused_at_load(tmp_path, tiny_text_dir):
+    config = _write(tmp_path, tiny_text_dir)
+    with pytest.raises(SystemExit, match=r"federated training cannot apply train.early_stopping_patience .*"
+                                         r"train.ema_decay .*model.unfreeze_after_epochs"):
+        main(["--config", config, "--no-centralized", "train.ema_decay=0.9", "train.early_stopping_patience=2",
+              "model.unfreeze_after_epochs=1"])
+    assert not os.path.exists(tmp_path / "out" / "federated" / "clients")  # refused before any manifest
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from PIL import Image
 from fusion import StandardizedConcat
 from multimodal import MultimodalModel, run
 from multimodal.config import ConfigError, load_config
-from multimodal.tasks.probe import fit_logistic
+from multimodal.training.probe import fit_logistic
 
 
 def test_fit_logistic_matches_scikit_learn():

@@ -13,7 +13,7 @@ from PIL import Image
 
 from multimodal import load_config, run
 from multimodal.config import ConfigError, TrainConfig
-from multimodal.tasks.outputs import prepare_output_dir
+from multimodal.tasks.run_folder import prepare_output_dir
 
 
 def _train(tmp_path, **kwargs) -> TrainConfig:

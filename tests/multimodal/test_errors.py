@@ -11,11 +11,11 @@ import pytest
 
 from multimodal.config import ConfigError
 from multimodal.data import DataError
+from multimodal.errors import DEBUG_ENV, user_errors
 from multimodal.evaluation.cli import main as evaluate_main
 from multimodal.tasks import runner
 from multimodal.training import NonFiniteLossError
 from multimodal.training.integrity import CheckpointError, NonFiniteWeightsError
-from multimodal.usererrors import DEBUG_ENV, user_errors
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 RECIPE = os.path.join(ROOT, "recipes", "text_image_classification.py")

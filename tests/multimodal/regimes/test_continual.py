@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 
 from multimodal.config import ConfigError
-from multimodal.continual import accuracy_summary, main, run_continual
+from multimodal.regimes.continual import accuracy_summary, main, run_continual
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "gray": (128, 128, 128)}
 
