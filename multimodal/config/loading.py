@@ -23,11 +23,11 @@ from typing import Any, Literal, Optional, TypeVar, Union
 import yaml
 
 from multimodal.config.checks import check_config, type_hints
+from multimodal.config.merge import deep_merge
 from multimodal.config.schema import ConfigError, ExperimentConfig, ModelConfig, short
 from multimodal.data.demos import get_demo
-from multimodal.registry import get_task
-from multimodal.config.merge import deep_merge
 from multimodal.files import write_text
+from multimodal.registry import get_task
 
 T = TypeVar("T")
 

@@ -33,8 +33,8 @@ from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
-from multimodal.config.schema import ConfigError
 from multimodal.config.checks import check_ranges
+from multimodal.config.schema import ConfigError
 from multimodal.data.loading import epoch_seed
 from multimodal.evaluation.metrics import improves, metric_mode
 from multimodal.training.accelerator import flat_config, make_accelerator
