@@ -28,6 +28,24 @@ from multimodal.registry import get_task, task_names
 MIXABLE = ("image", "audio", "audio-mel")
 """Encoder kinds whose inputs mixup can mix."""
 CLASSIFIERS = ("single_label", "multi_label")
+"""Label types of the tasks that predict classes (what the probe, LP-FT and mixup need)."""
+
+
+def _label_type(cfg: ExperimentConfig) -> Optional[str]:
+    """The label type the configured task declares (a user subclass of a classifier keeps its parent's)."""
+    try:
+        return getattr(get_task(cfg.model.task), "label_type", None)
+    except KeyError:
+        return None
+
+
+def _fused_classifier(cfg: ExperimentConfig) -> bool:
+    """True when the task predicts classes through a fusion and head (what the probe replaces)."""
+    try:
+        uses_fusion = bool(getattr(get_task(cfg.model.task), "uses_fusion", False))
+    except KeyError:
+        return False
+    return uses_fusion and _label_type(cfg) in CLASSIFIERS
 
 
 # -- Ranges, from the schema's field metadata ----------------------------------------------------------------
@@ -276,7 +294,7 @@ def _check_adapters(cfg: ExperimentConfig) -> None:
 def _check_probe(cfg: ExperimentConfig) -> None:
     model, train = cfg.model, cfg.train
     if train.linear_probe:
-        if model.task not in CLASSIFIERS:
+        if not _fused_classifier(cfg):
             raise ConfigError(f"train.linear_probe fits classifiers; model.task={model.task!r} is not supported")
         for key, value in (("model.peft", model.peft), ("model.unlock_last_blocks", model.unlock_last_blocks),
                            ("train.wise_ft_alphas", train.wise_ft_alphas), ("train.ema_decay", train.ema_decay)):
@@ -286,7 +304,7 @@ def _check_probe(cfg: ExperimentConfig) -> None:
         if train.linear_probe:
             raise ConfigError("train.probe_init fine-tunes from a fitted probe, train.linear_probe stops at the probe: "
                               "set one of them")
-        if model.task not in CLASSIFIERS:
+        if not _fused_classifier(cfg):
             raise ConfigError(f"train.probe_init starts a classifier from a linear probe; model.task={model.task!r} "
                               "is not supported")
         if model.fusion != "concat" or model.head_hidden_dim is not None:
@@ -303,7 +321,7 @@ def _check_probe(cfg: ExperimentConfig) -> None:
 def _check_augment(cfg: ExperimentConfig) -> None:
     aug, encoders = cfg.data.augment, cfg.model.encoders
     if aug.mixup_alpha > 0 or aug.cutmix_alpha > 0:
-        if cfg.model.task not in CLASSIFIERS:
+        if _label_type(cfg) not in CLASSIFIERS:
             raise ConfigError(f"data.augment.mixup_alpha / cutmix_alpha mix class labels; model.task={cfg.model.task!r}")
         for m, spec in encoders.items():
             if _kind(spec) not in MIXABLE:
@@ -341,7 +359,7 @@ def check_cross_fields(cfg: Any) -> None:
             if str(name) in seen:
                 raise ConfigError(f"data.labels: {short(name)} appears twice; label names must be unique")
             seen.add(str(name))
-    if cfg.model.task == "multi_label" and not data.multi_label_separator:
+    if _label_type(cfg) == "multi_label" and not data.multi_label_separator:
         raise ConfigError("data.multi_label_separator is empty: multi-label cells need a separator (default '|')")
     templates = rcfg.templates
     if templates is not None:

@@ -107,3 +107,13 @@ def test_a_token_fusion_without_token_dims_is_refused_with_the_widths(tmp_path, 
     cfg = load_config(None, _overrides(tmp_path, day_night_manifest, tiny_text_dir, "model.fusion=test_pooled_only"))
     with pytest.raises(ConfigError, match=r"reads tokens.*\{'image': 288\}.*needs a token_dims argument"):
         build_fusion(cfg, create_encoders(cfg))
+
+
+def test_config_checks_read_the_label_type_of_a_user_task(tmp_path, day_night_manifest, tiny_text_dir, registered):
+    # The probe, LP-FT and mixup checks ask the task class what it predicts, not its registered name.
+    cfg = load_config(None, _overrides(tmp_path, day_night_manifest, tiny_text_dir, "model.task=my_cls",
+                                       "train.linear_probe=true"))
+    assert cfg.train.linear_probe and cfg.model.task == "my_cls"
+    with pytest.raises(ConfigError, match="train.linear_probe fits classifiers"):
+        load_config(None, _overrides(tmp_path, day_night_manifest, tiny_text_dir, "model.task=regression",
+                                     "train.linear_probe=true"))
