@@ -3,6 +3,7 @@ check on a trained model, log-mel and attention maps, and the multimodal-explain
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -141,9 +142,8 @@ def test_log_mel_attributions_and_attention_maps(tiny_text_dir):
     assert len(spec.attention) == feats["audio"].tokens.shape[1]
 
 
-@pytest.mark.slow
-def test_explain_cli_writes_the_report(tmp_path, trained):
-    model, _ = trained
+def _explain_two_rows(tmp_path, model):
+    """Save `model` with its labels, write a 4-row manifest, explain rows 2 and 4 with the CLI; the output folder."""
     model.save_pretrained(tmp_path / "model")
     with open(tmp_path / "model" / "labels.json", "w") as f:
         json.dump({"task": "single_label", "labels": ["0", "1", "2", "3"]}, f)
@@ -158,6 +158,12 @@ def test_explain_cli_writes_the_report(tmp_path, trained):
     out = tmp_path / "explain"
     assert explain_main(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "m.csv"), "--output", str(out),
                          "--rows", "2", "4", "--steps", "8", "--target", "label"]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_explain_cli_writes_the_report(tmp_path, trained):
+    out = _explain_two_rows(tmp_path, trained[0])
     report = (out / "report.html").read_text()
     assert report.count("<div class='ex'>") == 2 and "ex001_image.png" in report and "rgba(" in report
     assert os.path.getsize(out / "ex002_image.png") > 0
@@ -168,3 +174,14 @@ def test_explain_cli_writes_the_report(tmp_path, trained):
     with pytest.raises(SystemExit, match="rows \\[9\\] are not in the manifest"):
         explain_main(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "m.csv"), "--output", str(out),
                       "--rows", "9"])
+
+
+@pytest.mark.slow
+def test_explain_report_in_a_browser(tmp_path, trained, browser_check):
+    out = _explain_two_rows(tmp_path, trained[0])
+    page = browser_check(out / "report.html")
+    assert sorted(src for src, _ in page.images) == ["ex001_image.png", "ex002_image.png"]  # text: highlighted tokens
+    assert all(loaded for _, loaded in page.images), page.images
+    assert page.errors == []
+    shot = Image.open(io.BytesIO(page.screenshot))
+    assert shot.size[1] > 600 and np.asarray(shot.convert("L")).std() > 10
