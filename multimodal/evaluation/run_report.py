@@ -128,6 +128,16 @@ def _class_counts(run: dict[str, Any]) -> dict[str, list[int]]:
     return counts
 
 
+def skip_note(skip: Optional[dict[str, Any]], rows: Optional[int] = None) -> str:
+    """'2 of 30 rows skipped (2 label)' for one split's skip record (``DataSplits.skip_report()``), '' when none."""
+    total = (skip or {}).get("total", 0)
+    if not total:
+        return ""
+    reasons = ", ".join(f"{n} {r}" for r, n in sorted((skip.get("by_reason") or {}).items()))
+    of = f" of {rows + total}" if rows is not None else ""
+    return f"{total}{of} rows skipped" + (f" ({reasons})" if reasons else "")
+
+
 def data_section(run: dict[str, Any]) -> Section:
     """Rows per split (and per class, for up to `MAX_CLASS_COLUMNS` classes) and the rows skipped, with why."""
     sizes, skipped = run.get("split_sizes") or {}, run.get("skipped") or {}
@@ -136,10 +146,8 @@ def data_section(run: dict[str, Any]) -> Section:
     header = ["split", "rows"] + ([f"class {c}" for c in labels] if counts else []) + ["skipped"]
     rows = []
     for split, size in sizes.items():
-        skip = skipped.get(split) or {}
-        reasons = ", ".join(f"{n} {r}" for r, n in sorted((skip.get("by_reason") or {}).items()))
         per_class = [fmt(n) for n in counts.get(split, [])] or ["–"] * len(labels) if counts else []
-        rows.append([split, str(size), *per_class, f"{skip.get('total', 0)}" + (f" ({reasons})" if reasons else "")])
+        rows.append([split, str(size), *per_class, skip_note(skipped.get(split)) or "0"])
     paras = [f"Labels: {', '.join(labels)}." if labels else ""]
     paras += [f"{note[0].upper()}{note[1:].rstrip('.')}." for note in run.get("split_notes") or [] if note]
     examples = [e for s in skipped.values() for e in (s.get("examples") or [])][:3]

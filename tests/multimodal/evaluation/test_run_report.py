@@ -13,7 +13,7 @@ from PIL import Image
 from multimodal.evaluation.glossary import describe_metric, metric_label
 from multimodal.evaluation.plots import plot_training_curves
 from multimodal.evaluation.report import EvalResult, write_result
-from multimodal.evaluation.run_report import describe_method, run_sections
+from multimodal.evaluation.run_report import describe_method, run_sections, skip_note
 
 CONFIG = {"model": {"encoders": {"text": "text:minilm", "image": "image:lite0"}, "fusion": "concat", "peft": None},
           "train": {"epochs": 12, "batch_size": 32, "head_lr": 0.002, "encoder_lr": 2e-5, "mixed_precision": "no",
@@ -64,11 +64,18 @@ def test_headline_kept_epoch_data_and_method():
                                "macro-F1 (ties go to the lower validation loss): macro-F1 0.9000, loss 0.1000."]
     assert data.header == ["split", "rows", "class cat", "class dog", "skipped"]
     assert data.rows == [["train", "160", "–", "–", "0"], ["validation", "20", "10", "10", "0"],
-                         ["test", "28", "14", "14", "2 (2 label)"]]
+                         ["test", "28", "14", "14", "2 rows skipped (2 label)"]]
     assert any("unknown label 'dgo'" in p for p in data.paragraphs)
     assert method.paragraphs[0].startswith("Frozen encoders, only the fusion and head trained, concat fusion")
     assert "Trainable parameters: 250 of 1,000 (25.00%)" in method.paragraphs[1]
     assert config.code.startswith("model:") and config.collapsed
+
+
+def test_skip_note_counts_the_rows_a_split_lost():
+    skip = {"total": 2, "by_reason": {"label": 1, "image": 1}}
+    assert skip_note(skip, rows=28) == "2 of 30 rows skipped (1 image, 1 label)"
+    assert skip_note(skip) == "2 rows skipped (1 image, 1 label)"
+    assert skip_note({"total": 0, "by_reason": {}}, 30) == "" and skip_note(None) == ""
 
 
 def test_recorded_class_counts_and_saturation_warning():
