@@ -67,26 +67,36 @@ def headline_section(run: dict[str, Any]) -> Section:
     rows = [[f"fused ({' + '.join(run.get('modalities', []))})"] + [fmt(run[s].get(k)) for k in keys for s in splits]]
     for modality, result in sorted((run.get("baselines") or {}).items()):
         rows.append([f"{modality} only"] + [fmt((result.get(s) or {}).get(k)) for k in keys for s in splits])
-    chance_split = "test" if "test" in run else "validation"
-    chance: dict[str, dict[str, float]] = {}
-    for key, value in (run.get("chance") or {}).items():
-        if key in CHANCE_ROWS:
-            label, metric = CHANCE_ROWS[key]
-            chance.setdefault(label, {})[metric] = value
-    if run.get("task") == "retrieval":  # the retrieval metrics carry their own chance R@1
-        scored = run.get(chance_split) or {}
-        chance["chance: random ranking"] = {k: scored.get(f"chance/{k}") for k in keys if f"chance/{k}" in scored}
+    chance = _chance_rows(run, keys, splits)
     for label, values in chance.items():
-        rows.append([label] + [fmt(values.get(k)) if s == chance_split else "–" for k in keys for s in splits])
+        rows.append([label] + [fmt(values.get((s, k))) for k in keys for s in splits])
     higher = [metric_label(k) for k in keys if not _lower_better(k)]
     lower = [metric_label(k) for k in keys if _lower_better(k)]
     para = [f"{' and '.join(higher)}: higher is better." if higher else "",
             f"{' and '.join(lower)}: lower is better." if lower else ""]
     if chance:
-        para.append(f"Chance levels are computed on the {chance_split} split from the training labels alone.")
+        para.append("Chance levels use the training labels alone.")
     if not run.get("baselines") and len(run.get("modalities", [])) > 1:
         para.append("No single-modality rows: set eval.baselines=true to train them.")
     return Section("Headline", [" ".join(p for p in para if p)], header, rows)
+
+
+def _chance_rows(run: dict[str, Any], keys: list[str], splits: list[str]) -> dict[str, dict[tuple[str, str], float]]:
+    """Chance row label -> {(split, metric): value}: from ``chance_by_split`` when the run recorded it, else
+    from ``chance`` (the test split, or validation without one); retrieval reads its metrics' own chance R@1."""
+    by_split = dict(run.get("chance_by_split") or {})
+    if not by_split and run.get("chance"):
+        by_split["test" if "test" in run else "validation"] = run["chance"]
+    rows: dict[str, dict[tuple[str, str], float]] = {}
+    for split, values in by_split.items():
+        for key, value in (values or {}).items():
+            if key in CHANCE_ROWS:
+                label, metric = CHANCE_ROWS[key]
+                rows.setdefault(label, {})[(split, metric)] = value
+    if run.get("task") == "retrieval":  # the retrieval metrics carry their own chance R@1
+        rows["chance: random ranking"] = {(s, k): (run.get(s) or {})[f"chance/{k}"] for s in splits for k in keys
+                                          if f"chance/{k}" in (run.get(s) or {})}
+    return {label: values for label, values in rows.items() if values}
 
 
 def _lower_better(key: str) -> bool:

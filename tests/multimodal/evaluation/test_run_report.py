@@ -59,7 +59,10 @@ def test_headline_kept_epoch_data_and_method():
         ["chance: always the majority training class", "–", "0.3333", "–", "0.5000"],
         ["chance: uniform random guess", "–", "–", "–", "0.5000"],
     ]
-    assert "computed on the test split" in headline.paragraphs[0]
+    assert "Chance levels use the training labels alone" in headline.paragraphs[0]
+    both = {**_run(), "chance_by_split": {"validation": {"majority_accuracy": 0.45, "uniform_accuracy": 0.5},
+                                          "test": {"majority_accuracy": 0.5, "uniform_accuracy": 0.5}}}
+    assert run_sections(both)[0].rows[-2] == ["chance: always the majority training class", "–", "–", "0.4500", "0.5000"]
     assert kept.paragraphs == ["Epoch 2; training stopped early after epoch 6. It was kept for the best validation "
                                "macro-F1 (ties go to the lower validation loss): macro-F1 0.9000, loss 0.1000."]
     assert data.header == ["split", "rows", "class cat", "class dog", "skipped"]
@@ -105,7 +108,7 @@ def test_retrieval_and_regression_headlines():
     headline = run_sections(retrieval)[0]
     assert headline.header == ["model", "validation R-sum", "test R-sum", "validation text → image Recall@1",
                                "test text → image Recall@1"]
-    assert headline.rows[-1] == ["chance: random ranking", "–", "–", "–", "0.0400"]
+    assert headline.rows[-1] == ["chance: random ranking", "–", "–", "0.0500", "0.0400"]
     regression = {"task": "regression", "modalities": ["text"], "metric_for_best": "mse",
                   "test": {"mse": 0.5, "mae": 0.4}, "chance": {"mean_mse": 1.0, "mean_mae": 0.8}}
     headline = run_sections(regression)[0]
