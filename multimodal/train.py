@@ -107,10 +107,14 @@ def build_config(args: argparse.Namespace) -> tuple[ExperimentConfig, Optional[C
     return config_from_dict(deep_merge(values, overrides)), inference
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help with every default shown and the description's example lines kept as written."""
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line of ``multimodal-train``."""
-    p = argparse.ArgumentParser(prog="multimodal-train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    about = "\n\n".join(__doc__.split("\n\n")[:2]).replace("``", "").replace("::", ":")
+    p = argparse.ArgumentParser(prog="multimodal-train", description=about, formatter_class=HelpFormatter)
     p.add_argument("--config", default=None, help="experiment config (YAML)")
     p.add_argument("--recipe", default=None, help="a built-in recipe's config (see --list-recipes)")
     p.add_argument("--list-recipes", action="store_true", help="list the built-in recipes and exit")
