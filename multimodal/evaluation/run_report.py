@@ -64,7 +64,9 @@ def headline_section(run: dict[str, Any]) -> Section:
     keys = headline_metrics(run)
     splits = [s for s in ("validation", "test") if s in run]
     header = ["model"] + [f"{s} {metric_label(k)}" for k in keys for s in splits]
-    rows = [[f"fused ({' + '.join(run.get('modalities', []))})"] + [fmt(run[s].get(k)) for k in keys for s in splits]]
+    modalities = run.get("modalities", [])
+    name = f"{'fused' if len(modalities) > 1 else 'model'} ({' + '.join(modalities)})"
+    rows = [[name] + [fmt(run[s].get(k)) for k in keys for s in splits]]
     for modality, result in sorted((run.get("baselines") or {}).items()):
         rows.append([f"{modality} only"] + [fmt((result.get(s) or {}).get(k)) for k in keys for s in splits])
     chance = _chance_rows(run, keys, splits)
@@ -145,7 +147,7 @@ def skip_note(skip: Optional[dict[str, Any]], rows: Optional[int] = None) -> str
         return ""
     reasons = ", ".join(f"{n} {r}" for r, n in sorted((skip.get("by_reason") or {}).items()))
     of = f" of {rows + total}" if rows is not None else ""
-    return f"{total}{of} rows skipped" + (f" ({reasons})" if reasons else "")
+    return f"{total}{of} {'row' if total == 1 and not of else 'rows'} skipped" + (f" ({reasons})" if reasons else "")
 
 
 def data_section(run: dict[str, Any]) -> Section:

@@ -79,6 +79,8 @@ def test_skip_note_counts_the_rows_a_split_lost():
     assert skip_note(skip, rows=28) == "2 of 30 rows skipped (1 image, 1 label)"
     assert skip_note(skip) == "2 rows skipped (1 image, 1 label)"
     assert skip_note({"total": 0, "by_reason": {}}, 30) == "" and skip_note(None) == ""
+    assert skip_note({"total": 1, "by_reason": {"label": 1}}) == "1 row skipped (1 label)"
+    assert skip_note({"total": 1, "by_reason": {"label": 1}}, 11) == "1 of 12 rows skipped (1 label)"
 
 
 def test_recorded_class_counts_and_saturation_warning():
@@ -112,7 +114,7 @@ def test_retrieval_and_regression_headlines():
     regression = {"task": "regression", "modalities": ["text"], "metric_for_best": "mse",
                   "test": {"mse": 0.5, "mae": 0.4}, "chance": {"mean_mse": 1.0, "mean_mae": 0.8}}
     headline = run_sections(regression)[0]
-    assert headline.rows == [["fused (text)", "0.5000", "0.4000"], ["chance: always the training mean", "1.0000", "0.8000"]]
+    assert headline.rows == [["model (text)", "0.5000", "0.4000"], ["chance: always the training mean", "1.0000", "0.8000"]]
     assert "MSE and MAE: lower is better" in headline.paragraphs[0]
 
 
