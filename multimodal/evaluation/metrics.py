@@ -226,12 +226,16 @@ def metric_bound(name: str) -> Optional[float]:
     return None
 
 
-def saturation_warning(metrics: dict[str, Any], metric: str, min_rows: int = SATURATION_ROWS) -> Optional[str]:
+def saturation_warning(metrics: dict[str, Any], metric: str, mode: Optional[str] = None,
+                       min_rows: int = SATURATION_ROWS) -> Optional[str]:
     """A warning when validation `metric` sits at its best possible value on fewer than `min_rows` examples
     (`metrics` as one epoch's validation metrics, with ``num_examples``): every later epoch can only tie, so the
-    metric no longer tells models apart; None otherwise."""
+    metric no longer tells models apart; None otherwise. A `mode` against the metric's natural direction (an
+    accuracy minimised) has no such best value."""
     bound, value = metric_bound(metric), metrics.get(metric)
     rows = metrics.get("num_examples")
+    if mode is not None and mode != metric_mode(metric):
+        return None
     if bound is None or _missing(value) or rows is None or rows >= min_rows or abs(float(value) - bound) > 1e-12:
         return None
     return (f"validation {metric} is {value:g}, its best possible value, on only {rows} rows: later epochs can only "

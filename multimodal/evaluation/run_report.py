@@ -122,7 +122,7 @@ def kept_section(run: dict[str, Any]) -> Section:
                 else f" of {run.get('epochs_run')} trained")
         paras.append(f"Epoch {best}{stop}. It was kept for the best validation {metric_label(metric or 'loss')}"
                      f" (ties go to the lower validation loss)" + (f": {scores}." if scores else "."))
-        warning = saturation_warning(record, metric) if metric else None
+        warning = saturation_warning(record, metric, run.get("metric_mode")) if metric else None
         if warning:
             paras.append(f"Warning: {warning}.")
     else:

@@ -113,6 +113,8 @@ def test_saturated_small_validation_set_is_flagged():
     assert saturation_warning({"mse": 0.0, "num_examples": 10}, "mse") is not None  # bounded below
     assert saturation_warning({"loss": 0.0, "num_examples": 10}, "loss") is None  # no bound: never saturated
     assert saturation_warning({"macro_f1": 1.0}, "macro_f1") is None  # row count unknown
+    assert saturation_warning({"macro_f1": 1.0, "num_examples": 20}, "macro_f1", "max") is not None
+    assert saturation_warning({"accuracy": 1.0, "num_examples": 6}, "accuracy", "min") is None  # minimised: the worst
 
 
 # Retrieval: 5 captions, 3 images; captions 0,1 -> image 0; caption 2 -> image 1; captions 3,4 -> image 2.
