@@ -142,8 +142,12 @@ def test_log_mel_attributions_and_attention_maps(tiny_text_dir):
     assert len(spec.attention) == feats["audio"].tokens.shape[1]
 
 
-def _explain_two_rows(tmp_path, model):
-    """Save `model` with its labels, write a 4-row manifest, explain rows 2 and 4 with the CLI; the output folder."""
+@pytest.fixture(scope="module")
+def explained(trained, tmp_path_factory):
+    """The trained model saved with its labels, a 4-row manifest, and rows 2 and 4 explained by the CLI: the
+    folder holding model/, m.csv and explain/."""
+    tmp_path = tmp_path_factory.mktemp("explained")
+    model = trained[0]
     model.save_pretrained(tmp_path / "model")
     with open(tmp_path / "model" / "labels.json", "w") as f:
         json.dump({"task": "single_label", "labels": ["0", "1", "2", "3"]}, f)
@@ -158,12 +162,12 @@ def _explain_two_rows(tmp_path, model):
     out = tmp_path / "explain"
     assert explain_main(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "m.csv"), "--output", str(out),
                          "--rows", "2", "4", "--steps", "8", "--target", "label"]) == 0
-    return out
+    return tmp_path
 
 
 @pytest.mark.slow
-def test_explain_cli_writes_the_report(tmp_path, trained):
-    out = _explain_two_rows(tmp_path, trained[0])
+def test_explain_cli_writes_the_report(explained):
+    tmp_path, out = explained, explained / "explain"
     report = (out / "report.html").read_text()
     assert report.count("<div class='ex'>") == 2 and "ex001_image.png" in report and "rgba(" in report
     assert os.path.getsize(out / "ex002_image.png") > 0
@@ -177,9 +181,8 @@ def test_explain_cli_writes_the_report(tmp_path, trained):
 
 
 @pytest.mark.slow
-def test_explain_report_in_a_browser(tmp_path, trained, browser_check):
-    out = _explain_two_rows(tmp_path, trained[0])
-    page = browser_check(out / "report.html")
+def test_explain_report_in_a_browser(explained, browser_check):
+    page = browser_check(explained / "explain" / "report.html")
     assert sorted(src for src, _ in page.images) == ["ex001_image.png", "ex002_image.png"]  # text: highlighted tokens
     assert all(loaded for _, loaded in page.images), page.images
     assert page.errors == []
