@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from multimodal.files import write_json
+
+
+class UnknownLabelError(KeyError):
+    """A label that is not in the vocabulary; the message names the closest known label."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass
@@ -30,8 +38,28 @@ class LabelVocab:
         return str(name) in self._index
 
     def encode(self, name: Any) -> int:
-        """Id of one label name."""
-        return self._index[str(name)]
+        """Id of one label name; an unknown name raises `UnknownLabelError` with a did-you-mean hint."""
+        try:
+            return self._index[str(name)]
+        except KeyError:
+            raise UnknownLabelError(self.describe_unknown(name)) from None
+
+    def closest(self, name: Any) -> Optional[str]:
+        """The known label most like `name` (a typo, a case or spacing slip), or None when none is close."""
+        text = str(name)
+        folded = {n.strip().casefold(): n for n in self.names}
+        if text.strip().casefold() in folded:
+            return folded[text.strip().casefold()]
+        hint = difflib.get_close_matches(text, self.names, n=1, cutoff=0.6)
+        return hint[0] if hint else None
+
+    def describe_unknown(self, name: Any, column: Optional[str] = None) -> str:
+        """The one-line message for a label not in the vocabulary: the value, a did-you-mean, the known labels."""
+        where = f" in column {column!r}" if column else ""
+        hint = self.closest(name)
+        mean = f"; did you mean {hint!r}?" if hint is not None else ""
+        shown = self.names if len(self.names) <= 20 else [*self.names[:20], f"... {len(self.names) - 20} more"]
+        return f"unknown label {name!r}{where}{mean} (known: {shown})"
 
     @classmethod
     def from_labels(cls, labels: Sequence[Any], task: str) -> LabelVocab:

@@ -1,10 +1,12 @@
 """Evaluate a saved model on a manifest, through the same task and prediction code as training::
 
-    multimodal-evaluate --model DIR --data MANIFEST --task classification|retrieval|zero_shot \\
+    multimodal-evaluate --model DIR --data MANIFEST [--task classification|retrieval|zero_shot] \\
         [--output DIR] [--templates "a photo of a {}." ...|FILE] [--classes ...] [--batch-size 64] [--html]
         [--attack pgd|fgsm --epsilon 0.03 --attack-steps 10 --attack-on image ...]
 
-The manifest is read into the task's dataset (same decoding and checks as training), the model runs
+Without ``--task`` the model folder decides: a classifier (a task head) is scored as classification, a
+two-tower model as retrieval. The outputs go beside the model folder, into ``eval-<task>-<manifest name>/``
+(never inside it, so the folder stays a clean model to ship). The manifest is read into the task's dataset (same decoding and checks as training), the model runs
 through `multimodal.training.predict` (under ``accelerate launch`` each process takes a shard and every
 example is counted once) and the task scores it: classification with the metrics of the training run,
 retrieval in both directions, zero-shot classification of the non-text modality from prompt templates.
@@ -69,6 +71,23 @@ def _count(minimum: int):
         return value
 
     return parse
+
+
+def default_task(model: Any) -> str:
+    """The evaluation a saved model answers: classification for a model with a task head, else retrieval."""
+    head = getattr(model, "head", None)
+    if head is not None and hasattr(head, "num_outputs"):
+        return "classification"
+    if hasattr(model, "encode") and hasattr(head, "pairs"):
+        return "retrieval"
+    raise ConfigError(f"cannot tell which evaluation a {type(model).__name__} answers; pass --task")
+
+
+def default_output(model_dir: str, task: str, data: str) -> str:
+    """Where the outputs go without --output: beside the model folder, named by the task and the manifest."""
+    parent = os.path.dirname(os.path.abspath(model_dir.rstrip("/\\")))
+    stem = os.path.splitext(os.path.basename(data))[0]
+    return os.path.join(parent, f"eval-{task}-{stem}")
 
 
 def task_for(model: Any, task: str, columns: dict[str, Optional[str]], label_column: Optional[str],
@@ -167,30 +186,34 @@ def evaluate_manifest(model: Any, data: str, task: str = "classification", colum
 
 def main(argv: Optional[list[str]] = None) -> int:
     """CLI: evaluate a saved model on a manifest and write metrics.json + report."""
-    parser = argparse.ArgumentParser(prog="multimodal-evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="multimodal-evaluate", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", required=True, help="saved model directory (config.json + model.safetensors)")
     parser.add_argument("--data", required=True, help="manifest (CSV/TSV/JSONL/Parquet)")
-    parser.add_argument("--task", required=True, choices=TASKS)
-    parser.add_argument("--output", default=None, help="output directory (default: <model>/eval-<task>)")
+    parser.add_argument("--task", default=None, choices=TASKS,
+                        help="none: read from the model folder (a classifier: classification; two towers: retrieval)")
+    parser.add_argument("--output", default=None,
+                        help="output directory; none: eval-<task>-<manifest name>/ beside the model folder")
     parser.add_argument("--templates", nargs="+", default=None,
                         help="zero-shot prompt templates with {} for the class name, or one file with a template per line")
     parser.add_argument("--classes", nargs="+", default=None,
-                        help="class names (zero-shot: default = distinct labels; classification: the training label order)")
-    parser.add_argument("--batch-size", type=_count(1), default=64)
-    parser.add_argument("--text-column", default="text")
-    parser.add_argument("--image-column", default="image")
-    parser.add_argument("--audio-column", default="audio")
+                        help="class names (zero-shot: none = the distinct labels; classification: the training label "
+                             "order, none = labels.json in or beside the model folder)")
+    parser.add_argument("--batch-size", type=_count(1), default=64, help="examples per forward pass")
+    parser.add_argument("--text-column", default="text", help="manifest column of the text")
+    parser.add_argument("--image-column", default="image", help="manifest column of the image paths")
+    parser.add_argument("--audio-column", default="audio", help="manifest column of the audio paths")
     parser.add_argument("--item-column", default=None, help="column of the one non-text modality (overrides its default)")
-    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--label-column", default="label", help="manifest column of the labels")
     parser.add_argument("--cache-dir", default=None, help="reuse/store the features of frozen (locked) encoders here")
-    parser.add_argument("--num-workers", type=_count(0), default=0)
+    parser.add_argument("--num-workers", type=_count(0), default=0, help="DataLoader worker processes")
     parser.add_argument("--html", action="store_true", help="also write report.html")
     parser.add_argument("--attack", choices=("pgd", "fgsm"), default=None,
                         help="also score robust accuracy under this attack (classification)")
     parser.add_argument("--epsilon", type=float, default=0.03,
                         help="attack radius: [0, 1] pixel units for image, waveform units for audio, L2 for text_embeddings")
-    parser.add_argument("--attack-steps", type=int, default=10, help="PGD steps (default 10)")
-    parser.add_argument("--attack-step-size", type=float, default=None, help="default: 2.5 * epsilon / steps")
+    parser.add_argument("--attack-steps", type=int, default=10, help="PGD steps")
+    parser.add_argument("--attack-step-size", type=float, default=None, help="none: 2.5 * epsilon / steps")
     parser.add_argument("--attack-on", nargs="+", default=["image"], help="image, audio and/or text_embeddings")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="let Python code shipped in the model folder (transformers auto_map) run; off by default")
@@ -202,23 +225,26 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise DataError(f"{args.model!r} is not a saved model directory (no config.json); point --model at the "
                             "'model' folder a recipe writes")
         model = load_model(args.model, trust_remote_code=args.trust_remote_code)
+        task = args.task or default_task(model)
+        if not args.task:
+            print(f"task: {task} (from the model folder; --task overrides)")
         columns = {"text": args.text_column, "image": args.image_column, "audio": args.audio_column}
         others = [m for m in model.encoders if m != "text"]
         if args.item_column and len(others) == 1:
             columns[others[0]] = args.item_column
-        classes = args.classes or (saved_labels(args.model) if args.task == "classification" else None)
+        classes = args.classes or (saved_labels(args.model) if task == "classification" else None)
         attack = None
         if args.attack:
             if not args.epsilon > 0 or args.attack_steps < 1:
                 raise ConfigError(f"--epsilon must be > 0 and --attack-steps >= 1 (got {args.epsilon}, {args.attack_steps})")
             attack = AdversarialConfig(method=args.attack, epsilon=args.epsilon, steps=args.attack_steps,
                                        step_size=args.attack_step_size, on=list(args.attack_on))
-        result = evaluate_manifest(model, args.data, args.task, columns, args.label_column, args.templates, classes,
+        result = evaluate_manifest(model, args.data, task, columns, args.label_column, args.templates, classes,
                                    args.batch_size, args.cache_dir, args.num_workers, attack=attack)
-    output = args.output or os.path.join(args.model, f"eval-{args.task}")
-    metrics = {"task": args.task, "data": os.path.abspath(args.data), **result.metrics}
+    output = args.output or default_output(args.model, task, args.data)
+    metrics = {"task": task, "data": os.path.abspath(args.data), **result.metrics}
     write_json(os.path.join(output, "metrics.json"), metrics)
-    write_result(output, result, title=f"{args.task.replace('_', '-')} evaluation: {os.path.basename(args.data)}",
+    write_result(output, result, title=f"{task.replace('_', '-')} evaluation: {os.path.basename(args.data)}",
                  html=args.html)
     headline = {k: v for k, v in metrics.items() if isinstance(v, float) and ("/" not in k or k.endswith(("R@1", "R@5", "R@10")))}
     if "robust" in metrics:

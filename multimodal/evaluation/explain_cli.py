@@ -86,18 +86,20 @@ def explain_manifest(model: Any, data: str, output: str, columns: dict[str, str]
 
 def main(argv: Optional[list[str]] = None) -> int:
     """CLI entry point; user errors exit with a one-line message, no traceback."""
-    parser = argparse.ArgumentParser(prog="multimodal-explain", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="multimodal-explain", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", required=True, help="saved classifier directory")
     parser.add_argument("--data", required=True, help="manifest (CSV/TSV/JSONL/Parquet)")
     parser.add_argument("--output", required=True, help="report directory")
     parser.add_argument("--rows", type=int, nargs="+", default=None, help="1-based manifest rows to explain")
     parser.add_argument("--num-examples", type=int, default=8, help="without --rows: the first N rows")
-    parser.add_argument("--target", choices=("predicted", "label"), default="predicted")
+    parser.add_argument("--target", choices=("predicted", "label"), default="predicted",
+                        help="explain the predicted class or the true label")
     parser.add_argument("--steps", type=int, default=32, help="integrated-gradients steps")
-    parser.add_argument("--text-column", default="text")
-    parser.add_argument("--image-column", default="image")
-    parser.add_argument("--audio-column", default="audio")
-    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--text-column", default="text", help="manifest column of the text")
+    parser.add_argument("--image-column", default="image", help="manifest column of the image paths")
+    parser.add_argument("--audio-column", default="audio", help="manifest column of the audio paths")
+    parser.add_argument("--label-column", default="label", help="manifest column of the labels")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random deletions")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -154,9 +154,15 @@ def chance_metrics(train_labels: Any, eval_labels: Any, label_type: str) -> dict
     """What a label-only predictor scores: the majority class (or prior, or mean) of the training labels."""
     train, ev = _np(train_labels), _np(eval_labels)
     if label_type == "single_label":
+        from sklearn.metrics import f1_score
+
         values, counts = np.unique(train, return_counts=True)
         majority = values[counts.argmax()]
+        classes = sorted(set(values.tolist()) | set(np.unique(ev).tolist()))
+        constant = np.full(len(ev), majority)
         return {"majority_accuracy": float((ev == majority).mean()) if len(ev) else float("nan"),
+                "majority_macro_f1": float(f1_score(ev, constant, labels=classes, average="macro", zero_division=0))
+                if len(ev) else float("nan"),
                 "uniform_accuracy": 1.0 / max(len(values), 1)}
     if label_type == "multi_label":
         from sklearn.metrics import f1_score
@@ -183,12 +189,59 @@ def metric_mode(name: str) -> str:
     return "min" if name in LOWER_IS_BETTER or name.endswith("median_rank") or name.endswith("mean_rank") else "max"
 
 
-def improves(value: Optional[float], best: Optional[float], mode: str) -> bool:
-    """Whether `value` strictly beats `best` in direction `mode` ("max"/"min"); a missing or NaN value never
-    does, and anything beats no best yet (model selection in the Trainer and the probe's C sweep)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def improves(value: Optional[float], best: Optional[float], mode: str, loss: Optional[float] = None,
+             best_loss: Optional[float] = None) -> bool:
+    """Whether `value` beats `best` in direction `mode` ("max"/"min"): strictly, or by a tie with a strictly
+    lower `loss` than `best_loss` (the validation losses, when given). A missing or NaN value never does, and
+    anything beats no best yet (model selection in the Trainer and the probe's C sweep)."""
+    if _missing(value):
         return False
-    return best is None or (value > best if mode == "max" else value < best)
+    if best is None:
+        return True
+    if value != best:
+        return value > best if mode == "max" else value < best
+    return not _missing(loss) and (_missing(best_loss) or loss < best_loss)
+
+
+def _missing(value: Optional[float]) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+# Where a metric tops out: a validation value there cannot improve, so later epochs can only tie with it.
+METRIC_BOUNDS = {"accuracy": 1.0, "top5_accuracy": 1.0, "macro_f1": 1.0, "micro_f1": 1.0, "subset_accuracy": 1.0,
+                 "auroc": 1.0, "r2": 1.0, "rsum": None, "mse": 0.0, "mae": 0.0, "loss": None}
+SATURATION_ROWS = 50
+
+
+def metric_bound(name: str) -> Optional[float]:
+    """The best value metric `name` can take (1.0 for accuracies, F1, AUROC and R@K; 0 for errors; 1 for ranks),
+    or None when it has none (losses, rsum)."""
+    if name in METRIC_BOUNDS:
+        return METRIC_BOUNDS[name]
+    last = name.rsplit("/", 1)[-1]
+    if last.startswith(("R@", "mAP@")):
+        return 1.0
+    if last in ("median_rank", "mean_rank"):
+        return 1.0
+    return None
+
+
+def saturation_warning(metrics: dict[str, Any], metric: str, mode: Optional[str] = None,
+                       min_rows: int = SATURATION_ROWS) -> Optional[str]:
+    """A warning when validation `metric` sits at its best possible value on fewer than `min_rows` examples
+    (`metrics` as one epoch's validation metrics, with ``num_examples``): every later epoch can only tie, so the
+    metric no longer tells models apart; None otherwise. A `mode` against the metric's natural direction (an
+    accuracy minimised) has no such best value."""
+    bound, value = metric_bound(metric), metrics.get(metric)
+    rows = metrics.get("num_examples")
+    if mode is not None and mode != metric_mode(metric):
+        return None
+    if bound is None or _missing(value) or rows is None or rows >= min_rows or abs(float(value) - bound) > 1e-12:
+        return None
+    return (f"validation {metric} is {value:g}, its best possible value, on only {rows} rows: later epochs can only "
+            f"tie, so it cannot tell them apart (ties go to the lower validation loss). Prefer "
+            f"train.metric_for_best=loss, a larger validation split (data.val_fraction), or cross-validation "
+            f"(data.folds=5)")
 
 
 # --------------------------------------------------------------------------------------------------

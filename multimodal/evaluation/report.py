@@ -16,6 +16,8 @@ from typing import Any, Optional
 import numpy as np
 
 from multimodal.data.media import load_audio, load_image
+from multimodal.evaluation.glossary import describe_metric
+from multimodal.evaluation.run_report import Section, run_sections
 from multimodal.files import write_text
 
 
@@ -39,13 +41,18 @@ class EvalResult:
     confusion: Optional[list[list[int]]] = None
     class_names: Optional[list[str]] = None
     notes: list[str] = field(default_factory=list)
+    # The training run this split belongs to (its metrics.json record) and its resolved config: when given,
+    # the report opens with the run's headline, kept epoch, data, method and config.
+    run: Optional[dict[str, Any]] = None
+    config: Optional[dict[str, Any]] = None
 
 
 def write_result(output_dir: str, result: EvalResult, title: str, html: bool = False,
                  extra_plots: Optional[Sequence[tuple[str, str]]] = None) -> str:
     """``report.md`` (+ plots, + ``report.html``) for one evaluated split; the table lists the scalar metrics."""
     return write_report(output_dir, result.metrics, title=title, examples=result.examples, confusion=result.confusion,
-                        class_names=result.class_names, notes=result.notes, html=html, extra_plots=extra_plots)
+                        class_names=result.class_names, notes=result.notes, html=html, extra_plots=extra_plots,
+                        run=result.run, config=result.config)
 
 
 def _plt():
@@ -172,13 +179,49 @@ def _wrap(text: str, width: int) -> list[str]:
     return textwrap.wrap(text, width) or [""]
 
 
-def _scalar_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+def _scalar_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(key, value, plain-words meaning) for every scalar metric."""
     rows = []
     for key, value in metrics.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        rows.append((key, f"{value:.4f}" if isinstance(value, float) else str(value)))
+        known = describe_metric(key)
+        rows.append((key, f"{value:.4f}" if isinstance(value, float) else str(value),
+                     f"{known[0]}: {known[1]}" if known else ""))
     return rows
+
+
+def _sections_md(sections: Sequence[Section]) -> list[str]:
+    md: list[str] = []
+    for sec in sections:
+        md += [f"## {sec.title}", ""]
+        for para in sec.paragraphs:
+            md += [para, ""]
+        if sec.header:
+            md += ["| " + " | ".join(sec.header) + " |", "|" + "---|" * len(sec.header)]
+            md += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in sec.rows]
+            md.append("")
+        if sec.code is not None:
+            md += ["```yaml", sec.code.rstrip(), "```", ""]
+    return md
+
+
+def _sections_html(sections: Sequence[Section]) -> list[str]:
+    esc = html_lib.escape
+    parts: list[str] = []
+    for sec in sections:
+        body = [f"<p>{esc(p)}</p>" for p in sec.paragraphs]
+        if sec.header:
+            body.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in sec.header) + "</tr>")
+            body += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in sec.rows]
+            body.append("</table>")
+        if sec.code is not None:
+            body.append(f"<pre>{esc(sec.code)}</pre>")
+        if sec.collapsed:
+            parts.append(f"<details><summary><h2>{esc(sec.title)}</h2></summary>{''.join(body)}</details>")
+        else:
+            parts += [f"<h2>{esc(sec.title)}</h2>", *body]
+    return parts
 
 
 def _name(item: Any) -> str:
@@ -207,8 +250,12 @@ def write_report(
     notes: Optional[Sequence[str]] = None,
     html: bool = False,
     extra_plots: Optional[Sequence[tuple[str, str]]] = None,
+    run: Optional[dict[str, Any]] = None,
+    config: Optional[dict[str, Any]] = None,
 ) -> str:
-    """Write ``report.md`` (+ PNGs, + ``report.html`` when asked) into `output_dir`; return the Markdown path."""
+    """Write ``report.md`` (+ PNGs, + ``report.html`` when asked) into `output_dir`; return the Markdown path.
+    With `run` (a training run's metrics.json record, and its `config`) the report opens with the run's
+    sections (`multimodal.evaluation.run_report`) before this split's metrics."""
     os.makedirs(output_dir, exist_ok=True)
     plots: list[tuple[str, str]] = []
     recall = plot_recall_curves(metrics, os.path.join(output_dir, "recall_at_k.png"))
@@ -224,11 +271,13 @@ def write_report(
             plots.append((f"Top retrieved {ex.gallery} per {ex.query} query", grid))
     plots += [(caption, path) for caption, path in (extra_plots or []) if path and os.path.exists(path)]
 
+    sections = run_sections(run, config) if run else []
     md = [f"# {title}", ""]
     for note in notes or []:
         md += [note, ""]
-    md += ["| metric | value |", "|---|---|"]
-    md += [f"| {k} | {v} |" for k, v in _scalar_rows(metrics)]
+    md += _sections_md(sections)
+    md += (["## All metrics of this split", ""] if sections else []) + ["| metric | value | meaning |", "|---|---|---|"]
+    md += [f"| {k} | {v} | {m} |" for k, v, m in _scalar_rows(metrics)]
     md.append("")
     for caption, path in plots:
         md += [f"## {caption}", "", f"![{caption}]({os.path.basename(path)})", ""]
@@ -241,23 +290,29 @@ def write_report(
         md.append("")
     md_path = write_text(os.path.join(output_dir, "report.md"), "\n".join(md))
     if html:
-        _write_html(os.path.join(output_dir, "report.html"), title, notes or [], metrics, plots, tables)
+        _write_html(os.path.join(output_dir, "report.html"), title, notes or [], metrics, plots, tables, sections)
     return md_path
 
 
 def _write_html(path: str, title: str, notes: Sequence[str], metrics: dict[str, Any], plots: list[tuple[str, str]],
-                tables: list[tuple[str, list[tuple[str, list[tuple[str, bool]]]]]]) -> None:
+                tables: list[tuple[str, list[tuple[str, list[tuple[str, bool]]]]]], sections: Sequence[Section]) -> None:
     esc = html_lib.escape
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>{esc(title)}</title>",
-        "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:3px 8px}img{max-width:100%}</style></head><body>",
+        "<style>body{font-family:sans-serif;max-width:1000px;margin:auto;padding:0 12px}"
+        "table{border-collapse:collapse;display:block;overflow-x:auto}"
+        "td,th{border:1px solid #ccc;padding:3px 8px}img{max-width:100%}summary h2{display:inline}"
+        "pre{background:#f6f6f6;padding:8px;overflow-x:auto}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
     ]
     parts += [f"<p>{esc(n)}</p>" for n in notes]
-    parts.append("<table><tr><th>metric</th><th>value</th></tr>")
-    parts += [f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in _scalar_rows(metrics)]
+    parts += _sections_html(sections)
+    if sections:
+        parts.append("<h2>All metrics of this split</h2>")
+    parts.append("<table><tr><th>metric</th><th>value</th><th>meaning</th></tr>")
+    parts += [f"<tr><td>{esc(k)}</td><td>{esc(v)}</td><td>{esc(m)}</td></tr>" for k, v, m in _scalar_rows(metrics)]
     parts.append("</table>")
     for caption, p in plots:
         parts.append(f"<h2>{esc(caption)}</h2><img src='{esc(os.path.basename(p))}' alt='{esc(caption)}'>")

@@ -24,15 +24,16 @@ from multimodal.tuning.study import PRUNERS, SearchSettings, tune
 
 def main(argv: Optional[list[str]] = None) -> int:
     """CLI entry point; user errors exit with a one-line message, no traceback."""
-    parser = argparse.ArgumentParser(prog="multimodal-tune", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=None, help="base experiment config (YAML); default: the schema defaults")
+    parser = argparse.ArgumentParser(prog="multimodal-tune", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default=None, help="base experiment config (YAML); none: the schema defaults")
     parser.add_argument("--space", required=True, help="search space YAML: dotted config key -> distribution")
     parser.add_argument("--trials", type=int, required=True, help="total trials in the study (resuming counts earlier ones)")
-    parser.add_argument("--storage", default=None, help="Optuna RDB URL (default sqlite:///<output>/study.db)")
-    parser.add_argument("--study-name", default=None, help="default: the config file's name")
+    parser.add_argument("--storage", default=None, help="Optuna RDB URL; none: sqlite:///<output>/study.db")
+    parser.add_argument("--study-name", default=None, help="none: the config file's name")
     parser.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
-    parser.add_argument("--output", default=None, help="default: <train.output_dir>/tune")
-    parser.add_argument("--pruner", default="median", choices=PRUNERS)
+    parser.add_argument("--output", default=None, help="none: <train.output_dir>/tune")
+    parser.add_argument("--pruner", default="median", choices=PRUNERS, help="Optuna pruner that stops hopeless trials")
     parser.add_argument("--startup-trials", type=int, default=5,
                         help="random trials before TPE models the space, and trials before the median pruner prunes")
     parser.add_argument("--seed", type=int, default=0, help="TPE seed (give each worker of a shared study its own)")

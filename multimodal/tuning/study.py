@@ -32,6 +32,7 @@ from encoders import EncoderError
 from multimodal.config.loading import config_from_dict, save_config
 from multimodal.config.merge import deep_merge
 from multimodal.config.schema import ConfigError, ExperimentConfig
+from multimodal.evaluation.metrics import improves
 from multimodal.files import write_json
 from multimodal.registry import get_task
 from multimodal.tasks.runner import run
@@ -149,6 +150,7 @@ def make_objective(base: dict, space: list[Param], metric: str, settings: Search
             raise ConfigError(f"trial {trial.number}: no validation {metric!r} (the search needs a validation split)")
         for key in ("epochs_run", "best_epoch", "train_time_s"):
             trial.set_user_attr(key, metrics.get(key))
+        trial.set_user_attr("validation_loss", validation.get("loss"))  # breaks ties between trials
         trial.set_user_attr("test", _headline(metrics.get("test")))
         return float(validation[metric])
 
@@ -224,20 +226,49 @@ def write_outputs(study: Any, base: dict, metric: str, direction: str, url: str,
                                "direction": direction, "trials": {k: v for k, v in states.items() if v},
                                "this_process": {"wall_s": round(wall_s, 2), "cpu_s": round(cpu_s, 2)}}
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    warning = tie_warning(complete, metric)
+    if warning:
+        settings.log(f"warning: {warning}")
+        summary["warning"] = warning
     if complete:
-        best = study.best_trial
+        best = best_trial(complete, direction)
         best_cfg = config_from_dict(deep_merge(base, nested(best.params)))
         best_cfg.train.output_dir = os.path.join(out, "best")
         save_config(best_cfg, os.path.join(out, "best_config.yaml"))
         summary["best_trial"] = {"number": best.number, "value": best.value, "params": best.params,
                                  "test": best.user_attrs.get("test"), "output_dir": best.user_attrs.get("output_dir")}
-    summary["plots"] = write_plots(study, out)
+    summary["plots"] = write_plots(study, out, skip={"param_importances": warning} if warning else None)
     write_json(os.path.join(out, "study_summary.json"), summary)
     return summary
 
 
-def write_plots(study: Any, out: str) -> dict[str, str]:
-    """Optimization history, parameter importances and per-epoch values as PNGs (those that can be drawn)."""
+def best_trial(trials: list[Any], direction: str) -> Any:
+    """The best complete trial; among trials tied on the objective, the one with the lowest validation loss
+    (the same rule as choosing an epoch, `multimodal.evaluation.metrics.improves`)."""
+    mode = "max" if direction == "maximize" else "min"
+    best = None
+    for trial in trials:
+        if best is None or improves(trial.value, best.value, mode, trial.user_attrs.get("validation_loss"),
+                                    best.user_attrs.get("validation_loss")):
+            best = trial
+    return best
+
+
+def tie_warning(trials: list[Any], metric: str) -> Optional[str]:
+    """A warning when two or more complete trials all scored the same objective value (None otherwise):
+    the search then learnt nothing about the parameters, and their importances mean nothing."""
+    values = {t.value for t in trials}
+    if len(trials) < 2 or len(values) != 1:
+        return None
+    return (f"all {len(trials)} complete trials scored the same validation {metric} ({values.pop():g}): the "
+            f"search could not tell the settings apart, so parameter importances are meaningless and are not "
+            f"drawn; the best config was chosen by the lowest validation loss. Use a larger validation split "
+            f"(data.val_fraction), cross-validation (data.folds) or train.metric_for_best=loss")
+
+
+def write_plots(study: Any, out: str, skip: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """Optimization history, parameter importances and per-epoch values as PNGs (those that can be drawn);
+    `skip` names plots not to draw, with the reason recorded instead."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -248,6 +279,9 @@ def write_plots(study: Any, out: str) -> dict[str, str]:
     for name, plot in (("optimization_history", ovm.plot_optimization_history),
                        ("param_importances", ovm.plot_param_importances),
                        ("intermediate_values", ovm.plot_intermediate_values)):
+        if skip and name in skip:
+            written[name] = f"not drawn: {skip[name]}"
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna's "experimental" and empty-legend warnings

@@ -17,7 +17,14 @@ from PIL import Image
 from multimodal import ConfigError, load_config
 from multimodal.tuning.cli import main as tune_main
 from multimodal.tuning.space import parse_param, read_space
-from multimodal.tuning.study import PruningCallback, SearchSettings, tune
+from multimodal.tuning.study import (
+    PruningCallback,
+    SearchSettings,
+    best_trial,
+    tie_warning,
+    tune,
+    write_outputs,
+)
 
 
 def _write(tmp_path, tiny_text_dir):
@@ -126,3 +133,40 @@ def test_pruning_stops_trials_through_the_trainer_callback(tmp_path, tiny_text_d
     assert keep.reported == [(3, 0.5)]
     with pytest.raises(optuna.TrialPruned, match="epoch 2"):
         PruningCallback(Trial(True), "macro_f1")(None, {"epoch": 2, "macro_f1": 0.1})
+
+
+def _study(values_and_losses):
+    """An in-memory study of complete trials with these (objective value, validation loss) pairs."""
+    study = optuna.create_study(direction="maximize")
+    dist = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
+    for k, (value, loss) in enumerate(values_and_losses):
+        study.add_trial(optuna.trial.create_trial(params={"train.head_lr": 1e-3 * (k + 1)},
+                                                  distributions={"train.head_lr": dist}, value=value,
+                                                  user_attrs={"validation_loss": loss}))
+    return study
+
+
+def test_all_trials_tied_warn_and_draw_no_importances(tmp_path):
+    logged = []
+    settings = SearchSettings(str(tmp_path), 4, log=logged.append)
+    study = _study([(1.0, 0.50), (1.0, 0.08), (1.0, 0.30), (1.0, None)])
+    summary = write_outputs(study, {}, "macro_f1", "maximize", "sqlite://", settings, 1.0, 1.0)
+    assert summary["warning"].startswith("all 4 complete trials scored the same validation macro_f1 (1): the "
+                                         "search could not tell the settings apart, so parameter importances are "
+                                         "meaningless")
+    assert logged == [f"warning: {summary['warning']}"]
+    assert summary["plots"]["param_importances"].startswith("not drawn: all 4 complete trials")
+    assert not (tmp_path / "param_importances.png").exists()
+    assert (tmp_path / "optimization_history.png").exists()
+    assert summary["best_trial"]["number"] == 1  # the tie goes to the lowest validation loss
+    assert load_config(str(tmp_path / "best_config.yaml")).train.head_lr == pytest.approx(2e-3)
+
+
+def test_distinct_trials_draw_importances_and_keep_the_best_value(tmp_path):
+    study = _study([(0.7, 0.1), (0.9, 0.5), (0.8, 0.2), (0.6, 0.3)])
+    summary = write_outputs(study, {}, "macro_f1", "maximize", "sqlite://", SearchSettings(str(tmp_path), 4,
+                                                                                          log=lambda _: None), 1.0, 1.0)
+    assert "warning" not in summary and summary["best_trial"]["number"] == 1
+    assert summary["plots"]["param_importances"].endswith("param_importances.png")
+    assert best_trial(_study([(0.2, 0.9), (0.2, 0.1)]).trials, "minimize").number == 1
+    assert tie_warning(_study([(0.5, 0.1)]).trials, "macro_f1") is None  # one trial: nothing to compare

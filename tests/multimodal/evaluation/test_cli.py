@@ -3,6 +3,7 @@ classification with the training label order, errors that name the row."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 
@@ -150,6 +151,23 @@ def test_cli_on_saved_model(tmp_path, tiny_text_dir):
         main(["--model", str(tmp_path / "model"), "--data", bad, "--task", "retrieval", "--output", str(tmp_path / "b")])
     with pytest.raises(SystemExit, match="needs a model with a task head"):
         main(["--model", str(tmp_path / "model"), "--data", manifest, "--task", "classification"])
+    # a two-tower model is evaluated as retrieval without --task
+    assert main(["--model", str(tmp_path / "model"), "--data", manifest, "--batch-size", "4"]) == 0
+    assert json.loads((tmp_path / "eval-retrieval-test" / "metrics.json").read_text())["num_image"] == 8
+
+
+@pytest.mark.parametrize("module, shown", [
+    ("multimodal.evaluation.cli", ["--batch-size BATCH_SIZE", "(default: 64)", "(default: text)", "(default: 0.03)"]),
+    ("multimodal.evaluation.explain_cli", ["(default: 32)", "(default: predicted)", "(default: label)"]),
+    ("multimodal.tuning.cli", ["(default: median)", "(default: 5)", "(default: 0)"]),
+])
+def test_help_shows_the_defaults(module, shown, capsys):
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(module).main(["--help"])
+    assert stop.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for fragment in shown:
+        assert fragment in text, (module, fragment)
 
 
 def test_classification_task_uses_training_metrics_and_saved_labels(tmp_path, tiny_text_dir):
@@ -169,6 +187,12 @@ def test_classification_task_uses_training_metrics_and_saved_labels(tmp_path, ti
     assert metrics["num_examples"] == 6 and 0 <= metrics["accuracy"] <= 1 and "macro_f1" in metrics
     assert metrics["class_names"] == ["blue", "green", "red"] and np.array(metrics["confusion_matrix"]).sum() == 6
     assert (tmp_path / "eval" / "confusion_matrix.png").exists()
+    # without --task the model folder says it is a classifier; without --output the results go beside the folder
+    before = sorted(os.listdir(tmp_path / "model"))
+    assert main(["--model", str(tmp_path / "model") + "/", "--data", manifest]) == 0
+    beside = json.loads((tmp_path / "eval-classification-cls" / "metrics.json").read_text())
+    assert beside["task"] == "classification" and beside["confusion_matrix"] == metrics["confusion_matrix"]
+    assert sorted(os.listdir(tmp_path / "model")) == before  # nothing written inside the model folder
     # other column names: --text-column / --item-column apply to classification too
     renamed = _write_csv(tmp_path / "data" / "renamed.csv",
                          [{"img": r["image"], "caption": r["text"], "label": r["label"]} for r in rows])

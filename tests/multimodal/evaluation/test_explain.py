@@ -3,6 +3,7 @@ check on a trained model, log-mel and attention maps, and the multimodal-explain
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -141,9 +142,12 @@ def test_log_mel_attributions_and_attention_maps(tiny_text_dir):
     assert len(spec.attention) == feats["audio"].tokens.shape[1]
 
 
-@pytest.mark.slow
-def test_explain_cli_writes_the_report(tmp_path, trained):
-    model, _ = trained
+@pytest.fixture(scope="module")
+def explained(trained, tmp_path_factory):
+    """The trained model saved with its labels, a 4-row manifest, and rows 2 and 4 explained by the CLI: the
+    folder holding model/, m.csv and explain/."""
+    tmp_path = tmp_path_factory.mktemp("explained")
+    model = trained[0]
     model.save_pretrained(tmp_path / "model")
     with open(tmp_path / "model" / "labels.json", "w") as f:
         json.dump({"task": "single_label", "labels": ["0", "1", "2", "3"]}, f)
@@ -158,6 +162,12 @@ def test_explain_cli_writes_the_report(tmp_path, trained):
     out = tmp_path / "explain"
     assert explain_main(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "m.csv"), "--output", str(out),
                          "--rows", "2", "4", "--steps", "8", "--target", "label"]) == 0
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_explain_cli_writes_the_report(explained):
+    tmp_path, out = explained, explained / "explain"
     report = (out / "report.html").read_text()
     assert report.count("<div class='ex'>") == 2 and "ex001_image.png" in report and "rgba(" in report
     assert os.path.getsize(out / "ex002_image.png") > 0
@@ -168,3 +178,13 @@ def test_explain_cli_writes_the_report(tmp_path, trained):
     with pytest.raises(SystemExit, match="rows \\[9\\] are not in the manifest"):
         explain_main(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "m.csv"), "--output", str(out),
                       "--rows", "9"])
+
+
+@pytest.mark.slow
+def test_explain_report_in_a_browser(explained, browser_check):
+    page = browser_check(explained / "explain" / "report.html")
+    assert sorted(src for src, _ in page.images) == ["ex001_image.png", "ex002_image.png"]  # text: highlighted tokens
+    assert all(loaded for _, loaded in page.images), page.images
+    assert page.errors == []
+    shot = Image.open(io.BytesIO(page.screenshot))
+    assert shot.size[1] > 600 and np.asarray(shot.convert("L")).std() > 10

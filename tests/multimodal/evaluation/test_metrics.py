@@ -13,7 +13,10 @@ from multimodal.evaluation.metrics import (
     chance_metrics,
     classification_metrics,
     confusion,
+    improves,
+    metric_bound,
     retrieval_metrics,
+    saturation_warning,
     tie_broken_predictions,
 )
 
@@ -80,7 +83,38 @@ def test_multi_label_and_regression_match_sklearn():
 
 def test_chance_is_majority_rate():
     train, test = np.array([0, 0, 0, 1, 2]), np.array([0, 1, 1, 2])
-    assert chance_metrics(train, test, "single_label") == {"majority_accuracy": 0.25, "uniform_accuracy": 1 / 3}
+    # always class 0: F1 of class 0 = 2 * 0.25 / 1.25 = 0.4, of classes 1 and 2 zero -> macro 0.4 / 3
+    assert chance_metrics(train, test, "single_label") == pytest.approx(
+        {"majority_accuracy": 0.25, "majority_macro_f1": 0.4 / 3, "uniform_accuracy": 1 / 3})
+    assert chance_metrics(train, test, "single_label")["majority_macro_f1"] == pytest.approx(
+        skm.f1_score(test, np.zeros(4, int), labels=[0, 1, 2], average="macro", zero_division=0))
+
+
+def test_ties_on_the_selection_metric_go_to_the_lower_loss():
+    assert improves(0.9, 0.8, "max") and not improves(0.8, 0.9, "max") and improves(0.1, 0.2, "min")
+    assert improves(0.5, None, "max") and not improves(float("nan"), None, "max") and not improves(None, 0.1, "max")
+    assert not improves(1.0, 1.0, "max")  # a tie without losses keeps the earlier epoch
+    assert improves(1.0, 1.0, "max", loss=0.02, best_loss=0.50)  # ... with a lower loss it is better
+    assert not improves(1.0, 1.0, "max", loss=0.50, best_loss=0.02)
+    assert not improves(1.0, 1.0, "max", loss=0.5, best_loss=0.5)  # equal on both: keep the earlier
+    assert improves(3.0, 3.0, "min", loss=0.1, best_loss=float("nan"))  # a loss beats no usable loss
+    assert not improves(1.0, 1.0, "max", loss=float("nan"), best_loss=0.3)
+    assert not improves(0.9, 1.0, "max", loss=0.0, best_loss=9.0)  # the loss only breaks ties
+
+
+def test_saturated_small_validation_set_is_flagged():
+    assert metric_bound("macro_f1") == 1.0 and metric_bound("mse") == 0.0 and metric_bound("loss") is None
+    assert metric_bound("text_to_image/R@5") == 1.0 and metric_bound("image_to_text/median_rank") == 1.0
+    message = saturation_warning({"macro_f1": 1.0, "num_examples": 20}, "macro_f1")
+    assert "validation macro_f1 is 1, its best possible value, on only 20 rows" in message
+    assert "train.metric_for_best=loss" in message and "data.folds" in message
+    assert saturation_warning({"macro_f1": 1.0, "num_examples": 50}, "macro_f1") is None  # enough rows
+    assert saturation_warning({"macro_f1": 0.95, "num_examples": 20}, "macro_f1") is None  # room to improve
+    assert saturation_warning({"mse": 0.0, "num_examples": 10}, "mse") is not None  # bounded below
+    assert saturation_warning({"loss": 0.0, "num_examples": 10}, "loss") is None  # no bound: never saturated
+    assert saturation_warning({"macro_f1": 1.0}, "macro_f1") is None  # row count unknown
+    assert saturation_warning({"macro_f1": 1.0, "num_examples": 20}, "macro_f1", "max") is not None
+    assert saturation_warning({"accuracy": 1.0, "num_examples": 6}, "accuracy", "min") is None  # minimised: the worst
 
 
 # Retrieval: 5 captions, 3 images; captions 0,1 -> image 0; caption 2 -> image 1; captions 3,4 -> image 2.
