@@ -11,11 +11,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import torch
-from tqdm.auto import tqdm
 
 from encoders.base import Encoder, EncoderOutput
 from multimodal.cache.files import stack_outputs
 from multimodal.cache.keys import ABSENT
+from multimodal.progress import progress_bar
 
 Store = Callable[[list[str], EncoderOutput], None]
 """Where encoded batches go: ``store(keys, outputs)`` (`FeatureCache.add`)."""
@@ -56,8 +56,8 @@ def encode_items(encoder: Encoder, items: Sequence[tuple[str, Any]], store: Stor
     encoder.eval()
     preprocess = encoder.get_preprocessor(train=False)
     dev = torch.device(device) if device is not None else next(encoder.parameters()).device
-    progress = tqdm(total=len(items), desc=f"caching {encoder.modality} features", leave=False,
-                    disable=not (show_progress and len(items) > batch_size))
+    progress = progress_bar(total=len(items), desc=f"caching {encoder.modality} features",
+                            disable=not (show_progress and len(items) > batch_size))
     pending_keys: list[str] = []
     pending: list[EncoderOutput] = []
     try:

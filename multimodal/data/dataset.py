@@ -26,6 +26,7 @@ from multimodal.data.labels import LabelVocab
 from multimodal.data.manifest import DataError, cell, is_missing
 from multimodal.data.media import FILE_MODALITIES, cell_path, check_sample, describe, load_sample
 from multimodal.data.skiplog import SkipLog
+from multimodal.progress import progress_bar
 
 LABEL_TYPES = ("single_label", "multi_label", "regression")
 
@@ -115,9 +116,7 @@ class MultimodalDataset(Dataset):
         self.indices: list[int] = []
         iterator: Any = range(len(rows))
         if validate and progress and len(rows) > 200:
-            from tqdm.auto import tqdm
-
-            iterator = tqdm(iterator, desc=f"checking {os.path.basename(source)}", leave=False)
+            iterator = progress_bar(iterator, desc=f"checking {os.path.basename(source)}")
         for i in iterator:
             try:
                 self._validate_row(i, raw_labels[i] if raw_labels else None, check_files=validate)
@@ -173,13 +172,13 @@ class MultimodalDataset(Dataset):
             raise self._bad(i, "label", f"label column {column!r} is empty")
         if self.label_type == "single_label":
             if value not in self.vocab:
-                raise self._bad(i, "label", f"unknown label {value!r} in column {column!r} (known: {self.vocab.names})")
+                raise self._bad(i, "label", self.vocab.describe_unknown(value, column))
             return self.vocab.encode(value)
         if self.label_type == "multi_label":
             target = np.zeros(len(self.vocab), dtype=np.float32)
             for v in value if isinstance(value, (list, tuple)) else [value]:
                 if v not in self.vocab:
-                    raise self._bad(i, "label", f"unknown label {v!r} in column {column!r} (known: {self.vocab.names})")
+                    raise self._bad(i, "label", self.vocab.describe_unknown(v, column))
                 target[self.vocab.encode(v)] = 1.0
             return target
         try:

@@ -14,8 +14,6 @@ import sys
 import tempfile
 from typing import Any, Optional
 
-from tqdm.auto import tqdm
-
 from multimodal.config.loading import load_config
 from multimodal.data.manifest import read_manifest
 from multimodal.deploy.common import DEPLOY_CONFIG, FORMATS, DeployError
@@ -25,6 +23,7 @@ from multimodal.deploy.predictor import Predictor
 from multimodal.deploy.prune import prune_model, recover, save_pruned
 from multimodal.deploy.quantize import quantize_exported
 from multimodal.errors import user_errors as report_user_errors
+from multimodal.progress import progress_bar
 
 
 def user_errors() -> contextlib.AbstractContextManager[None]:
@@ -98,7 +97,7 @@ def _write_predictions(predictor: Any, rows: list[dict], args: argparse.Namespac
     counts: dict[str, Any] = {"ok": 0, "bad": 0, "examples": []}
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f, \
-                tqdm(total=len(rows), desc="predict", unit="row", disable=args.no_progress) as bar:
+                progress_bar(total=len(rows), desc="predict", unit="row", disable=args.no_progress) as bar:
             results = predictor.predict_iter(rows, base_dir=os.path.dirname(os.path.abspath(args.data)),
                                              source=args.data, on_bad_row=args.on_bad_row, first_line=first_line)
             for i, pred, error in results:

@@ -25,7 +25,7 @@ from multimodal.training.integrity import CheckpointError
 RUN_MARKERS = ("metrics.json", "model", "checkpoints")
 # Everything `multimodal.run` writes into its output folder (deleted on overwrite; nothing else is).
 RUN_OUTPUTS = ("model", "checkpoints", "baselines", "splits", "logs", "metrics.json", "config.yaml", "labels.json",
-               "report.md", "report.html", "training_curves.png", "recall_at_k.png", "confusion_matrix.png",
+               "report.md", "report.html", "training_curves.png", "inferred_columns.json", "recall_at_k.png", "confusion_matrix.png",
                "retrieval_*_to_*.png")
 
 

@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from accelerate.utils import gather_object
 
@@ -30,6 +31,7 @@ from multimodal.data.streaming import StreamingDataset, stream_loader
 from multimodal.errors import debug_requested, user_errors
 from multimodal.evaluation.plots import plot_training_curves
 from multimodal.evaluation.report import EvalResult
+from multimodal.evaluation.run_report import skip_note
 from multimodal.files import write_json
 from multimodal.registry import get_task
 from multimodal.tasks.base import Task
@@ -172,6 +174,8 @@ def run(cfg: ExperimentConfig, dataset: Any = None, splits: Optional[DataSplits]
         chance = task.chance(splits, splits.test if eval_name == "test" else splits.validation)
         if chance:
             metrics["chance"] = chance
+            metrics["chance_by_split"] = {name: task.chance(splits, ds) for name, ds in splits.items()
+                                          if name != "train" and len(ds)}
     if cfg.eval.baselines and task.supports_baselines and len(metrics["modalities"]) > 1:
         metrics.update(_baselines(task, splits, state, fused, eval_name))
     metrics["wall_time_s"] = round(time.time() - t0, 2)
@@ -187,6 +191,10 @@ def _splits(task: Task, state: Any, dataset: Any, splits: Optional[DataSplits]) 
     splits = splits if splits is not None else task.build_splits(dataset, progress=main)
     for note in splits.notes:
         state.print(f"data: {note}")
+    for name, ds in splits.items():
+        skips = ds.skip_counts()
+        if skips.total:
+            state.print(f"data: {name}: {skip_note(skips.to_dict(), len(ds))}; first: {skips.examples[0]}")
     if splits.validation is None:
         state.print("warning: no validation split; the last epoch's model is kept")
     if main:
@@ -209,6 +217,7 @@ def _summary(task: Task, state: Any, splits: DataSplits, fused: dict[str, Any]) 
         "split_sizes": splits.sizes(),
         "split_notes": splits.notes,
         "skipped": splits.skip_report(),
+        "class_counts": class_counts(splits, task.label_type),
         **{k: v for k, v in fused.items() if k != "train_log"},
     }
 
@@ -247,14 +256,23 @@ def _write_outputs(task: Task, splits: DataSplits, fused: dict[str, Any], evalua
     curves = plot_training_curves(fused.get("train_log", []), fused.get("history", []),
                                   os.path.join(out, "training_curves.png"),
                                   metric=metric_name if metric_name != "loss" else None,
-                                  title=f"{'+'.join(modalities)} ({cfg.model.task})")
+                                  title=f"{'+'.join(modalities)} ({cfg.model.task})", best_epoch=fused.get("best_epoch"))
     if eval_name is None:
         return
     notes = [f"Task {cfg.model.task}; {eval_name} split ({metrics['split_sizes'][eval_name]} rows); trained "
              f"{fused['epochs_run']} epochs in {fused['train_time_s']:.1f}s (best epoch {fused['best_epoch']})."]
     evaluations[eval_name].notes[:0] = notes
+    evaluations[eval_name].run, evaluations[eval_name].config = jsonable(metrics), config_to_dict(cfg)
     task.write_report(out, evaluations[eval_name], title=f"{'–'.join(modalities)} {cfg.model.task}: {eval_name}",
                       html=cfg.eval.html_report, extra_plots=[("Training curves", curves)])
+
+
+def class_counts(splits: DataSplits, label_type: Optional[str]) -> Optional[dict[str, list[int]]]:
+    """Rows per class of each split (single-label tasks with a vocabulary; streamed splits left out)."""
+    if label_type != "single_label" or splits.vocab is None:
+        return None
+    return {name: np.bincount(np.asarray(ds.labels(), dtype=np.int64), minlength=len(splits.vocab)).tolist()
+            for name, ds in splits.items() if not isinstance(ds, StreamingDataset)}
 
 
 def share_skips(state: Any, splits: DataSplits) -> None:
@@ -274,7 +292,8 @@ def summarize(metrics: dict[str, Any]) -> str:
     for split in ("validation", "test"):
         if split in metrics:
             vals = ", ".join(f"{k}={v:.4f}" for k, v in task.headline(metrics[split]).items() if isinstance(v, float))
-            lines.append(f"{split} ({metrics[split].get('num_examples')} examples): {vals}")
+            skipped = skip_note(metrics.get("skipped", {}).get(split), metrics.get("split_sizes", {}).get(split))
+            lines.append(f"{split} ({metrics[split].get('num_examples')} examples{'; ' + skipped if skipped else ''}): {vals}")
     if "comparison" in metrics:
         c = metrics["comparison"]
         parts = [f"{k}={v:.4f}" for k, v in c.items() if isinstance(v, float)]

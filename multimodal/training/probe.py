@@ -106,7 +106,7 @@ def fit_probe(model: Any, task: Any, accelerator: Any, train_loader: Any, val_lo
     if val_loader is not None:
         val = collect_features(model, val_loader, accelerator)
         x_val = fusion.standardize(val["raw"], val["keep"])
-        best, init = None, None
+        best, best_loss, init = None, None, None
         for c in cs:  # warm-started along the path, weakest regularisation last
             w, b = fit_logistic(x_train, train["labels"], k, c, multi_label, init=init)
             init = (w, b)
@@ -114,8 +114,8 @@ def fit_probe(model: Any, task: Any, accelerator: Any, train_loader: Any, val_lo
             preds = {"logits": logits, "labels": val["labels"], "index": val["index"]}
             metrics = task.evaluate(preds, val_dataset, model, full=False).metrics
             sweep.append({"C": c, **{n: v for n, v in metrics.items() if isinstance(v, float)}})
-            if improves(metrics.get(metric), best, mode):  # strict: ties keep the smaller C
-                best, chosen, solution = metrics.get(metric), c, (w, b)
+            if improves(metrics.get(metric), best, mode, loss=metrics.get("loss"), best_loss=best_loss):
+                best, best_loss, chosen, solution = metrics.get(metric), metrics.get("loss"), c, (w, b)  # ties: lower loss, then smaller C
     if chosen is None:
         chosen = 1.0
         solution = fit_logistic(x_train, train["labels"], k, chosen, multi_label)

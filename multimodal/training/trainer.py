@@ -31,12 +31,12 @@ from typing import Any, Optional
 import torch
 from accelerate.utils import set_seed
 from torch import nn
-from tqdm.auto import tqdm
 
 from multimodal.config.checks import check_ranges
 from multimodal.config.schema import ConfigError
 from multimodal.data.loading import epoch_seed
-from multimodal.evaluation.metrics import improves, metric_mode
+from multimodal.evaluation.metrics import improves, metric_mode, saturation_warning
+from multimodal.progress import progress_bar
 from multimodal.training.accelerator import flat_config, make_accelerator
 from multimodal.training.adversarial import Adversary
 from multimodal.training.checkpoints import resolve_latest, resume_target, save_checkpoint
@@ -74,6 +74,7 @@ class Trainer:
         self.adversary = Adversary(adversarial, autocast=self.accelerator.autocast) if adversarial is not None else None
         self.state = TrainerState()
         self._epoch_loss: Optional[float] = None
+        self._saturation_warned = False  # a saturated small validation set is named once per run
         self.metric_for_best = config.metric_for_best if config.metric_for_best != "auto" else (
             options.metric_for_best or "loss")
         self.metric_mode = (config.metric_mode if config.metric_mode != "auto"
@@ -215,6 +216,7 @@ class Trainer:
         if acc.trackers == [] and acc.log_with:
             acc.init_trackers(self.options.run_name, config=flat_config(self.options.tracker_config or {}))
         best_dir = os.path.join(self.output_dir, "model")
+        acc.print(f"{acc.num_processes} process(es) on {acc.device}, mixed precision {acc.mixed_precision}")
         self.model.train()
         interrupted = False
         for epoch in range(self.state.epoch, cfg.epochs):
@@ -223,6 +225,8 @@ class Trainer:
                 break
         if not interrupted and not os.path.exists(os.path.join(best_dir, "config.json")):
             self.save_model(best_dir)
+        if self.state.best_epoch is not None and self.state.best_metric is not None:
+            acc.print(f"kept epoch {self.state.best_epoch} (validation {self.metric_for_best}={self.state.best_metric:.4f})")
         acc.wait_for_everyone()
         return self.state
 
@@ -265,6 +269,10 @@ class Trainer:
         improved = self._select(epoch, metrics, best_dir)
         acc.print(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                                                                if isinstance(v, float)) + (" (best)" if improved else ""))
+        warning = saturation_warning(metrics, self.metric_for_best, self.metric_mode) if metrics else None
+        if warning and not self._saturation_warned:
+            acc.print(f"warning: {warning}")
+            self._saturation_warned = True
         self.state.epoch, self.state.batch_in_epoch = epoch + 1, 0
         patience = cfg.early_stopping_patience
         if patience is not None and self.state.bad_epochs >= patience:
@@ -282,7 +290,9 @@ class Trainer:
         value = metrics.get(self.metric_for_best) if metrics else None
         if metrics and value is None:
             raise ConfigError(f"train.metric_for_best={self.metric_for_best!r} is not among the eval metrics {sorted(metrics)}")
-        if metrics and not improves(value, self.state.best_metric, self.metric_mode):
+        kept = next((h for h in self.state.history if h["epoch"] == self.state.best_epoch), {})
+        if metrics and not improves(value, self.state.best_metric, self.metric_mode, loss=metrics.get("loss"),
+                                    best_loss=kept.get("loss")):
             self.state.bad_epochs += 1
             return False
         self.state.best_metric, self.state.best_epoch, self.state.bad_epochs = value, epoch + 1, 0
@@ -295,7 +305,7 @@ class Trainer:
         losses = EpochLosses(acc.device, self.state.global_step)
         bar = None
         if self.config.progress_bar and acc.is_local_main_process:
-            bar = tqdm(total=len(self.train_loader), initial=skip, desc=f"epoch {epoch + 1}", leave=False)
+            bar = progress_bar(total=len(self.train_loader), initial=skip, desc=f"epoch {epoch + 1}")
         start = time.time()
         params = list(self.model.parameters())
         for batch in loader:

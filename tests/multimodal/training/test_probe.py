@@ -75,7 +75,8 @@ def test_probe_run_selects_c_refits_and_saves_a_reloadable_model(tmp_path):
     probe = metrics["probe"]
     assert [row["C"] for row in probe["sweep"]] == [0.001, 0.1, 10.0]
     best = max(row["macro_f1"] for row in probe["sweep"])
-    assert probe["C"] == min(row["C"] for row in probe["sweep"] if row["macro_f1"] == best)
+    tied = [row for row in probe["sweep"] if row["macro_f1"] == best]  # ties: the lower validation loss, then smaller C
+    assert probe["C"] == min(tied, key=lambda row: (row["loss"], row["C"]))["C"]
     assert probe["refit_on_validation"] and probe["num_train"] == 36
     assert metrics["test"]["accuracy"] >= 0.8  # brightness is linearly separable in any conv features
     assert metrics["parameters"]["encoders_trainable"] == 0

@@ -187,8 +187,11 @@ def test_early_stopping(tmp_path, tiny_text_dir):
     state = trainer.state
     accs = [h["accuracy"] for h in state.history]
     assert state.stopped_early and state.epoch == len(accs) < 6
-    # "min" mode: the best epoch is the first with the lowest accuracy; stopped `patience` epochs after it
-    assert state.best_epoch == 1 + int(np.argmin(accs)) and state.epoch == state.best_epoch + 2
+    # "min" mode: the best epoch has the lowest accuracy, ties going to the lower validation loss; stopped
+    # `patience` epochs after it
+    losses = [h["loss"] for h in state.history]
+    assert state.best_epoch == 1 + min(range(len(accs)), key=lambda i: (accs[i], losses[i]))
+    assert state.epoch == state.best_epoch + 2
     assert all(np.isfinite(e["loss"]) for e in state.train_log)
     # history's train_loss is the whole epoch's mean (log_every=1: one train_log entry per batch)
     for h in state.history:
