@@ -22,37 +22,25 @@ import torch
 
 from benchmarks.common import machine_info, print_table, write_json
 from benchmarks.devsets_real import build
-from benchmarks.features import extract
+from benchmarks.devsets_sources import CLIP_SECONDS
+from benchmarks.features import extract, subset_manifest
 from benchmarks.sklearn_probe import MODELS, cross_validated
 from encoders import create_encoder
 from multimodal.data.media import load_audio
 
 SPEC = "audio-mel:tf_efficientnet_lite0"
-SETS = {"urbansound": 4.0, "arabic_commands": 1.0}  # set -> max_seconds (its clip length)
+SETS = ("urbansound", "arabic_commands")
 VARIANTS = {
     "64 mels, 25 ms, hop 10 ms, 224x224 (default before)": {"n_mels": 64, "n_fft": 400, "hop_length": 160},
     "128 mels, 25 ms, hop 10 ms, 224x224 (AST-like)": {"n_mels": 128, "n_fft": 400, "hop_length": 160},
     "128 mels, 1024-pt FFT, hop 10 ms, 224x224": {"n_mels": 128, "n_fft": 1024, "hop_length": 160},
     "64 mels, 1024-pt FFT, hop 10 ms, 224x224 (PANNs-like)": {"n_mels": 64, "n_fft": 1024, "hop_length": 160},
-    "128 mels, 25 ms, hop 20 ms, 224x224": {"n_mels": 128, "n_fft": 400, "hop_length": 320},
-    "128 mels, 25 ms, hop 10 ms, native size": {"n_mels": 128, "n_fft": 400, "hop_length": 160, "resize": None},
-    "128 mels, 25 ms, hop 10 ms, 224x224, global norm": {"n_mels": 128, "n_fft": 400, "hop_length": 160,
-                                                         "normalize": "global"},
+    "128 mels, 1024-pt FFT, hop 20 ms, 224x224": {"n_mels": 128, "n_fft": 1024, "hop_length": 320},
+    "128 mels, 1024-pt FFT, hop 10 ms, native size": {"n_mels": 128, "n_fft": 1024, "hop_length": 160,
+                                                      "resize": None},
+    "128 mels, 1024-pt FFT, hop 10 ms, 224x224, global norm": {"n_mels": 128, "n_fft": 1024, "hop_length": 160,
+                                                               "normalize": "global"},
 }
-
-
-def subset_manifest(manifest: str, per_set: int, seed: int = 0) -> str:
-    """A label-stratified, fixed subset of `per_set` rows written beside the manifest (reused when present)."""
-    from sklearn.model_selection import train_test_split
-
-    out = os.path.join(os.path.dirname(manifest), f"frontend_subset_{per_set}_{seed}.csv")
-    if os.path.exists(out):
-        return out
-    table = pd.read_csv(manifest)
-    if per_set < len(table):
-        table, _ = train_test_split(table, train_size=per_set, stratify=table["label"], random_state=seed)
-    table.sort_index().to_csv(out, index=False)
-    return out
 
 
 @torch.no_grad()
@@ -70,14 +58,14 @@ def log_mel_stats(manifest: str, options: dict) -> list[float]:
     return [float(allv.mean()), float(allv.std())]
 
 
-def score_variant(manifest: str, options: dict) -> list[dict]:
-    """Feature extraction time plus both scikit-learn models' cross-validated accuracy for one variant."""
+def score_variant(manifest: str, options: dict, models: list[str]) -> list[dict]:
+    """Feature extraction time plus the scikit-learn models' cross-validated accuracy for one variant."""
     start = time.perf_counter()
     feats = extract(manifest, SPEC, options)
     extract_s = time.perf_counter() - start
     groups = feats["group"] if np.any(feats["group"] != "") else None
     rows = []
-    for model in MODELS:
+    for model in models:
         result = cross_validated(model, feats["X"], feats["label"], groups)
         rows.append({"model": model, "acc": f"{100 * result['cv_mean']:.1f} +- {100 * result['cv_std']:.1f}",
                      "cv_mean": result["cv_mean"], "fit_s": result["fit_s"], "features_s": extract_s,
@@ -89,19 +77,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--per-set", type=int, default=800, help="clips per set (label-stratified subset)")
     parser.add_argument("--sets", nargs="*", default=list(SETS))
-    parser.add_argument("--variants", nargs="*", default=None, help="variant indices to run (default: all)")
+    parser.add_argument("--variants", nargs="*", default=None, help="variant indices to run, in this order (default: all)")
+    parser.add_argument("--models", nargs="*", default=["LogisticRegression()"], choices=MODELS)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    chosen = [v for i, v in enumerate(VARIANTS) if args.variants is None or str(i) in args.variants]
+    names = list(VARIANTS)
+    chosen = names if args.variants is None else [names[int(i)] for i in args.variants]
+    manifests = {name: subset_manifest(build(name), args.per_set) for name in args.sets}
     results = []
-    for set_name in args.sets:
-        manifest = subset_manifest(build(set_name), args.per_set)
-        for variant in chosen:
-            options = {**VARIANTS[variant], "max_seconds": SETS[set_name]}
+    for variant in chosen:  # variants outermost: an interrupted run still compares both sets
+        for set_name, manifest in manifests.items():
+            options = {**VARIANTS[variant], "max_seconds": CLIP_SECONDS[set_name]}
             if options.get("normalize") == "global":
                 options["norm_stats"] = log_mel_stats(manifest, options)
-            for row in score_variant(manifest, options):
+            for row in score_variant(manifest, options, args.models):
                 results.append({"set": set_name, "variant": variant, **row})
                 print(results[-1], flush=True)
     print_table(f"audio-mel front ends, {args.per_set} clips per set, 5-fold grouped CV", results,

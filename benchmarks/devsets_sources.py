@@ -8,6 +8,8 @@ import re
 
 from benchmarks.devsets_io import Snapshot, Source, write_image, write_wav
 
+# clip length of each audio set: its max_seconds for the audio-mel encoder
+CLIP_SECONDS = {"urbansound": 4.0, "arabic_commands": 1.0}
 URBAN_CLASSES = ("air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling", "engine_idling",
                  "gun_shot", "jackhammer", "siren", "street_music")
 URBAN_SPLITS = {"fold1": "train", "fold2": "train", "fold3": "validation", "fold10": "test"}

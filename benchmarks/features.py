@@ -91,3 +91,17 @@ def modality_specs(manifest: str) -> dict[str, str]:
     """The packaged encoder spec for each media column the manifest has (text, image, audio)."""
     columns = pd.read_csv(manifest, nrows=1).columns
     return {m: DEFAULT_SPECS[m] for m in ("text", "image", "audio") if m in columns}
+
+
+def subset_manifest(manifest: str, per_set: int, seed: int = 0) -> str:
+    """A label-stratified, fixed subset of `per_set` rows written beside the manifest (reused when present)."""
+    from sklearn.model_selection import train_test_split
+
+    out = os.path.join(os.path.dirname(manifest), f"frontend_subset_{per_set}_{seed}.csv")
+    if os.path.exists(out):
+        return out
+    table = pd.read_csv(manifest)
+    if per_set < len(table):
+        table, _ = train_test_split(table, train_size=per_set, stratify=table["label"], random_state=seed)
+    table.sort_index().to_csv(out, index=False)
+    return out
