@@ -9,7 +9,6 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 
 SAMPLE_RATE = 16000
@@ -146,21 +145,3 @@ def finish(folder: str, rows: list[dict], source: Source, name: str, notes: dict
     with open(os.path.join(folder, "SOURCE.json"), "w") as f:
         json.dump(record, f, indent=2)
     return summary
-
-
-def split_by_groups(groups: pd.Series, labels: pd.Series, fractions: dict[str, float], seed: int) -> pd.Series:
-    """Assign whole groups to splits (about `fractions` of the rows each), stratified by each group's main label."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    n_folds = 10
-    folds = np.zeros(len(groups), dtype=int)
-    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    for k, (_, idx) in enumerate(splitter.split(np.zeros(len(groups)), labels.astype(str), groups.astype(str))):
-        folds[idx] = k
-    out = np.empty(len(groups), dtype=object)
-    start = 0
-    for split, frac in fractions.items():
-        take = int(round(frac * n_folds))
-        out[np.isin(folds, range(start, start + take))] = split
-        start += take
-    return pd.Series(out, index=groups.index)

@@ -27,7 +27,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-from benchmarks.devsets_io import Source, SnapshotMissing, cache_root, finish, mirror_root, open_snapshot
+from benchmarks.devsets_io import SnapshotMissing, Source, cache_root, finish, mirror_root, open_snapshot
 from benchmarks.devsets_sources import SOURCES
 
 
@@ -74,7 +74,15 @@ def write_index(root: str) -> str:
         splits = ", ".join(f"{k} {v}" for k, v in sorted(s["splits"].items()))
         lines.append(f"| `{name}` | {s['rows']} | {', '.join(s['columns'])} | {splits} | {s['groups']} | "
                      f"{classes} | {rec['licence']} | {rec['repository']} @ {rec['commit'][:10]} |")
-    lines += ["", "Descriptions, split rules and citations: each set's SOURCE.json."]
+    lines += ["", "Split rules (full descriptions and citations: each set's SOURCE.json):", ""]
+    for name in SOURCES:
+        path = os.path.join(root, name, "SOURCE.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                rec = json.load(f)
+            lines.append(f"- `{name}`: {rec['description']}. {rec.get('kept', '')}")
+    lines += ["", "No real paired text-image or text-audio set with a usable licence and files in a snapshot was "
+                  "found yet (what was searched: BENCHMARKS.md, section \"Real development sets\")."]
     out = os.path.join(root, "INDEX.md")
     os.makedirs(root, exist_ok=True)
     with open(out, "w") as f:

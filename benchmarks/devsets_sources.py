@@ -115,6 +115,30 @@ def build_trashnet(snap: Snapshot, folder: str) -> tuple[list[dict], dict]:
     return rows, notes
 
 
+def build_sign_digits(snap: Snapshot, folder: str) -> tuple[list[dict], dict]:
+    """Sign Language Digits: 100x100 photos of hands showing 0-9, stratified 60/20/20 split."""
+    os.makedirs(os.path.join(folder, "img"), exist_ok=True)
+    rows, missing = [], []
+    for path in snap.paths("Dataset"):
+        parts = path.split("/")
+        if len(parts) != 3 or not parts[2].lower().endswith((".jpg", ".jpeg")):
+            continue
+        data = snap.read(path)
+        if data is None:
+            missing.append(path)
+            continue
+        rel = f"img/{parts[1]}_{parts[2]}"
+        write_image(data, os.path.join(folder, rel))
+        rows.append({"image": rel, "label": parts[1]})
+    for row, split in zip(rows, stratified_splits([r["label"] for r in rows])):
+        row["split"] = split
+    notes = {"kept": "every photo (100x100 RGB, 218 students' hands); class-stratified random 60/20/20 "
+                     "train/validation/test split (seed 0). The files do not say which student is which, so "
+                     "there is no group column and a signer can appear in train and test.",
+             "missing_in_snapshot": missing}
+    return rows, notes
+
+
 SOURCES: dict[str, Source] = {
     "urbansound": Source(
         repository="Alejandro-131004/AC-II",
@@ -149,5 +173,17 @@ SOURCES: dict[str, Source] = {
         description="photos of waste items, 6 material classes (cardboard, glass, metal, paper, plastic, trash)",
         modalities=("image",),
         build=build_trashnet,
+    ),
+    "sign_digits": Source(
+        repository="ardamavi/Sign-Language-Digits-Dataset",
+        commit="4b09433ef9d5c60602e8805bb54b8aa2428527f8",
+        licence="Apache-2.0",
+        citation="A. Mavi, \"A New Dataset and Proposed Convolutional Neural Network Architecture for "
+                 "Classification of American Sign Language Digits\", arXiv:2011.08927, 2020 (Turkey Ankara "
+                 "Ayrancı Anadolu High School's Sign Language Digits Dataset).",
+        url="https://github.com/ardamavi/Sign-Language-Digits-Dataset",
+        description="photos of hands signing the digits 0-9 (218 students), 10 classes",
+        modalities=("image",),
+        build=build_sign_digits,
     ),
 }
