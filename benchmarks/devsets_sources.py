@@ -92,23 +92,31 @@ def stratified_splits(labels: list[str], seed: int = 0, test: float = 0.2, valid
     return out
 
 
-def build_trashnet(snap: Snapshot, folder: str) -> tuple[list[dict], dict]:
-    """TrashNet photos (dataset-resized, 512x384), six material classes, stratified 60/20/20 split."""
+def class_folder_photos(snap: Snapshot, folder: str, top: str, prefix_class: bool) -> tuple[list[dict], list[str]]:
+    """Photos laid out as <top>/<class>/<file>.jpg, re-encoded as JPEG under img/ (file names prefixed with the
+    class when they do not carry it), with a stratified 60/20/20 split; returns the rows and the paths the
+    snapshot lacks."""
     os.makedirs(os.path.join(folder, "img"), exist_ok=True)
     rows, missing = [], []
-    for path in snap.paths("dataset-resized"):
+    for path in snap.paths(top):
         parts = path.split("/")
-        if len(parts) != 3 or not parts[2].lower().endswith(".jpg"):
+        if len(parts) != 3 or not parts[2].lower().endswith((".jpg", ".jpeg")):
             continue
         data = snap.read(path)
         if data is None:
             missing.append(path)
             continue
-        rel = f"img/{parts[2]}"
+        rel = f"img/{parts[1]}_{parts[2]}" if prefix_class else f"img/{parts[2]}"
         write_image(data, os.path.join(folder, rel))
         rows.append({"image": rel, "label": parts[1]})
     for row, split in zip(rows, stratified_splits([r["label"] for r in rows])):
         row["split"] = split
+    return rows, missing
+
+
+def build_trashnet(snap: Snapshot, folder: str) -> tuple[list[dict], dict]:
+    """TrashNet photos (dataset-resized, 512x384), six material classes, stratified 60/20/20 split."""
+    rows, missing = class_folder_photos(snap, folder, "dataset-resized", prefix_class=False)
     notes = {"kept": "every photo of dataset-resized (the authors' 512x384 version); class-stratified random "
                      "60/20/20 train/validation/test split (seed 0). No group column: each photo is its own item.",
              "missing_in_snapshot": missing}
@@ -117,21 +125,7 @@ def build_trashnet(snap: Snapshot, folder: str) -> tuple[list[dict], dict]:
 
 def build_sign_digits(snap: Snapshot, folder: str) -> tuple[list[dict], dict]:
     """Sign Language Digits: 100x100 photos of hands showing 0-9, stratified 60/20/20 split."""
-    os.makedirs(os.path.join(folder, "img"), exist_ok=True)
-    rows, missing = [], []
-    for path in snap.paths("Dataset"):
-        parts = path.split("/")
-        if len(parts) != 3 or not parts[2].lower().endswith((".jpg", ".jpeg")):
-            continue
-        data = snap.read(path)
-        if data is None:
-            missing.append(path)
-            continue
-        rel = f"img/{parts[1]}_{parts[2]}"
-        write_image(data, os.path.join(folder, rel))
-        rows.append({"image": rel, "label": parts[1]})
-    for row, split in zip(rows, stratified_splits([r["label"] for r in rows])):
-        row["split"] = split
+    rows, missing = class_folder_photos(snap, folder, "Dataset", prefix_class=True)
     notes = {"kept": "every photo (100x100 RGB, 218 students' hands); class-stratified random 60/20/20 "
                      "train/validation/test split (seed 0). The files do not say which student is which, so "
                      "there is no group column and a signer can appear in train and test.",
