@@ -68,8 +68,8 @@ def score_variant(manifest: str, options: dict, models: list[str]) -> list[dict]
     for model in models:
         result = cross_validated(model, feats["X"], feats["label"], groups)
         rows.append({"model": model, "acc": f"{100 * result['cv_mean']:.1f} +- {100 * result['cv_std']:.1f}",
-                     "cv_mean": result["cv_mean"], "fit_s": result["fit_s"], "features_s": extract_s,
-                     "C": result["C"]})
+                     "cv_mean": result["cv_mean"], "folds": result["folds"], "fit_s": result["fit_s"],
+                     "features_s": extract_s, "C": result["C"]})
     return rows
 
 
@@ -92,10 +92,13 @@ def main() -> None:
             if options.get("normalize") == "global":
                 options["norm_stats"] = log_mel_stats(manifest, options)
             for row in score_variant(manifest, options, args.models):
+                first = next((r for r in results if r["set"] == set_name and r["model"] == row["model"]), row)
+                gain = 100 * (np.array(row["folds"]) - np.array(first["folds"]))  # same folds: a paired difference
+                row["vs first"] = f"{gain.mean():+.1f} +- {gain.std():.1f}"
                 results.append({"set": set_name, "variant": variant, **row})
                 print(results[-1], flush=True)
     print_table(f"audio-mel front ends, {args.per_set} clips per set, 5-fold grouped CV", results,
-                ["set", "variant", "model", "acc", "C", "features_s", "fit_s"])
+                ["set", "variant", "model", "acc", "vs first", "C", "features_s", "fit_s"])
     write_json(args.json, {"machine": machine_info(), "per_set": args.per_set, "results": results})
 
 

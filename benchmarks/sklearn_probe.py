@@ -70,5 +70,5 @@ def cross_validated(name: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray 
         seconds += s
         if chosen is not None:
             cs.append(chosen)
-    return {"cv_mean": float(np.mean(accs)), "cv_std": float(np.std(accs)), "fit_s": seconds,
+    return {"cv_mean": float(np.mean(accs)), "cv_std": float(np.std(accs)), "folds": accs, "fit_s": seconds,
             "C": ",".join(f"{c:g}" for c in cs) if cs else None}
