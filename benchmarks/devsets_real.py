@@ -81,6 +81,9 @@ def write_index(root: str) -> str:
             with open(path) as f:
                 rec = json.load(f)
             lines.append(f"- `{name}`: {rec['description']}. {rec.get('kept', '')}")
+    lines += ["", "Also here: `features/<set>/*.npz`, frozen features cached by benchmarks/features.py (keyed by the "
+                  "manifest, encoder spec and options); `frontend_subset_500_0.csv` in the audio sets, the fixed "
+                  "500-clip subsets of BENCHMARKS.md section 10."]
     lines += ["", "No real paired text-image or text-audio set with a usable licence and files in a snapshot was "
                   "found yet (what was searched: BENCHMARKS.md, section \"Real development sets\")."]
     out = os.path.join(root, "INDEX.md")
