@@ -28,9 +28,12 @@ from encoders.audio import load_waveforms
 from encoders.base import Encoder, EncoderError, EncoderOutput
 
 NORMALIZE = ("clip", "global", "none")
-# Chosen by measurement (README "Defaults", BENCHMARKS.md): what `create` uses when not told.
+# Chosen by measurement (README "Defaults", BENCHMARKS.md): what `create` uses when not told. A saved encoder
+# keeps the values it was built with (its config stores them), whatever these become.
 DEFAULT_RESIZE: Any = "pretrained"
-DEFAULT_N_MELS = 64
+DEFAULT_N_MELS = 128
+DEFAULT_N_FFT = 1024
+DEFAULT_HOP_LENGTH = 160
 
 
 def resolve_input_size(resize: Any, backbone: nn.Module) -> Optional[tuple[int, int]]:
@@ -139,10 +142,10 @@ class MelAudioEncoder(Encoder):
         spec: str,
         model_name: str,
         sample_rate: int = 16000,
-        n_mels: int = 64,
+        n_mels: int = DEFAULT_N_MELS,
         max_seconds: float = 5.0,
-        n_fft: int = 400,
-        hop_length: int = 160,
+        n_fft: int = DEFAULT_N_FFT,
+        hop_length: int = DEFAULT_HOP_LENGTH,
         f_min: float = 0.0,
         f_max: Optional[float] = None,
         timm_kwargs: Optional[dict[str, Any]] = None,
@@ -177,8 +180,8 @@ class MelAudioEncoder(Encoder):
         sample_rate: int = 16000,
         n_mels: int = DEFAULT_N_MELS,
         max_seconds: float = 5.0,
-        n_fft: int = 400,
-        hop_length: int = 160,
+        n_fft: int = DEFAULT_N_FFT,
+        hop_length: int = DEFAULT_HOP_LENGTH,
         f_min: float = 0.0,
         f_max: Optional[float] = None,
         model_name: Optional[str] = None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -60,3 +62,20 @@ def test_config_round_trip_and_folders_saved_before_resizing_existed():
     old = {k: v for k, v in enc.get_config().items() if k not in ("resize", "input_size", "normalize", "norm_stats")}
     legacy = encoder_from_config(old)
     assert legacy.input_hw is None and legacy.frontend.normalize == "clip"  # what those folders were trained with
+
+
+def test_defaults_are_the_front_end_chosen_on_real_recordings_and_saved_folders_keep_their_own():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        enc = create_encoder("audio-mel:test_efficientnet", pretrained=False, max_seconds=0.5)
+    config = enc.get_config()
+    # BENCHMARKS.md "Real development sets": 128 mels, 1024-point FFT, 10 ms hop won on both real audio sets
+    assert (config["n_mels"], config["n_fft"], config["hop_length"]) == (128, 1024, 160)
+    assert float(enc.frontend.mel.mel_scale.fb.sum(0).min()) > 0  # every mel filter covers an FFT bin
+    assert not [w for w in caught if "filterbank" in str(w.message)]
+    x, _ = _backbone_input(enc, enc.preprocess(_clips()))
+    assert tuple(x.shape[-2:]) == (160, 160)
+    old = encoder_from_config({**config, "n_mels": 64, "n_fft": 400})  # a folder saved under the old defaults
+    assert (old.n_mels, old.n_fft, old.frontend.mel.n_fft) == (64, 400, 400)
+    spec, _ = old.frontend(*old.preprocess(_clips()).values())
+    assert spec.shape[2] == 64

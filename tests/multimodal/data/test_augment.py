@@ -83,7 +83,8 @@ def test_cutmix_pastes_a_box_and_corrects_lambda():
 
 
 def test_spec_masks_zero_bands_of_the_log_mel():
-    enc = create_encoder("audio-mel:test_efficientnet", pretrained=False, max_seconds=0.5, resize=None)
+    enc = create_encoder("audio-mel:test_efficientnet", pretrained=False, max_seconds=0.5, resize=None,
+                         n_mels=64)
     wrapped = AudioAugment(enc.get_preprocessor(True), freq_masks=1, time_masks=0, freq_width=0.5)
     np.random.seed(1)
     inputs = wrapped([(np.random.normal(0, 0.1, 8000).astype(np.float32), 16000)])

@@ -119,7 +119,8 @@ def test_deleting_top_attributed_pixels_and_tokens_hurts_more_than_random(traine
 def test_log_mel_attributions_and_attention_maps(tiny_text_dir):
     torch.manual_seed(0)
     enc = {"text": create_encoder(f"text:{tiny_text_dir}", pretrained=False),
-           "audio": create_encoder("audio-mel:test_efficientnet", pretrained=False, max_seconds=0.5)}
+           "audio": create_encoder("audio-mel:test_efficientnet", pretrained=False, max_seconds=0.5,
+                                    n_mels=64)}
     fusion = create_fusion("attention", {m: e.output_dim for m, e in enc.items()}, 16, hidden_dim=32, num_layers=1,
                            token_dims={m: e.token_dim for m, e in enc.items()})
     model = MultimodalModel(enc, fusion, TaskHead(16, 3)).eval()
