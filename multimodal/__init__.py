@@ -1,40 +1,55 @@
 """Multimodal fine-tuning: models, data, config, Accelerate training, tasks, evaluation.
 
 The names most code needs are here: ``from multimodal import run, load_config, MultimodalModel, DualEncoder``.
+They load on first use (PEP 562), so importing a light submodule, such as the exported-model runtime
+``multimodal.deploy.runtime`` (numpy, Pillow, ONNX Runtime), does not import torch or accelerate.
 """
 
-from multimodal.config import ConfigError, ExperimentConfig, load_config
-from multimodal.data import DataError, MultimodalDataset, make_demo
-from multimodal.deploy import Predictor
-from multimodal.models import DualEncoder, ModelOutput, MultimodalModel, TaskHead, load_model
-from multimodal.registry import get_task, list_tasks, register_task
-from multimodal.tasks import ClassificationTask, EvalResult, RetrievalTask, Task, run, summarize
-from multimodal.training import Trainer, predict
-from multimodal.utils import to_device
+from importlib import import_module
+from importlib.util import find_spec
+from typing import Any
 
-__all__ = [
-    "ClassificationTask",
-    "ConfigError",
-    "DataError",
-    "DualEncoder",
-    "EvalResult",
-    "ExperimentConfig",
-    "ModelOutput",
-    "MultimodalDataset",
-    "MultimodalModel",
-    "Predictor",
-    "RetrievalTask",
-    "Task",
-    "TaskHead",
-    "Trainer",
-    "get_task",
-    "list_tasks",
-    "load_config",
-    "load_model",
-    "make_demo",
-    "predict",
-    "register_task",
-    "run",
-    "summarize",
-    "to_device",
-]
+_EXPORTS = {
+    "ClassificationTask": "multimodal.tasks",
+    "ConfigError": "multimodal.config",
+    "DataError": "multimodal.data",
+    "DualEncoder": "multimodal.models",
+    "EvalResult": "multimodal.tasks",
+    "ExperimentConfig": "multimodal.config",
+    "ModelOutput": "multimodal.models",
+    "MultimodalDataset": "multimodal.data",
+    "MultimodalModel": "multimodal.models",
+    "Predictor": "multimodal.deploy",
+    "RetrievalTask": "multimodal.tasks",
+    "Task": "multimodal.tasks",
+    "TaskHead": "multimodal.models",
+    "Trainer": "multimodal.training",
+    "get_task": "multimodal.registry",
+    "list_tasks": "multimodal.registry",
+    "load_config": "multimodal.config",
+    "load_model": "multimodal.models",
+    "make_demo": "multimodal.data",
+    "predict": "multimodal.training",
+    "register_task": "multimodal.registry",
+    "run": "multimodal.tasks",
+    "summarize": "multimodal.tasks",
+    "to_device": "multimodal.utils",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name (or a submodule, ``multimodal.tasks``) on first use."""
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+    elif not name.startswith("_") and find_spec(f"multimodal.{name}") is not None:
+        value = import_module(f"multimodal.{name}")
+    else:
+        raise AttributeError(f"module 'multimodal' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

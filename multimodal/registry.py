@@ -1,12 +1,15 @@
 """The task registry: `register_task` adds a task class under a name that `model.task` in a config selects.
 
 Kept apart from the task implementations (`multimodal.tasks`) so that the config loader can check names
-against it without importing them; the built-in tasks register themselves when `multimodal` is imported.
+against it without importing them at import time; the built-in tasks register themselves when
+`multimodal.tasks` is imported, which the first read of the registry does (`_load_builtin_tasks`).
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Any, Optional, TypeVar
 
 _TASKS: dict[str, type] = {}
@@ -44,8 +47,16 @@ def register_task(name: str, cls: Optional[type] = None, aliases: tuple[str, ...
     return add
 
 
+def _load_builtin_tasks() -> None:
+    """Import `multimodal.tasks` (its modules register the built-in tasks) before the registry is read: the
+    package no longer imports everything up front (`multimodal.__init__` loads names lazily)."""
+    if "multimodal.tasks" not in sys.modules:
+        import_module("multimodal.tasks")
+
+
 def canonical_task_name(name: str) -> str:
     """The registered name for `name` (resolving aliases such as 'contrastive' -> 'retrieval')."""
+    _load_builtin_tasks()
     return _ALIASES.get(name, name)
 
 
@@ -59,10 +70,12 @@ def get_task(name: str) -> type:
 
 def task_names() -> list[str]:
     """Registered task names and aliases, sorted."""
+    _load_builtin_tasks()
     return sorted(set(_TASKS) | set(_ALIASES))
 
 
 def list_tasks() -> list[TaskInfo]:
     """Every registered task with the first line of its docstring."""
+    _load_builtin_tasks()
     return [TaskInfo(n, (c.__doc__ or "").strip().split("\n")[0]) for n, c in sorted(_TASKS.items())]
 

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from multimodal.deploy.common import DeployError
+from multimodal.deploy.errors import DeployError
 from multimodal.models.base import EncoderModel
 from multimodal.models.dual import DualEncoder
 from multimodal.models.fused import MultimodalModel

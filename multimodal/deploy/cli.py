@@ -18,12 +18,13 @@ from tqdm.auto import tqdm
 
 from multimodal.config.loading import load_config
 from multimodal.data.manifest import read_manifest
-from multimodal.deploy.common import DEPLOY_CONFIG, FORMATS, DeployError
+from multimodal.deploy.errors import DeployError
 from multimodal.deploy.export import export_folder
 from multimodal.deploy.loading import load_source_model
 from multimodal.deploy.predictor import Predictor
 from multimodal.deploy.prune import prune_model, recover, save_pruned
 from multimodal.deploy.quantize import quantize_exported
+from multimodal.deploy.runtime import FORMATS, is_exported
 from multimodal.usererrors import user_errors as report_user_errors
 
 
@@ -132,7 +133,7 @@ def export_main(argv: Optional[list[str]] = None) -> int:
         if args.quantize and args.format != "onnx":
             raise DeployError("--quantize int8 applies to --format onnx")
         target = args.output
-        if os.path.exists(target) and not os.path.exists(os.path.join(target, DEPLOY_CONFIG)):
+        if os.path.exists(target) and not is_exported(target):
             raise DeployError(f"{target} exists and is not an exported folder; choose a new --output")
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".fp32-", dir=os.path.dirname(os.path.abspath(target)) or ".") as tmp:

@@ -25,8 +25,9 @@ import numpy as np
 from multimodal.data.manifest import cell, is_missing
 from multimodal.data.media import describe, load_sample
 from multimodal.deploy.backends import TorchBackend
-from multimodal.deploy.common import BadInputError, DeployError, format_logits, package_versions
-from multimodal.deploy.loading import is_exported, load_source_model
+from multimodal.deploy.errors import BadInputError, DeployError
+from multimodal.deploy.loading import load_source_model
+from multimodal.deploy.runtime import ExportedModel, format_logits, is_exported, package_versions
 
 Row = Mapping[str, Any]
 
@@ -57,8 +58,6 @@ class Predictor:
         """Open a model folder: exported (``deploy.json``: ONNX Runtime) or PyTorch (``save_pretrained``)."""
         directory = os.fspath(directory)
         if is_exported(directory):
-            from multimodal.deploy.runtime import ExportedModel
-
             backend: Any = ExportedModel(directory, num_threads=num_threads, trust_remote_code=trust_remote_code)
         else:
             if num_threads:

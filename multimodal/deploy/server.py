@@ -41,7 +41,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ConfigDict, StrictStr, ValidationError, create_model
 
 from multimodal.deploy.cli import user_errors
-from multimodal.deploy.common import BadInputError
+from multimodal.deploy.errors import BadInputError
 from multimodal.deploy.predictor import Predictor
 
 DEFAULT_MAX_REQUEST_BYTES = 10 * 2**20
@@ -207,13 +207,86 @@ def _validation_message(err: Any) -> str:
     return "; ".join(parts)
 
 
+class RequestReader:
+    """A request body (JSON or a form) -> the rows of decoded samples it holds, or a `RequestError`."""
+
+    def __init__(self, predictor: Predictor, max_request_bytes: int, max_instances: int) -> None:
+        self.predictor, self.max_request_bytes, self.max_instances = predictor, max_request_bytes, max_instances
+        self.instance = _instance_model(predictor.modalities)
+        self.batch_model = create_model("Instances", __config__=self.instance.model_config,
+                                        instances=(list[self.instance], ...))
+
+    async def rows(self, request: Request) -> list[dict]:
+        """The decoded rows of a ``POST /predict`` request."""
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "application/json":
+            return await self.json_rows(request)
+        if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
+            return await self.form_rows(request)
+        raise RequestError(415, f"content type {kind or 'none'!r}: send application/json or a form")
+
+    async def json_rows(self, request: Request) -> list[dict]:
+        """``{"instances": [...]}`` or one instance."""
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise RequestError(400, f"the body is not valid JSON: {err}") from None
+        if not isinstance(body, dict):
+            raise RequestError(422, f"expected a JSON object, got {type(body).__name__}")
+        try:
+            if "instances" in body:
+                items = self.batch_model.model_validate(body).instances
+            else:
+                items = [self.instance.model_validate(body)]
+        except ValidationError as err:
+            raise RequestError(422, _validation_message(err)) from None
+        if len(items) > self.max_instances:
+            raise RequestError(413, f"{len(items)} instances in one request; the limit is {self.max_instances}")
+        return [self.decode_fields(item.model_dump(exclude_none=True), i) for i, item in enumerate(items)]
+
+    async def form_rows(self, request: Request) -> list[dict]:
+        """One instance from a multipart form: text fields and media files (or base64 fields)."""
+        modalities = self.predictor.modalities
+        form = await request.form(max_files=len(modalities), max_fields=len(modalities) + 1,
+                                  max_part_size=self.max_request_bytes)
+        row: dict[str, Any] = {}
+        for key, value in form.multi_items():
+            if key not in modalities:
+                raise RequestError(422, f"{key}: unknown field; this model takes {modalities}")
+            if key in row:
+                raise RequestError(422, f"{key}: given more than once")
+            if isinstance(value, str):
+                row[key] = value if key == "text" else {"base64": value}
+            elif key == "text":
+                raise RequestError(422, "text: send text as a form field, not a file")
+            else:
+                row[key] = {"bytes": await value.read()}
+        return [self.decode_fields(row, 0)]
+
+    def decode_fields(self, fields: dict, index: int) -> dict:
+        """One instance's fields (base64 media decoded to bytes) -> the predictor's decoded row."""
+        row = {}
+        for key, value in fields.items():
+            if key != "text" and isinstance(value, str):
+                value = {"base64": value}
+            if isinstance(value, dict) and "base64" in value:
+                try:
+                    value = {"bytes": base64.b64decode(value["base64"], validate=True)}
+                except (binascii.Error, ValueError):
+                    raise RequestError(400, f"instances[{index}].{key}: not valid base64") from None
+            row[key] = value
+        try:
+            return self.predictor.decode(row, index, where=f"instances[{index}]")
+        except BadInputError as err:
+            raise RequestError(400, str(err)) from None
+
+
 def create_app(predictor: Predictor, max_batch_size: int = 32, max_wait_ms: float = 5.0,
                max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, max_instances: int = 64) -> Any:
     """The FastAPI app serving `predictor` (see the module docstring)."""
     predictor.batch_size = int(max_batch_size)
     batcher = Batcher(predictor, max_batch_size, max_wait_ms)
-    instance = _instance_model(predictor.modalities)
-    batch_model = create_model("Instances", __config__=instance.model_config, instances=(list[instance], ...))
+    reader = RequestReader(predictor, max_request_bytes, max_instances)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> Any:
@@ -224,6 +297,14 @@ def create_app(predictor: Predictor, max_batch_size: int = 32, max_wait_ms: floa
     app = FastAPI(title="multimodal-serve", lifespan=lifespan)
     app.state.batcher = batcher
     app.add_middleware(BodyLimit, limit=max_request_bytes)
+    limits = {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms, "max_request_bytes": max_request_bytes,
+              "max_instances": max_instances}
+    _add_routes(app, predictor, batcher, reader, limits)
+    return app
+
+
+def _add_routes(app: Any, predictor: Predictor, batcher: Batcher, reader: RequestReader, limits: dict) -> None:
+    """The error handlers and the endpoints of the module docstring."""
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, err: RequestError) -> JSONResponse:
@@ -239,73 +320,11 @@ def create_app(predictor: Predictor, max_batch_size: int = 32, max_wait_ms: floa
 
     @app.get("/metadata")
     async def metadata() -> dict:
-        return {**predictor.metadata(), "server": {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms,
-                                                   "max_request_bytes": max_request_bytes,
-                                                   "max_instances": max_instances, "stats": dict(batcher.stats)}}
-
-    async def json_rows(request: Request) -> list[dict]:
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise RequestError(400, f"the body is not valid JSON: {err}") from None
-        if not isinstance(body, dict):
-            raise RequestError(422, f"expected a JSON object, got {type(body).__name__}")
-        try:
-            if "instances" in body:
-                items = batch_model.model_validate(body).instances
-            else:
-                items = [instance.model_validate(body)]
-        except ValidationError as err:
-            raise RequestError(422, _validation_message(err)) from None
-        if len(items) > max_instances:
-            raise RequestError(413, f"{len(items)} instances in one request; the limit is {max_instances}")
-        return [_decode_fields(item.model_dump(exclude_none=True), i) for i, item in enumerate(items)]
-
-    async def form_rows(request: Request) -> list[dict]:
-        form = await request.form(max_files=len(predictor.modalities), max_fields=len(predictor.modalities) + 1,
-                                  max_part_size=max_request_bytes)
-        row: dict[str, Any] = {}
-        for key, value in form.multi_items():
-            if key not in predictor.modalities:
-                raise RequestError(422, f"{key}: unknown field; this model takes {predictor.modalities}")
-            if key in row:
-                raise RequestError(422, f"{key}: given more than once")
-            if isinstance(value, str):
-                row[key] = value if key == "text" else {"base64": value}
-            elif key == "text":
-                raise RequestError(422, "text: send text as a form field, not a file")
-            else:
-                row[key] = {"bytes": await value.read()}
-        return [_decode_fields(row, 0)]
-
-    def _decode_fields(fields: dict, index: int) -> dict:
-        row = {}
-        for key, value in fields.items():
-            if key != "text" and isinstance(value, str):
-                value = {"base64": value}
-            if isinstance(value, dict) and "base64" in value:
-                try:
-                    value = {"bytes": base64.b64decode(value["base64"], validate=True)}
-                except (binascii.Error, ValueError):
-                    raise RequestError(400, f"instances[{index}].{key}: not valid base64") from None
-            row[key] = value
-        try:
-            return predictor.decode(row, index, where=f"instances[{index}]")
-        except BadInputError as err:
-            raise RequestError(400, str(err)) from None
+        return {**predictor.metadata(), "server": {**limits, "stats": dict(batcher.stats)}}
 
     @app.post("/predict")
     async def predict(request: Request) -> dict:
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind == "application/json":
-            rows = await json_rows(request)
-        elif kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
-            rows = await form_rows(request)
-        else:
-            raise RequestError(415, f"content type {kind or 'none'!r}: send application/json or a form")
-        return {"predictions": await batcher.submit(rows)}
-
-    return app
+        return {"predictions": await batcher.submit(await reader.rows(request))}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
