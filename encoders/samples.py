@@ -52,9 +52,12 @@ def to_rgb(image: Union[Image.Image, np.ndarray]) -> Image.Image:
         if mode == "RGB":
             return image
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        # Pasting through the alpha band onto white gives alpha_composite's pixels exactly, with a third of its
+        # memory (a 10 Mpx RGBA image: +70 MB instead of +190 MB).
+        masked = image if mode in ("RGBA", "LA") else image.convert("RGBA")
+        out = Image.new("RGB", image.size, (255, 255, 255))
+        out.paste(masked, (0, 0), masked)
+        return out
     return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
@@ -73,7 +76,10 @@ def _array_to_pil(arr: np.ndarray) -> Image.Image:
     elif np.issubdtype(arr.dtype, np.floating):
         arr = (np.clip(np.nan_to_num(arr), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     elif arr.dtype == np.uint16:
-        arr = (arr.astype(np.uint32) * 255 // 65535).astype(np.uint8)
+        wide = arr.astype(np.uint32)
+        wide *= 255
+        wide //= 65535  # in place: a 16-bit image costs 4 bytes per pixel here, not 12
+        arr = wide.astype(np.uint8)
     elif np.issubdtype(arr.dtype, np.integer):
         top = max(int(arr.max()), 1) if arr.size else 1
         scale = 255 if top <= 255 else (65535 if top <= 65535 else top)

@@ -76,6 +76,13 @@ class DataConfig:
     webdataset: Optional[str] = None
     stream_files: Optional[str] = None
     shuffle_buffer: int = 1000  # undecoded records per process in the streaming shuffle buffer
+    # What one sample may cost to decode (`multimodal.data.limits.MediaLimits`; null: its default). A sample over a
+    # limit is a bad sample (data.on_bad_sample): refused from its header, before it is decoded.
+    max_image_pixels: Optional[int] = None  # 16,000,000; larger JPEGs are decoded at 1/2-1/8 scale instead
+    max_image_aspect: Optional[float] = None  # 32: longest side / shortest side
+    max_audio_seconds: Optional[float] = None  # 600, from the file header
+    max_audio_rate: Optional[int] = None  # 192,000 Hz
+    max_text_chars: Optional[int] = None  # 100,000: longer texts are cut before tokenising
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any, Optional
 from tqdm.auto import tqdm
 
 from multimodal.config.loading import load_config
+from multimodal.data.limits import add_limit_options, limits_from_args
 from multimodal.data.manifest import read_manifest
 from multimodal.deploy.errors import DeployError
 from multimodal.deploy.export import export_folder
@@ -66,11 +67,12 @@ def predict_main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--num-threads", type=int, default=None, help="CPU threads for the model")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow code from the model folder to run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_limit_options(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with user_errors():
         predictor = Predictor.from_pretrained(args.model, batch_size=args.batch_size, num_threads=args.num_threads,
-                                              trust_remote_code=args.trust_remote_code)
+                                              trust_remote_code=args.trust_remote_code, limits=limits_from_args(args, parser))
         try:
             table = read_manifest(args.data)
         except ValueError as err:

@@ -26,6 +26,7 @@ from multimodal.config.schema import ExperimentConfig
 from multimodal.data import augment
 from multimodal.data.cached import CachedFeatureCollator, cache_datasets, frozen_modalities, resolve_cache_dir
 from multimodal.data.loading import Collator, make_dataloader
+from multimodal.data.media import apply_audio_window
 from multimodal.data.splits import DataSplits, write_splits
 from multimodal.data.streaming import StreamingDataset, stream_loader
 from multimodal.evaluation.plots import plot_training_curves
@@ -48,6 +49,7 @@ def build_loaders(task: Task, model: Any, splits: DataSplits, accelerator: Any =
     the frozen modalities are encoded once into the on-disk cache and batches carry ``features``."""
     cfg = task.cfg
     datasets: dict[str, Any] = {"train": splits.train, "validation": splits.validation, "test": splits.test}
+    apply_audio_window(datasets.values(), model.get_preprocessors(False))  # decode only the clip the model keeps
     cached: dict[str, Any] = {}
     cache_dir = resolve_cache_dir(cfg.data.feature_cache)
     live = augment.live_modalities(model, cfg.data.augment)  # augmented: eval-mode cached features would ignore it
