@@ -10,6 +10,7 @@ writes ``<output_dir>/``: ``config.yaml`` (resolved), ``splits/`` (the rows each
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import sys
@@ -35,7 +36,7 @@ from multimodal.registry import get_task
 from multimodal.tasks import finetune
 from multimodal.tasks.base import Task
 from multimodal.tasks.crossval import run_crossval
-from multimodal.tasks.outputs import prepare_output_dir, remove_run_outputs, require_model
+from multimodal.tasks.outputs import hold_output_dir, prepare_output_dir, remove_run_outputs, require_model
 from multimodal.training.distill import build_distillation
 from multimodal.training.trainer import Trainer
 from multimodal.usererrors import debug_requested, user_errors
@@ -150,7 +151,15 @@ def run(cfg: ExperimentConfig, dataset: Any = None, splits: Optional[DataSplits]
     """Train, evaluate and report the experiment `cfg` describes, for any registered task; returns the metrics.
 
     With ``data.folds`` / ``data.fold_column`` it runs every cross-validation fold (`run_crossval`). `splits`
-    replaces the splits the task would build; `callbacks` go to the main model's `Trainer`."""
+    replaces the splits the task would build; `callbacks` go to the main model's `Trainer`. The main process holds
+    the lock of ``train.output_dir`` throughout (`hold_output_dir`): a second run into it is refused."""
+    main = process_state(cfg.train.dist_timeout_s).is_main_process
+    with hold_output_dir(cfg.train.output_dir) if main else contextlib.nullcontext():
+        return _run(cfg, dataset, splits, callbacks)
+
+
+def _run(cfg: ExperimentConfig, dataset: Any, splits: Optional[DataSplits], callbacks: Optional[list[Any]]) -> dict[str, Any]:
+    """`run` inside the output folder's lock."""
     if splits is None and (cfg.data.folds is not None or cfg.data.fold_column):
         return run_crossval(cfg, run, dataset)
     state = process_state(cfg.train.dist_timeout_s)
