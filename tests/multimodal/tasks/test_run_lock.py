@@ -40,7 +40,9 @@ def holder(tmp_path):
 
 def test_a_second_run_is_refused_with_the_holders_pid_and_writes_nothing(holder):
     out, proc = holder
-    cfg = load_config(None, ["data.demo=text_image", f"train.output_dir={out}"])
+    # Encoders that cannot be built: were the lock not to refuse the run, it would fail there, fast, not train.
+    cfg = load_config(None, ["data.demo=text_image", "data.demo_size=40", f"train.output_dir={out}",
+                             "model.encoders={text: 'text:/nonexistent/encoder'}", "data.image_column=null"])
     with pytest.raises(OutputFolderError, match=rf"is in use by another run \(pid {proc.pid} on "
                                                 rf"{socket.gethostname()}, started 20\d\d-\d\d-\d\d "):
         run(cfg)
