@@ -5,9 +5,7 @@ which registers the built-in kinds. So ``import encoders.samples`` (numpy and Pi
 exported-model runtime) does not import torch, while ``from encoders import create_encoder`` works as always.
 """
 
-from importlib import import_module
-from importlib.util import find_spec
-from typing import Any
+from encoders._lazy import lazy_exports
 
 _EXPORTS = {
     "Encoder": "encoders.base",
@@ -28,18 +26,5 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    """Load a public name (or a submodule, ``encoders.image``) on first use, after the built-in kinds."""
-    if name in _EXPORTS:
-        import_module("encoders.factory")  # the built-in kinds are registered before any name is used
-        value = getattr(import_module(_EXPORTS[name]), name)
-    elif not name.startswith("_") and find_spec(f"encoders.{name}") is not None:
-        value = import_module(f"encoders.{name}")
-    else:
-        raise AttributeError(f"module 'encoders' has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+# encoders.factory registers the built-in kinds before any public name is used.
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), first="encoders.factory")

@@ -5,9 +5,7 @@ They load on first use (PEP 562), so importing a light submodule, such as the ex
 ``multimodal.deploy.runtime`` (numpy, Pillow, ONNX Runtime), does not import torch or accelerate.
 """
 
-from importlib import import_module
-from importlib.util import find_spec
-from typing import Any
+from encoders._lazy import lazy_exports
 
 _EXPORTS = {
     "ClassificationTask": "multimodal.tasks",
@@ -39,17 +37,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    """Load a public name (or a submodule, ``multimodal.tasks``) on first use."""
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-    elif not name.startswith("_") and find_spec(f"multimodal.{name}") is not None:
-        value = import_module(f"multimodal.{name}")
-    else:
-        raise AttributeError(f"module 'multimodal' has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

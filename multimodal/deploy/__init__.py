@@ -4,9 +4,7 @@ CLIs ``multimodal-predict``, ``multimodal-export``, ``multimodal-quantize``, ``m
 can be imported alone, `Predictor` and `Gallery` load on first use. ONNX Runtime and FastAPI are imported
 only by the modules that need them."""
 
-from importlib import import_module
-from typing import Any
-
+from encoders._lazy import lazy_exports
 from multimodal.deploy.errors import BadInputError, DeployError
 
 _LAZY = {"Gallery": "multimodal.deploy.predictor", "Predictor": "multimodal.deploy.predictor"}
@@ -14,10 +12,5 @@ _LAZY = {"Gallery": "multimodal.deploy.predictor", "Predictor": "multimodal.depl
 __all__ = ["BadInputError", "DeployError", "Gallery", "Predictor"]
 
 
-def __getattr__(name: str) -> Any:
-    """`Predictor` and `Gallery` (they import torch for PyTorch model folders) on first use."""
-    if name not in _LAZY:
-        raise AttributeError(f"module 'multimodal.deploy' has no attribute {name!r}")
-    value = getattr(import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
+# `Predictor` and `Gallery` import torch (for PyTorch model folders): they load on first use.
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

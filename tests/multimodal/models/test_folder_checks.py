@@ -14,25 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from encoders import create_encoder
-from fusion import create_fusion
-from multimodal import MultimodalModel, TaskHead, load_model
+from multimodal import load_model
 from multimodal.deploy.errors import DeployError
 from multimodal.deploy.loading import load_source_model
 from multimodal.models import ModelFolderError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory, tiny_text_dir) -> str:
-    torch.manual_seed(0)
-    text = create_encoder(f"text:{tiny_text_dir}", max_length=16)
-    image = create_encoder("image:test_efficientnet", pretrained=False, img_size=32)
-    fusion = create_fusion("concat", {"text": text.output_dim, "image": image.output_dim}, 8)
-    folder = str(tmp_path_factory.mktemp("checked") / "model")
-    MultimodalModel({"text": text, "image": image}, fusion, TaskHead(8, 2)).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture
