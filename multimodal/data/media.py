@@ -122,12 +122,12 @@ def _open_checked(source: Any, limits: MediaLimits, draft: Optional[int]) -> Any
         source.seek(0)
         found = _sniffed_formats(source.read(16))
         allowed = ", ".join(ALLOWED_IMAGE_FORMATS)
-        if set(found) & set(ALLOWED_IMAGE_FORMATS):
-            raise ValueError(f"a damaged or truncated {'/'.join(found)} image (it cannot be opened)") from None
+        if set(found) & set(ALLOWED_IMAGE_FORMATS):  # Pillow's own error type, with a message that says why
+            raise UnidentifiedImageError(f"a damaged or truncated {'/'.join(found)} image (it cannot be opened)") from None
         if found:
             raise MediaLimitError(f"refused: the file looks like {' or '.join(found)}, and images are read only as "
                                   f"{allowed}") from None
-        raise ValueError(f"not an image in an allowed format ({allowed})") from None
+        raise UnidentifiedImageError(f"not an image in an allowed format ({allowed})") from None
     except Image.DecompressionBombError as err:
         raise MediaLimitError(str(err)) from None
     if image.format in ("JPEG", "MPO"):
