@@ -204,6 +204,7 @@ def create_app(predictor: Predictor, max_batch_size: int = 32, max_wait_ms: floa
         await batcher.start()
         yield
         await batcher.stop()
+        reader.decoder.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="multimodal-serve", lifespan=lifespan)
     app.state.batcher = batcher
