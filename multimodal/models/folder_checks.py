@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
+from tokenizers import Tokenizer
 
 # dtypes model.safetensors may hold (safetensors' names): floating weights, integer/bool buffers.
 ALLOWED_DTYPES = {"F16", "BF16", "F32", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL"}
@@ -51,8 +52,6 @@ def check_asset_files(directory: Path) -> None:
     for path in paths:
         read_json_file(path)
         if path.name == "tokenizer.json":
-            from tokenizers import Tokenizer  # only folders with a fast tokenizer need the package
-
             try:
                 Tokenizer.from_file(str(path))
             except Exception as err:  # noqa: BLE001 - tokenizers raises a bare Exception for a damaged file
