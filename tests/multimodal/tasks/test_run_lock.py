@@ -38,7 +38,7 @@ def holder(tmp_path):
     proc.wait(timeout=60)
 
 
-def test_a_second_run_is_refused_with_the_holders_pid_and_writes_nothing(holder):
+def test_a_second_run_is_refused_with_the_holders_pid_and_a_killed_holders_lock_is_taken_over(holder):
     out, proc = holder
     # Encoders that cannot be built: were the lock not to refuse the run, it would fail there, fast, not train.
     cfg = load_config(None, ["data.demo=text_image", "data.demo_size=40", f"train.output_dir={out}",
@@ -47,11 +47,7 @@ def test_a_second_run_is_refused_with_the_holders_pid_and_writes_nothing(holder)
                                                 rf"{socket.gethostname()}, started 20\d\d-\d\d-\d\d "):
         run(cfg)
     assert sorted(os.listdir(out)) == [".run.lock", HOLDER_NAME]  # no config.yaml, splits or model of the second run
-
-
-def test_the_lock_of_a_killed_run_is_taken_over(holder):
-    out, proc = holder
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(signal.SIGKILL)  # the holder dies without releasing: the kernel drops its lock
     proc.wait(timeout=60)
     notes = []
     with hold_output_dir(out, log=notes.append):
