@@ -10,9 +10,12 @@ Runs, in one process plus a few recipe subprocesses:
    config switches remote code on, each must be a `ModelFolderError` naming the file and field, and no code
    from the folder may run;
 4. recipe command lines with user errors (exit status, traceback or not, the last line), and a second run into
-   the folder of a finished one.
+   the folder of a finished one;
+5. the hostile-media corpus (tests/hostile_corpus.py): each file decoded and preprocessed as the server does, in
+   a forked child, with its peak memory growth and CPU time; with ``--before <checkout>`` the same corpus through
+   another checkout of the framework too (e.g. the main branch, for the figures before the decode limits).
 
-    python benchmarks/bad_inputs.py [--fuzz-cases 50000] [--json out.json]
+    python benchmarks/bad_inputs.py [--fuzz-cases 50000] [--json out.json] [--only media] [--before /path/to/main]
 """
 
 from __future__ import annotations
@@ -188,14 +191,49 @@ def recipe_cases(tmp: str, text_dir: str) -> list[dict]:
     return rows
 
 
+def media_cases(tmp: str, before: str | None) -> list[dict]:
+    """The corpus measured with this checkout (and `before`, another checkout) in subprocesses, one row per case."""
+    corpus = os.path.join(tmp, "corpus")
+    runs = {"after": ROOT, **({"before": os.path.abspath(before)} if before else {})}
+    results = {}
+    for name, root in runs.items():
+        out = os.path.join(tmp, f"{name}.json")
+        subprocess.run([sys.executable, os.path.join(ROOT, "tests", "hostile_corpus.py"), corpus, out], check=True,
+                       env=dict(os.environ, PYTHONPATH=root, HF_HUB_OFFLINE="1"), timeout=3600)
+        with open(out) as f:
+            results[name] = json.load(f)
+    rows = []
+    for case, after in results["after"].items():
+        row = {"case": case, "must": after["expect"], "outcome": after["outcome"].replace("refused: ", ""),
+               "MB": after["peak_mb"], "CPU s": after["cpu_s"], "message": after["message"][:80]}
+        if "before" in results:
+            old = results["before"][case]
+            row.update({"before": old["outcome"].replace("refused: ", ""), "MB before": old["peak_mb"],
+                        "CPU s before": old["cpu_s"]})
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fuzz-cases", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--only", choices=("media",), default=None, help="run only the hostile-media corpus")
+    parser.add_argument("--before", default=None, help="another checkout to measure the media corpus with too")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
+        media = media_cases(tmp, args.before)
+        columns = ["case", "must", "outcome", "MB", "CPU s"] + (["before", "MB before", "CPU s before"] if args.before
+                                                                 else []) + ["message"]
+        print_table("Hostile media (decode + preprocessing, one forked child per case)", media, columns)
+        wrong = [r["case"] for r in media if (r["outcome"] == "accepted") != (r["must"] == "accept")]
+        costly = [r["case"] for r in media if r["MB"] is None or r["MB"] >= 200 or r["CPU s"] >= 2]
+        print(f"\nmedia: {len(media)} cases, wrong outcome: {wrong or 'none'}, over 200 MB or 2 s: {costly or 'none'}")
+        if args.only == "media":
+            write_json(args.json, {"media": media})
+            return
         text_dir = _tiny_text_dir(tmp)
         config = config_cases(tmp)
         print_table("Config overrides and files", config, ["case", "outcome", "names it", "ms", "message"])
@@ -208,7 +246,7 @@ def main() -> None:
     bad = [r for r in config + folders if r["outcome"].startswith("ESCAPED") or not r["names it"]]
     print(f"\nsummary: {len(config)} config cases, {len(folders)} folder cases, {len(recipes)} recipe runs; "
           f"{len(bad)} not handled as promised; fuzz {fuzzed['cases']} cases, {fuzzed['escaped']} escaped")
-    write_json(args.json, {"config": config, "folders": folders, "recipes": recipes, "fuzz": fuzzed})
+    write_json(args.json, {"config": config, "folders": folders, "recipes": recipes, "fuzz": fuzzed, "media": media})
 
 
 if __name__ == "__main__":

@@ -1,29 +1,30 @@
-"""Pluggable text, image and audio encoders behind one factory and an open registry of kinds."""
+"""Pluggable text, image and audio encoders behind one factory and an open registry of kinds.
 
-from encoders.base import (
-    Encoder,
-    EncoderError,
-    EncoderInfo,
-    EncoderOutput,
-    Preprocessor,
-    jsonable,
-    masked_mean,
-)
-from encoders.factory import create_encoder, encoder_from_config, parse_spec
-from encoders.registry import get_encoder_class, list_encoders, register_encoder
+The public names below load on first use (PEP 562), and using any of them first loads `encoders.factory`,
+which registers the built-in kinds. So ``import encoders.samples`` (numpy and Pillow only, shared with the
+exported-model runtime) does not import torch, while ``from encoders import create_encoder`` works as always.
+"""
 
-__all__ = [
-    "Encoder",
-    "EncoderError",
-    "EncoderInfo",
-    "EncoderOutput",
-    "Preprocessor",
-    "create_encoder",
-    "encoder_from_config",
-    "get_encoder_class",
-    "jsonable",
-    "list_encoders",
-    "masked_mean",
-    "parse_spec",
-    "register_encoder",
-]
+from encoders._lazy import lazy_exports
+
+_EXPORTS = {
+    "Encoder": "encoders.base",
+    "EncoderError": "encoders.base",
+    "EncoderInfo": "encoders.base",
+    "EncoderOutput": "encoders.base",
+    "Preprocessor": "encoders.base",
+    "create_encoder": "encoders.factory",
+    "encoder_from_config": "encoders.factory",
+    "get_encoder_class": "encoders.registry",
+    "jsonable": "encoders.base",
+    "list_encoders": "encoders.registry",
+    "masked_mean": "encoders.base",
+    "parse_spec": "encoders.factory",
+    "register_encoder": "encoders.registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+# encoders.factory registers the built-in kinds before any public name is used.
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), first="encoders.factory")

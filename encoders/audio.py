@@ -1,7 +1,8 @@
 """Audio encoders from transformers: wav2vec2 / HuBERT / WavLM, the Whisper encoder and AST.
 
 The preprocessor turns `(waveform, sample_rate)` tuples into model inputs: stereo -> mono (channel mean),
-resampling to the model's rate with `torchaudio.functional.resample`, truncation to `max_seconds`, then the
+resampling to the model's rate with `torchaudio.functional.resample` (from a rate with bounded up/down factors:
+`encoders.samples.bounded_rate`), truncation to `max_seconds`, then the
 model's own feature extractor. The per-sample attention mask becomes a per-token mask on the outputs.
 """
 
@@ -24,42 +25,24 @@ from encoders._hf import (
     set_hf_checkpointing,
 )
 from encoders.base import Encoder, EncoderError, EncoderOutput, jsonable, masked_mean
+from encoders.samples import PLACEHOLDER_SECONDS, bounded_rate, to_mono_float
+from encoders.samples import load_waveforms as _load_waveforms
+
+__all__ = ["PLACEHOLDER_SECONDS", "WAVEFORM_MODELS", "HFAudioEncoder", "load_waveforms", "resample", "to_mono_float"]
 
 # model_type -> how its output tokens relate to the inputs.
 WAVEFORM_MODELS = ("wav2vec2", "hubert", "wavlm", "wav2vec2-conformer", "unispeech", "unispeech-sat", "data2vec-audio", "sew", "sew-d")
-PLACEHOLDER_SECONDS = 1.0
-
-
-def to_mono_float(waveform: Any, index: int) -> np.ndarray:
-    """A waveform [T], [C, T] (or soundfile's [T, C]) -> float32 mono [T]."""
-    arr = np.asarray(waveform)
-    if arr.dtype.kind in "iu":
-        info = np.iinfo(arr.dtype)
-        arr = arr.astype(np.float32) / float(max(abs(info.min), info.max))
-    arr = arr.astype(np.float32, copy=False)
-    if arr.ndim == 2:
-        if arr.shape[0] <= 8 and arr.shape[0] <= arr.shape[1]:
-            arr = arr.mean(axis=0)
-        elif arr.shape[1] <= 8:
-            arr = arr.mean(axis=1)
-        else:
-            raise ValueError(f"audio sample {index}: 2-D waveform {arr.shape} is not [channels, time]")
-    if arr.ndim != 1:
-        raise ValueError(f"audio sample {index}: waveform must be [T] or [C, T], got shape {arr.shape}")
-    if arr.size == 0:
-        raise ValueError(f"audio sample {index}: empty waveform")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"audio sample {index}: waveform contains NaN or inf")
-    return arr
 
 
 def resample(arr: np.ndarray, orig: int, target: int) -> np.ndarray:
-    """Resample a mono float32 waveform with torchaudio.functional.resample."""
-    if int(orig) == int(target):
+    """Resample a mono float32 waveform with torchaudio.functional.resample, from `bounded_rate(orig, target)`
+    (a rate coprime with `target`, e.g. 16001 Hz, would otherwise build an O(orig x target) filter bank)."""
+    orig = bounded_rate(orig, target)
+    if orig == int(target):
         return arr
     import torchaudio.functional as AF
 
-    out = AF.resample(torch.from_numpy(np.ascontiguousarray(arr)), int(orig), int(target))
+    out = AF.resample(torch.from_numpy(np.ascontiguousarray(arr)), orig, int(target))
     return out.numpy()
 
 
@@ -68,31 +51,9 @@ def load_waveforms(
     resampler: Callable[[np.ndarray, int, int], np.ndarray] = resample,
     placeholder_seconds: float = PLACEHOLDER_SECONDS,
 ) -> list[np.ndarray]:
-    """Raw audio samples -> mono float32 arrays at `sample_rate`, at most `max_seconds` long.
-
-    `None` becomes a short silence. In training mode an over-long clip is cropped at a random offset,
-    otherwise from its start. `resampler` (default torchaudio's) lets torch-free inference pass its numpy one.
-    """
-    max_len = int(round(max_seconds * sample_rate)) if max_seconds else None
-    silence = int(round(placeholder_seconds * sample_rate))
-    if max_len is not None:
-        silence = min(silence, max_len)
-    waves = []
-    for i, item in enumerate(batch):
-        if item is None:
-            waves.append(np.zeros(silence, dtype=np.float32))
-            continue
-        if not (isinstance(item, (tuple, list)) and len(item) == 2):
-            raise TypeError(f"audio sample {i}: expected (waveform, sample_rate) or None, got {type(item).__name__}")
-        wave, sr = item
-        if not isinstance(sr, (int, np.integer)) or int(sr) <= 0:
-            raise ValueError(f"audio sample {i}: sample rate must be a positive int, got {sr!r}")
-        arr = resampler(to_mono_float(wave, i), int(sr), sample_rate)
-        if max_len is not None and arr.shape[0] > max_len:
-            start = int(np.random.randint(0, arr.shape[0] - max_len + 1)) if train else 0
-            arr = arr[start : start + max_len]
-        waves.append(np.ascontiguousarray(arr, dtype=np.float32))
-    return waves
+    """Raw audio samples -> mono float32 arrays at `sample_rate` (`encoders.samples.load_waveforms` with
+    torchaudio's resampler by default)."""
+    return _load_waveforms(batch, sample_rate, max_seconds, train, resampler, placeholder_seconds)
 
 
 class HFAudioPreprocessor:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
-import numpy as np
 import torch
-from PIL import Image
 
 from encoders._timm import (
     DATA_CONFIG_KEYS,
@@ -19,62 +17,9 @@ from encoders._timm import (
     tokens_from_features,
 )
 from encoders.base import Encoder, EncoderOutput, jsonable
+from encoders.samples import MAX_IMAGE_ASPECT, rgb_images, to_rgb
 
-
-def to_rgb(image: Union[Image.Image, np.ndarray]) -> Image.Image:
-    """Convert a PIL image of any mode, or an HxW / HxWxC / CxHxW array, to an 8-bit RGB PIL image.
-
-    Transparency is composited over white; 16-bit and 32-bit integer images are scaled to 8 bits;
-    float arrays are taken to be in [0, 1].
-    """
-    if isinstance(image, np.ndarray):
-        image = _array_to_pil(image)
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"expected a PIL.Image or numpy array, got {type(image).__name__}")
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(image)
-        return _array_to_pil(arr).convert("RGB")
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-        mode = image.mode
-        if mode == "RGB":
-            return image
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
-
-
-def _array_to_pil(arr: np.ndarray) -> Image.Image:
-    """numpy -> PIL (8-bit L, RGB or RGBA)."""
-    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
-        arr = np.moveaxis(arr, 0, -1)  # CxHxW -> HxWxC
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
-        raise ValueError(f"image array must be HxW, HxWx1/3/4 or 1/3/4xHxW; got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        pass
-    elif arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    elif np.issubdtype(arr.dtype, np.floating):
-        arr = (np.clip(np.nan_to_num(arr), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    elif arr.dtype == np.uint16:
-        arr = (arr.astype(np.uint32) * 255 // 65535).astype(np.uint8)
-    elif np.issubdtype(arr.dtype, np.integer):
-        top = max(int(arr.max()), 1) if arr.size else 1
-        scale = 255 if top <= 255 else (65535 if top <= 65535 else top)
-        arr = (np.clip(arr.astype(np.int64), 0, None) * 255 // scale).astype(np.uint8)
-    else:
-        raise ValueError(f"unsupported image array dtype {arr.dtype}")
-    arr = np.ascontiguousarray(arr)
-    if arr.ndim == 2:
-        return Image.fromarray(arr, mode="L")
-    return Image.fromarray(arr, mode="RGB" if arr.shape[-1] == 3 else "RGBA")
+__all__ = ["ImageEncoder", "ImagePreprocessor", "bounded_resize", "to_rgb"]
 
 
 # How far (in normalised units, i.e. standard deviations) float pixels may stray outside the range that
@@ -96,20 +41,24 @@ class ImagePreprocessor:
         self.input_size = tuple(input_size)
 
     def __call__(self, batch: list) -> dict[str, torch.Tensor]:
-        tensors = []
-        for i, item in enumerate(batch):
-            if item is None:
-                _, h, w = self.input_size
-                tensors.append(self.transform(Image.new("RGB", (w, h))))
-                continue
-            try:
-                rgb = to_rgb(item)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"image sample {i}: {exc}") from exc
-            tensors.append(self.transform(rgb))
+        tensors = [self.transform(image) for image in rgb_images(batch, self.input_size)]
         if not tensors:
             return {"pixel_values": torch.zeros((0, *self.input_size), dtype=torch.uint8)}
         return {"pixel_values": torch.stack(tensors)}
+
+
+def bounded_resize(transform: Any, max_aspect: float = MAX_IMAGE_ASPECT) -> Any:
+    """`transform` with every shorter-side `Resize` capped at `max_aspect` times its size on the longer side
+    (torchvision's ``max_size``), so a very elongated image never becomes a huge one (a 1x5000 image resized
+    to 256 on its shorter side would be 256 x 1,280,000)."""
+    from torchvision import transforms as T
+
+    for step in getattr(transform, "transforms", [transform]):
+        if isinstance(step, T.Resize) and step.max_size is None:
+            size = [step.size] if isinstance(step.size, int) else list(step.size)
+            if len(size) == 1:
+                step.max_size = int(size[0] * max_aspect)
+    return transform
 
 
 class ImageEncoder(Encoder):
@@ -236,7 +185,7 @@ class ImageEncoder(Encoder):
         import timm.data
 
         transform = timm.data.create_transform(**self.data_config, is_training=train, use_prefetcher=True)
-        return ImagePreprocessor(transform, self.data_config["input_size"])
+        return ImagePreprocessor(bounded_resize(transform), self.data_config["input_size"])
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """timm's set_grad_checkpointing."""

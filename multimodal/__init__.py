@@ -1,55 +1,46 @@
 """Multimodal fine-tuning: models, data, config, Accelerate training, tasks, evaluation.
 
 The names most code needs are here: ``from multimodal import run, load_config, MultimodalModel, DualEncoder``.
+They load on first use (PEP 562), so importing a light submodule, such as the exported-model runtime
+``multimodal.deploy.runtime`` (numpy, Pillow, ONNX Runtime), does not import torch or accelerate.
 """
 
-from multimodal.config import ConfigError, ExperimentConfig, load_config
-from multimodal.data import DataError, MultimodalDataset, make_demo
-from multimodal.data.batches import to_device
-from multimodal.deploy import Predictor
-from multimodal.models import (
-    DualEncoder,
-    ModelOutput,
-    MultimodalModel,
-    TaskHead,
-    create_dual_encoder,
-    create_model,
-    list_presets,
-    load_model,
-)
-from multimodal.registry import Registry, UnknownNameError, get_task, list_tasks, register_task
-from multimodal.tasks import ClassificationTask, EvalResult, RetrievalTask, Task, run, summarize
-from multimodal.training import Trainer, TrainerOptions, predict
+from encoders._lazy import lazy_exports
 
-__all__ = [
-    "ClassificationTask",
-    "ConfigError",
-    "DataError",
-    "DualEncoder",
-    "EvalResult",
-    "ExperimentConfig",
-    "ModelOutput",
-    "MultimodalDataset",
-    "MultimodalModel",
-    "Predictor",
-    "Registry",
-    "RetrievalTask",
-    "Task",
-    "TaskHead",
-    "Trainer",
-    "TrainerOptions",
-    "UnknownNameError",
-    "create_dual_encoder",
-    "create_model",
-    "get_task",
-    "list_presets",
-    "list_tasks",
-    "load_config",
-    "load_model",
-    "make_demo",
-    "predict",
-    "register_task",
-    "run",
-    "summarize",
-    "to_device",
-]
+_EXPORTS = {
+    "ClassificationTask": "multimodal.tasks",
+    "ConfigError": "multimodal.config",
+    "DataError": "multimodal.data",
+    "DualEncoder": "multimodal.models",
+    "EvalResult": "multimodal.tasks",
+    "ExperimentConfig": "multimodal.config",
+    "ModelOutput": "multimodal.models",
+    "MultimodalDataset": "multimodal.data",
+    "MultimodalModel": "multimodal.models",
+    "Predictor": "multimodal.deploy",
+    "Registry": "multimodal.registry",
+    "RetrievalTask": "multimodal.tasks",
+    "Task": "multimodal.tasks",
+    "TaskHead": "multimodal.models",
+    "Trainer": "multimodal.training",
+    "TrainerOptions": "multimodal.training",
+    "UnknownNameError": "multimodal.registry",
+    "create_dual_encoder": "multimodal.models",
+    "create_model": "multimodal.models",
+    "get_task": "multimodal.registry",
+    "list_presets": "multimodal.models",
+    "list_tasks": "multimodal.registry",
+    "load_config": "multimodal.config",
+    "load_model": "multimodal.models",
+    "make_demo": "multimodal.data",
+    "predict": "multimodal.training",
+    "register_task": "multimodal.registry",
+    "run": "multimodal.tasks",
+    "summarize": "multimodal.tasks",
+    "to_device": "multimodal.data.batches",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -11,13 +11,16 @@ import it; this is its public home for everything above them. The tables that us
 
 The task table is kept apart from the task implementations (`multimodal.tasks`) so that the config loader
 can check names against it without importing them; the built-in tasks register themselves when
-`multimodal` is imported.
+`multimodal.tasks` is imported, which the first read through these functions does (`_load_builtin_tasks`):
+`multimodal` itself loads its names lazily, so that the deploy runtime imports without torch.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Any, Optional, TypeVar, Union
 
 from encoders.registry import DuplicateNameError, Entry, Registry, UnknownNameError, first_doc_line
@@ -63,21 +66,31 @@ def register_task(name: str, cls: Optional[T] = None, aliases: Sequence[str] = (
     return TASKS.register(name, cls, override=override, aliases=tuple(aliases))
 
 
+def _load_builtin_tasks() -> None:
+    """Import `multimodal.tasks` (its modules register the built-in tasks) before the registry is read."""
+    if "multimodal.tasks" not in sys.modules:
+        import_module("multimodal.tasks")
+
+
 def canonical_task_name(name: str) -> str:
     """The registered name for `name` (resolving aliases such as 'contrastive' -> 'retrieval')."""
+    _load_builtin_tasks()
     return TASKS.canonical(name)
 
 
 def get_task(name: str) -> Any:
     """The task class registered as `name` (or an alias); `UnknownNameError` (a KeyError) names the known ones."""
+    _load_builtin_tasks()
     return TASKS.get(name)
 
 
 def task_names(pattern: str = "*") -> list[str]:
     """Registered task names and aliases matching `pattern`, sorted."""
+    _load_builtin_tasks()
     return sorted(TASKS.list(pattern, aliases=True))
 
 
 def list_tasks(pattern: str = "*") -> list[TaskInfo]:
     """Every registered task matching `pattern`, with the first line of its docstring, sorted by name."""
+    _load_builtin_tasks()
     return [TaskInfo(e.name, first_doc_line(e.obj)) for e in sorted(TASKS.entries(pattern), key=lambda e: e.name)]

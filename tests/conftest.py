@@ -112,3 +112,12 @@ def demo_run(tmp_path_factory, tiny_text_dir) -> str:
     ])
     run(cfg)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def hostile_corpus(tmp_path_factory) -> tuple[str, list]:
+    """(folder, cases) of the generated hostile-media corpus (tests/hostile_corpus.py), built once."""
+    from hostile_corpus import build
+
+    folder = str(tmp_path_factory.mktemp("hostile"))
+    return folder, build(folder)

@@ -131,7 +131,8 @@ def cache_datasets(
             sources = [ds.source_of(i, m) for i in range(len(ds))]
             errors: dict[int, str] = {}
             keys[m] = caches[m].build(sources, batch_size=batch_size, accelerator=accelerator,
-                                      show_progress=show_progress, errors=errors)
+                                      show_progress=show_progress, errors=errors,
+                                      loader=getattr(ds, "load_source", None))  # the dataset's media limits
             for i, reason in errors.items():
                 where = describe(sources[i], None) if m in FILE_MODALITIES else ""
                 bad.setdefault(i, (m, f"{m} column {ds.columns[m]!r}{where}: {reason}"))

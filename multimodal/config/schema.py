@@ -145,6 +145,14 @@ class DataConfig:
     stream_files: Optional[str] = None
     # Undecoded records per process in the streaming shuffle buffer.
     shuffle_buffer: int = ranged(1000, Range(1, note="records per process in the streaming shuffle buffer"))
+    # What one sample may cost to decode (`multimodal.data.limits.MediaLimits`; null: its default). A sample over a
+    # limit is a bad sample (data.on_bad_sample): refused from its header, before it is decoded.
+    # Images over max_image_pixels: JPEGs are decoded at 1/2-1/8 scale instead, other formats refused.
+    max_image_pixels: Optional[int] = ranged(None, Range(1, note="null: 16,000,000"))
+    max_image_aspect: Optional[float] = ranged(None, Range(1, note="null: 32 (longest side / shortest side)"))
+    max_audio_seconds: Optional[float] = ranged(None, Range(0, low_open=True, note="null: 600, from the file header"))
+    max_audio_rate: Optional[int] = ranged(None, Range(1, 384_000, note="null: 192,000 Hz"))
+    max_text_chars: Optional[int] = ranged(None, Range(1, note="null: 100,000; longer texts are cut before tokenising"))
 
 
 @dataclass

@@ -24,7 +24,15 @@ from torch.utils.data import Dataset
 
 from multimodal.data.labels import LabelVocab
 from multimodal.data.manifest import DataError, cell, is_missing
-from multimodal.data.media import FILE_MODALITIES, cell_path, check_sample, describe, load_sample
+from multimodal.data.media import (
+    DEFAULT_LIMITS,
+    FILE_MODALITIES,
+    MediaLimits,
+    cell_path,
+    check_sample,
+    describe,
+    load_sample,
+)
 from multimodal.data.skiplog import SkipLog
 from multimodal.progress import progress_bar
 
@@ -67,6 +75,12 @@ class SkipCounts:
                 "rows": list(self.rows), "while_loading": self.while_loading}
 
 
+def _window_seed(idx: Any) -> Optional[int]:
+    """The seed of a training item's audio window: its epoch seed and its index (None for other items)."""
+    seed = getattr(idx, "seed", None)
+    return None if seed is None else int(seed) * 1_000_003 + int(idx)
+
+
 class MultimodalDataset(Dataset):
     """Rows of a table with `columns` (modality -> column) and an optional label column.
 
@@ -89,6 +103,7 @@ class MultimodalDataset(Dataset):
         validate: bool = True,
         row_ids: Optional[Sequence[int]] = None,
         progress: bool = True,
+        limits: Optional[MediaLimits] = None,
     ) -> None:
         if on_bad_sample not in ("error", "skip"):
             raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {on_bad_sample!r}")
@@ -104,6 +119,7 @@ class MultimodalDataset(Dataset):
         self.required = set(required_modalities)
         self.separator = multi_label_separator
         self.row_ids = list(row_ids) if row_ids is not None else list(range(len(rows)))
+        self.limits = limits or DEFAULT_LIMITS  # what one sample may cost to decode (`multimodal.data.limits`)
         self.skipped = SkipCounts()  # rows skipped up front; `skip_counts` adds those skipped while loading
         self.skip_log = SkipLog()
         self._check_columns()
@@ -196,7 +212,7 @@ class MultimodalDataset(Dataset):
         if key is not None and key in self._checked:
             return self._checked[key]
         try:
-            check_sample(modality, value, self.base_dir)
+            check_sample(modality, value, self.base_dir, self.limits)
             error = None
         except Exception as err:  # noqa: BLE001 - any failure to read the cell makes its rows bad
             error = f"{type(err).__name__}: {err}"
@@ -263,7 +279,7 @@ class MultimodalDataset(Dataset):
                 item[modality] = None
                 continue
             try:
-                item[modality] = load_sample(modality, value, self.base_dir)
+                item[modality] = load_sample(modality, value, self.base_dir, self.limits, _window_seed(idx))
             except Exception as err:  # noqa: BLE001
                 bad = BadSampleError(
                     f"{self.where(i)}: {modality} column {column!r}{describe(value, self.base_dir)}: "
@@ -276,6 +292,15 @@ class MultimodalDataset(Dataset):
         if self.has_labels:
             item["label"] = self._labels[i]
         return item
+
+    def load_source(self, modality: str, source: Any) -> Any:
+        """Decode one `source_of` value with this dataset's limits (the feature cache's loader)."""
+        return load_sample(modality, source, self.base_dir, self.limits)
+
+    def set_audio_window(self, seconds: Optional[float]) -> None:
+        """Decode at most `seconds` of each audio file: the clip the model's preprocessor keeps (training items,
+        which carry an epoch seed, at a seeded random offset; others from the start)."""
+        self.limits = self.limits.with_window(seconds)
 
     # -- skips found after the up-front checks ---------------------------------------------------------------
     def discard(self, bad: dict[int, tuple[str, str]]) -> None:

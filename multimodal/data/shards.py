@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from multimodal.data.dataset import DataError, MultimodalDataset
 from multimodal.data.labels import LabelVocab
+from multimodal.data.limits import MediaLimits, add_limit_options, limits_from_args
 from multimodal.data.manifest import cell, is_missing, read_manifest
 from multimodal.data.media import FILE_MODALITIES, cell_path
 from multimodal.files import write_json
@@ -36,6 +37,30 @@ def _file_member(modality: str, value: Any, base_dir: Optional[str]) -> tuple[st
         return f"{modality}.{ext}", f.read()
 
 
+def _record(dataset: MultimodalDataset, pos: int, base_dir: str) -> tuple[dict[str, Any], Any]:
+    """The tar members of dataset item `pos` (text, original media file bytes, ``json`` metadata) and its raw label."""
+    row = dataset.row(pos)
+    sample: dict[str, Any] = {"__key__": f"{pos:09d}"}
+    meta: dict[str, Any] = {"row": dataset.row_ids[dataset.indices[pos]], "present": {}}
+    for modality, column in dataset.columns.items():
+        value = cell(row[column])
+        meta["present"][modality] = not is_missing(value)
+        if is_missing(value):
+            continue
+        if modality == "text":
+            sample["txt"] = str(value)
+        elif modality in FILE_MODALITIES:
+            name, data = _file_member(modality, value, base_dir)
+            sample[name] = data
+        else:
+            meta.setdefault("values", {})[modality] = value
+    raw = cell(row[dataset.label_column]) if dataset.has_labels else None
+    if dataset.has_labels:
+        meta["label"] = raw
+    sample["json"] = json.dumps(meta).encode()
+    return sample, raw
+
+
 def write_shards(
     manifest: str,
     output_dir: str,
@@ -45,8 +70,10 @@ def write_shards(
     samples_per_shard: int = 1000,
     on_bad_sample: str = "error",
     labels: Optional[list[str]] = None,
+    limits: Optional[MediaLimits] = None,
 ) -> dict:
-    """Write `manifest`'s rows as tar shards plus ``index.json`` under `output_dir`; returns the index."""
+    """Write `manifest`'s rows as tar shards plus ``index.json`` under `output_dir`; returns the index. Rows are
+    checked with `limits` (as training will decode them: pass the same ``data.max_*`` values)."""
     import webdataset as wds
 
     if samples_per_shard < 1:
@@ -55,33 +82,15 @@ def write_shards(
     base_dir = os.path.dirname(os.path.abspath(manifest))
     vocab = LabelVocab(labels, label_type) if labels else None
     dataset = MultimodalDataset(rows, columns, label_column, label_type, vocab, base_dir, manifest, on_bad_sample,
-                                progress=False)
+                                progress=False, limits=limits)
     os.makedirs(output_dir, exist_ok=True)
     counts: list[int] = []
     label_counts: dict[str, int] = {}
     with wds.ShardWriter(os.path.join(output_dir, SHARD_PATTERN), maxcount=samples_per_shard, verbose=0) as sink:
         for pos in range(len(dataset)):
-            row = dataset.row(pos)
-            sample: dict[str, Any] = {"__key__": f"{pos:09d}"}
-            meta: dict[str, Any] = {"row": dataset.row_ids[dataset.indices[pos]], "present": {}}
-            for modality, column in dataset.columns.items():
-                value = cell(row[column])
-                meta["present"][modality] = not is_missing(value)
-                if is_missing(value):
-                    continue
-                if modality == "text":
-                    sample["txt"] = str(value)
-                elif modality in FILE_MODALITIES:
-                    name, data = _file_member(modality, value, base_dir)
-                    sample[name] = data
-                else:
-                    meta.setdefault("values", {})[modality] = value
-            if dataset.has_labels:
-                raw = cell(row[dataset.label_column])
-                meta["label"] = raw
-                for name in (raw if isinstance(raw, list) else [raw]):
-                    label_counts[str(name)] = label_counts.get(str(name), 0) + 1
-            sample["json"] = json.dumps(meta).encode()
+            sample, raw = _record(dataset, pos, base_dir)
+            for name in (raw if isinstance(raw, list) else [raw]) if dataset.has_labels else []:
+                label_counts[str(name)] = label_counts.get(str(name), 0) + 1
             sink.write(sample)
             shard = sink.shard - 1
             while len(counts) <= shard:
@@ -128,13 +137,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--label-column", default="label")
     parser.add_argument("--task", default="single_label", choices=["single_label", "multi_label", "regression", "none"])
     parser.add_argument("--on-bad-sample", default="error", choices=["error", "skip"])
+    add_limit_options(parser)
     args = parser.parse_args(argv)
     columns = {m: c for m, c in (("text", args.text_column), ("image", args.image_column),
                                   ("audio", args.audio_column)) if c and c.lower() != "none"}
     label_type = None if args.task == "none" else args.task
     try:
         index = write_shards(args.manifest, args.output, columns, args.label_column if label_type else None,
-                             label_type, args.samples_per_shard, args.on_bad_sample)
+                             label_type, args.samples_per_shard, args.on_bad_sample, limits=limits_from_args(args, parser))
     except (DataError, FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     print(f"wrote {index['num_samples']} samples in {len(index['shards'])} shards to {os.path.abspath(args.output)}"

@@ -30,7 +30,7 @@ from multimodal.data.dataset import DataError, MultimodalDataset
 from multimodal.data.demos import make_demo
 from multimodal.data.labels import LabelVocab
 from multimodal.data.manifest import SPLITS, cell, is_missing, read_manifest, split_name
-from multimodal.data.media import FILE_MODALITIES, cell_path
+from multimodal.data.media import FILE_MODALITIES, MediaLimits, cell_path
 from multimodal.data.partition import (
     assign_folds,
     assign_splits,
@@ -223,7 +223,7 @@ def build_splits(
             table.rows, columns, label_column=label_column, label_type=label_type, vocab=vocab,
             base_dir=table.base_dir, source=table.source, on_bad_sample=cfg.on_bad_sample,
             required_modalities=cfg.required_modalities, multi_label_separator=cfg.multi_label_separator,
-            validate=cfg.validate, row_ids=table.ids, progress=progress,
+            validate=cfg.validate, row_ids=table.ids, progress=progress, limits=MediaLimits.from_config(cfg),
         )
 
     fixed = LabelVocab(cfg.labels, label_type or "single_label") if cfg.labels else None

@@ -38,7 +38,7 @@ from multimodal.data.dataset import DataError, MultimodalDataset, SkipCounts
 from multimodal.data.labels import LabelVocab
 from multimodal.data.loading import epoch_seed
 from multimodal.data.manifest import cell, is_missing, read_manifest
-from multimodal.data.media import load_sample
+from multimodal.data.media import DEFAULT_LIMITS, MediaLimits, load_sample
 from multimodal.data.shards import read_index
 from multimodal.data.splits import DataSplits
 
@@ -120,7 +120,8 @@ class StreamingDataset(IterableDataset):
     def __init__(self, shards: list[Shard], reader: Callable[[str], Iterator[dict]], columns: dict[str, str],
                  label_column: Optional[str], label_type: Optional[str], vocab: Optional[LabelVocab],
                  batch_size: int, seed: int = 0, shuffle_buffer: int = 1000, rank: int = 0, world: int = 1,
-                 label_counts: Optional[dict[str, int]] = None, source: str = "<stream>") -> None:
+                 label_counts: Optional[dict[str, int]] = None, source: str = "<stream>",
+                 limits: Optional[MediaLimits] = None) -> None:
         if not shards or sum(s.count for s in shards) < world * batch_size:
             raise DataError(f"{source}: {sum(s.count for s in shards)} samples cannot fill one batch of "
                             f"{batch_size} on each of {world} processes")
@@ -133,6 +134,11 @@ class StreamingDataset(IterableDataset):
         self.batches_per_rank = (self.total // self.world) // self.batch_size  # full batches only
         self.epoch, self.start_batch = 0, 0
         self.skipped = SkipCounts()
+        self.limits = limits or DEFAULT_LIMITS
+
+    def set_audio_window(self, seconds: Optional[float]) -> None:
+        """Decode at most `seconds` of each audio file (at a seeded random offset: these are training samples)."""
+        self.limits = self.limits.with_window(seconds)
 
     @property
     def has_labels(self) -> bool:
@@ -235,7 +241,7 @@ class StreamingDataset(IterableDataset):
         try:
             for m in self.columns:
                 value = values.get(m)
-                item[m] = None if is_missing(value) else load_sample(m, value, None)
+                item[m] = None if is_missing(value) else load_sample(m, value, None, self.limits, seed * 1_000_003 + number)
             if self.has_labels:
                 item["label"] = self._encode_label(raw_label)
         except Exception as err:  # noqa: BLE001 - any decoding failure names the sample
@@ -320,7 +326,8 @@ def streaming_splits(cfg: Any, columns: dict[str, str], label_column: Optional[s
     offsets = np.cumsum([0, *sizes])[:-1].tolist()
     shards = [Shard(f, n, int(o)) for f, n, o in zip(files, sizes, offsets) if n > 0]
     train = StreamingDataset(shards, reader, columns, label_column, label_type, vocab, cfg.train.batch_size,
-                             cfg.train.seed, data.shuffle_buffer, rank, world, label_counts, source)
+                             cfg.train.seed, data.shuffle_buffer, rank, world, label_counts, source,
+                             MediaLimits.from_config(data))
     notes.append(f"train streamed from {len(shards)} files ({train.total} samples; {train.batches_per_rank} batches "
                  f"per process and epoch over {world} process(es), shuffle buffer {train.buffer})")
 
@@ -329,6 +336,7 @@ def streaming_splits(cfg: Any, columns: dict[str, str], label_column: Optional[s
             return None
         return MultimodalDataset(read_manifest(path), columns, label_column, label_type, vocab,
                                  os.path.dirname(os.path.abspath(path)), path, data.on_bad_sample,
-                                 data.required_modalities, data.multi_label_separator, data.validate, progress=False)
+                                 data.required_modalities, data.multi_label_separator, data.validate, progress=False,
+                                 limits=MediaLimits.from_config(data))
 
     return StreamingSplits(train, manifest(data.validation), manifest(data.test), vocab, notes)

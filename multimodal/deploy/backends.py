@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from multimodal.data.batches import to_device
-from multimodal.deploy.common import DeployError
+from multimodal.deploy.errors import DeployError
 from multimodal.models.base import EncoderModel
 from multimodal.models.dual import DualEncoder
 from multimodal.models.fused import MultimodalModel

@@ -15,13 +15,15 @@ import tempfile
 from typing import Any, Optional
 
 from multimodal.config.loading import load_config
+from multimodal.data.limits import add_limit_options, limits_from_args
 from multimodal.data.manifest import read_manifest
-from multimodal.deploy.common import DEPLOY_CONFIG, FORMATS, DeployError
+from multimodal.deploy.errors import DeployError
 from multimodal.deploy.export import export_folder
 from multimodal.deploy.loading import load_source_model
 from multimodal.deploy.predictor import Predictor
 from multimodal.deploy.prune import prune_model, recover, save_pruned
 from multimodal.deploy.quantize import quantize_exported
+from multimodal.deploy.runtime import FORMATS, is_exported
 from multimodal.errors import user_errors as report_user_errors
 from multimodal.progress import progress_bar
 
@@ -64,11 +66,12 @@ def predict_main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--num-threads", type=int, default=None, help="CPU threads for the model")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow code from the model folder to run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_limit_options(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with user_errors():
         predictor = Predictor.from_pretrained(args.model, batch_size=args.batch_size, num_threads=args.num_threads,
-                                              trust_remote_code=args.trust_remote_code)
+                                              trust_remote_code=args.trust_remote_code, limits=limits_from_args(args, parser))
         try:
             table = read_manifest(args.data)
         except ValueError as err:
@@ -131,7 +134,7 @@ def export_main(argv: Optional[list[str]] = None) -> int:
         if args.quantize and args.format != "onnx":
             raise DeployError("--quantize int8 applies to --format onnx")
         target = args.output
-        if os.path.exists(target) and not os.path.exists(os.path.join(target, DEPLOY_CONFIG)):
+        if os.path.exists(target) and not is_exported(target):
             raise DeployError(f"{target} exists and is not an exported folder; choose a new --output")
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".fp32-", dir=os.path.dirname(os.path.abspath(target)) or ".") as tmp:

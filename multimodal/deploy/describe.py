@@ -1,5 +1,5 @@
 """Export time: describe an encoder's eval-mode preprocessing as plain JSON (plus its tokenizer file), for
-`multimodal.deploy.preprocess` to rebuild without the encoder. An encoder whose preprocessing cannot be
+`multimodal.deploy.runtime.preprocess` to rebuild without the encoder. An encoder whose preprocessing cannot be
 described gets a `DeployError` naming what is missing, rather than an exported folder that predicts wrongly."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from encoders.audio_mel import MelAudioEncoder
 from encoders.base import Encoder, jsonable
 from encoders.image import ImageEncoder
 from encoders.text import TextEncoder
-from multimodal.deploy.common import DeployError
+from multimodal.deploy.errors import DeployError
 
 
 def describe_text(encoder: TextEncoder, folder: str, modality: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ preprocessor varies with the input (text length, HF audio length), found by prep
 Formats: ``onnx`` (`torch.onnx.export` with the dynamo exporter, which also converts the log-mel STFT of
 audio-mel encoders) and ``torch-export`` (`torch.export.save`, a ``.pt2`` program). Beside the graphs go
 ``deploy.json`` (inputs, outputs, labels, task, versions, the measured export error) and the preprocessing as
-JSON plus tokenizer files (`multimodal.deploy.describe`), which `multimodal.deploy.preprocess` rebuilds.
+JSON plus tokenizer files (`multimodal.deploy.describe`), which `multimodal.deploy.runtime.preprocess` rebuilds.
 """
 
 from __future__ import annotations
@@ -22,17 +22,17 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from multimodal.deploy.common import (
+from multimodal.deploy.describe import describe_encoder
+from multimodal.deploy.errors import DeployError
+from multimodal.deploy.example_inputs import example_batches
+from multimodal.deploy.loading import load_source_model
+from multimodal.deploy.runtime import (
     DEPLOY_CONFIG,
     DEPLOY_FORMAT_VERSION,
     FORMATS,
-    DeployError,
     package_versions,
     staged_folder,
 )
-from multimodal.deploy.describe import describe_encoder
-from multimodal.deploy.loading import load_source_model
-from multimodal.deploy.probes import probe_batches
 from multimodal.deploy.verify import verify_export
 from multimodal.files import write_text
 from multimodal.models.base import EncoderModel
@@ -51,7 +51,7 @@ class GraphLayout:
         self.examples: list[torch.Tensor] = []
         self.dynamic: list[dict[int, str]] = []
         for m in self.modalities:
-            probe_a, probe_b = probe_batches(m)
+            probe_a, probe_b = example_batches(m)
             pre = model.encoders[m].get_preprocessor(train=False)
             a, b = pre(probe_a), pre(probe_b)
             for key in sorted(a):
@@ -65,7 +65,7 @@ class GraphLayout:
         if with_presence:
             for m in self.modalities:
                 self.keys.append((m, "present"))
-                self.examples.append(torch.ones(len(probe_batches(m)[0]), dtype=torch.bool))
+                self.examples.append(torch.ones(len(example_batches(m)[0]), dtype=torch.bool))
                 self.dynamic.append({0: "batch"})
 
     def _share_axes(self) -> None:

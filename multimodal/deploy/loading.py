@@ -1,39 +1,16 @@
-"""Opening model folders for deployment: a PyTorch folder (``save_pretrained``) or an exported one (``deploy.json``),
-safely: no code from the folder runs unless the caller passes ``trust_remote_code=True``."""
+"""Opening a PyTorch model folder (``save_pretrained``) for deployment, safely: no code from the folder runs unless
+the caller passes ``trust_remote_code=True``. Exported folders are read by `multimodal.deploy.runtime`."""
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any, Optional
+from typing import Optional
 
-from multimodal.deploy.common import DEPLOY_CONFIG, DEPLOY_FORMAT_VERSION, DeployError
+from multimodal.deprecation import relocated
+from multimodal.deploy.errors import DeployError
+from multimodal.deploy.runtime.folder import DEPLOY_CONFIG
 from multimodal.evaluation.cli import saved_labels
 from multimodal.models.base import CONFIG_NAME, EncoderModel, load_model, read_model_config
-
-
-def is_exported(directory: str) -> bool:
-    """Whether `directory` is an exported folder (has ``deploy.json``)."""
-    return os.path.isfile(os.path.join(directory, DEPLOY_CONFIG))
-
-
-def read_deploy_config(directory: str) -> dict[str, Any]:
-    """The checked ``deploy.json`` of an exported folder."""
-    path = os.path.join(directory, DEPLOY_CONFIG)
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except FileNotFoundError:
-        raise DeployError(f"{path} not found: not an exported folder (see multimodal-export)") from None
-    except json.JSONDecodeError as err:
-        raise DeployError(f"{path}: invalid JSON ({err})") from None
-    if not isinstance(config, dict) or config.get("format_version") != DEPLOY_FORMAT_VERSION:
-        raise DeployError(f"{path}: format_version {config.get('format_version') if isinstance(config, dict) else None!r}"
-                          f" is not supported (this code reads {DEPLOY_FORMAT_VERSION})")
-    for key in ("format", "model_type", "task", "graphs", "preprocessing", "modalities"):
-        if key not in config:
-            raise DeployError(f"{path}: missing field {key!r}")
-    return config
 
 
 def load_source_model(directory: str, trust_remote_code: bool = False) -> tuple[EncoderModel, Optional[list[str]], dict]:
@@ -61,3 +38,8 @@ def load_source_model(directory: str, trust_remote_code: bool = False) -> tuple[
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise DeployError(f"{directory}: labels.json cannot be read ({err})") from None
     return model, labels, config
+
+
+# Moved to the torch-free runtime (`multimodal.deploy.runtime.folder`); the old names warn for one release.
+__getattr__ = relocated(__name__, {"is_exported": "multimodal.deploy.runtime.folder",
+                               "read_deploy_config": "multimodal.deploy.runtime.folder"})

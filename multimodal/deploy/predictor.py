@@ -15,6 +15,7 @@ modality (`embed`), and `index` + `search` do top-k retrieval against a gallery.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,11 +23,13 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from multimodal.data.limits import DEFAULT_LIMITS, MediaLimits
 from multimodal.data.manifest import cell, is_missing
-from multimodal.data.media import describe, load_sample
+from multimodal.data.media import audio_window, describe, load_sample
 from multimodal.deploy.backends import TorchBackend
-from multimodal.deploy.common import BadInputError, DeployError, format_logits, package_versions
-from multimodal.deploy.loading import is_exported, load_source_model
+from multimodal.deploy.errors import BadInputError, DeployError
+from multimodal.deploy.loading import load_source_model
+from multimodal.deploy.runtime import ExportedModel, format_logits, is_exported, package_versions
 
 Row = Mapping[str, Any]
 
@@ -46,19 +49,22 @@ class Gallery:
 class Predictor:
     """Batch prediction over a backend (`TorchBackend` or `multimodal.deploy.runtime.ExportedModel`)."""
 
-    def __init__(self, backend: Any, batch_size: int = 32, source: Optional[str] = None) -> None:
+    def __init__(self, backend: Any, batch_size: int = 32, source: Optional[str] = None,
+                 limits: Optional[MediaLimits] = None) -> None:
         if batch_size < 1:
             raise DeployError(f"batch_size must be at least 1, got {batch_size}")
         self.backend, self.batch_size, self.source = backend, int(batch_size), source
+        # What one input may cost to decode; audio files are decoded only as far as the model's clip.
+        self.limits = (limits or DEFAULT_LIMITS).with_window(audio_window(backend.preprocessors))
 
     @classmethod
     def from_pretrained(cls, directory: Union[str, os.PathLike], batch_size: int = 32, device: str = "cpu",
-                        num_threads: Optional[int] = None, trust_remote_code: bool = False) -> Predictor:
-        """Open a model folder: exported (``deploy.json``: ONNX Runtime) or PyTorch (``save_pretrained``)."""
+                        num_threads: Optional[int] = None, trust_remote_code: bool = False,
+                        limits: Optional[MediaLimits] = None) -> Predictor:
+        """Open a model folder: exported (``deploy.json``: ONNX Runtime) or PyTorch (``save_pretrained``);
+        `limits` bound what one input may cost to decode (`multimodal.data.limits.MediaLimits`)."""
         directory = os.fspath(directory)
         if is_exported(directory):
-            from multimodal.deploy.runtime import ExportedModel
-
             backend: Any = ExportedModel(directory, num_threads=num_threads, trust_remote_code=trust_remote_code)
         else:
             if num_threads:
@@ -67,7 +73,7 @@ class Predictor:
                 torch.set_num_threads(int(num_threads))
             model, labels, _ = load_source_model(directory, trust_remote_code=trust_remote_code)
             backend = TorchBackend(model, labels, device=device)
-        return cls(backend, batch_size=batch_size, source=os.path.abspath(directory))
+        return cls(backend, batch_size=batch_size, source=os.path.abspath(directory), limits=limits)
 
     # ------------------------------------------------------------------------------------------ properties
     @property
@@ -94,6 +100,7 @@ class Predictor:
         """Model type, task, labels, modalities, backend and package versions."""
         return {"model_type": self.backend.model_type, "task": self.task, "labels": self.labels,
                 "modalities": self.modalities, "batch_size": self.batch_size, "source": self.source,
+                "limits": dataclasses.asdict(self.limits),
                 **self.backend.describe(), "versions": package_versions()}
 
     # ------------------------------------------------------------------------------------------ decoding
@@ -116,7 +123,7 @@ class Predictor:
             if m == "text" and not isinstance(value, str):
                 raise BadInputError(f"{where}: field 'text' must be a string, got {type(value).__name__}", index, m)
             try:
-                sample[m] = load_sample(m, value, base_dir)
+                sample[m] = load_sample(m, value, base_dir, self.limits)
             except Exception as err:  # noqa: BLE001 - any failure to decode the cell makes the row bad
                 raise BadInputError(f"{where}: field {m!r}{describe(value, base_dir)}: {type(err).__name__}: {err}",
                                     index, m) from err

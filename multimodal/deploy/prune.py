@@ -28,7 +28,7 @@ from torch.nn.utils import prune
 
 from multimodal.config.schema import ExperimentConfig
 from multimodal.data.labels import LabelVocab
-from multimodal.deploy.common import DeployError
+from multimodal.deploy.errors import DeployError
 from multimodal.files import write_json
 from multimodal.models.base import EncoderModel, load_weights
 from multimodal.registry import get_task

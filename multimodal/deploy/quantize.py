@@ -20,10 +20,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from multimodal.deploy.common import DEPLOY_CONFIG, DeployError, staged_folder
-from multimodal.deploy.loading import read_deploy_config
-from multimodal.deploy.probes import probe_batches
-from multimodal.deploy.runtime import ExportedModel
+from multimodal.deploy.errors import DeployError
+from multimodal.deploy.example_inputs import example_batches
+from multimodal.deploy.runtime import DEPLOY_CONFIG, ExportedModel, read_deploy_config, staged_folder
 from multimodal.files import write_text
 
 DEFAULT_OPS = ("MatMul", "Gather")
@@ -99,7 +98,7 @@ def quantize_exported(source: str, output: str, per_channel: bool = False,
 def compare_outputs(reference: str, candidate: str) -> float:
     """Largest absolute output difference between two exported folders of one model, on the probe inputs."""
     ref, cand = ExportedModel(reference), ExportedModel(candidate)
-    batches = {m: probe_batches(m)[1] for m in ref.modalities}
+    batches = {m: example_batches(m)[1] for m in ref.modalities}
     if ref.model_type == "fused":
         inputs = {m: ref.preprocess(m, v) for m, v in batches.items()}
         present = {m: np.ones(len(v), dtype=bool) for m, v in batches.items()}

@@ -16,19 +16,20 @@ would add its own batching but another dependency.
 
 This module imports fastapi and uvicorn (the deploy extra); ``import multimodal`` does not import it.
 
-Bad input never reaches the model: requests are decoded (`Predictor.decode`, i.e. `multimodal.data.media`)
-before they are queued, and answered 4xx with ``{"error": message}``: 400 bad JSON / base64 / media, 413
-too large (``max_request_bytes``, checked on the header and on the bytes received) or too many instances,
-415 another content type, 422 unknown fields and wrong types. An unexpected failure answers 500 for the
-requests of that batch only; the server keeps running.
+Bad input never reaches the model: requests are read and decoded (`multimodal.deploy.request_reader`:
+`Predictor.decode`, i.e. `multimodal.data.media` with its per-sample limits, on decoding threads apart from the
+event loop and the batch thread) before they are queued, and answered 4xx with ``{"error": message}``: 400 bad
+JSON (nesting too deep, integers too long) / base64 / media, or media a sample limit refuses (an EPS file, a
+1 x 5000 image, a 10-hour WAV); 413 too large (``max_request_bytes``, checked on the header and on the bytes
+received), too many instances, or decoded media over the per-request budget (pixels, audio seconds, text
+characters); 415 another content type; 422 unknown fields (the message lists the accepted ones) and wrong
+types. An unexpected failure answers 500 for the requests of that batch only; the server keeps running.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
 import contextlib
 import json
 import os
@@ -38,21 +39,15 @@ from typing import Any, Optional
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import ConfigDict, StrictStr, ValidationError, create_model
+from starlette.exceptions import HTTPException
 
+from multimodal.data.limits import add_limit_options, limits_from_args
 from multimodal.deploy.cli import user_errors
-from multimodal.deploy.common import BadInputError
+from multimodal.deploy.errors import BadInputError
 from multimodal.deploy.predictor import Predictor
+from multimodal.deploy.request_reader import RequestBudget, RequestError, RequestReader
 
 DEFAULT_MAX_REQUEST_BYTES = 10 * 2**20
-
-
-class RequestError(Exception):
-    """A request answered with a 4xx status and a message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 class Batcher:
@@ -194,40 +189,43 @@ async def _send_error(send: Any, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _instance_model(modalities: list[str]) -> Any:
-    fields: dict[str, Any] = {m: (Optional[StrictStr], None) for m in modalities}
-    return create_model("Instance", __config__=ConfigDict(extra="forbid"), **fields)
-
-
-def _validation_message(err: Any) -> str:
-    parts = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "body"
-        parts.append(f"{where}: {'unknown field' if e['type'] == 'extra_forbidden' else e['msg']}")
-    return "; ".join(parts)
-
-
 def create_app(predictor: Predictor, max_batch_size: int = 32, max_wait_ms: float = 5.0,
-               max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, max_instances: int = 64) -> Any:
-    """The FastAPI app serving `predictor` (see the module docstring)."""
+               max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, max_instances: int = 64,
+               budget: Optional[RequestBudget] = None) -> Any:
+    """The FastAPI app serving `predictor` (see the module docstring); `budget` bounds one request's decoded media
+    (the per-sample limits are the predictor's, `Predictor.limits`)."""
     predictor.batch_size = int(max_batch_size)
     batcher = Batcher(predictor, max_batch_size, max_wait_ms)
-    instance = _instance_model(predictor.modalities)
-    batch_model = create_model("Instances", __config__=instance.model_config, instances=(list[instance], ...))
+    budget = budget or RequestBudget()
+    reader = RequestReader(predictor, max_request_bytes, max_instances, budget)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> Any:
         await batcher.start()
         yield
         await batcher.stop()
+        reader.decoder.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="multimodal-serve", lifespan=lifespan)
     app.state.batcher = batcher
     app.add_middleware(BodyLimit, limit=max_request_bytes)
+    limits = {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms, "max_request_bytes": max_request_bytes,
+              "max_instances": max_instances, "max_request_pixels": budget.pixels,
+              "max_request_audio_seconds": budget.audio_seconds, "max_request_text_chars": budget.text_chars}
+    _add_routes(app, predictor, batcher, reader, limits)
+    return app
+
+
+def _add_routes(app: Any, predictor: Predictor, batcher: Batcher, reader: RequestReader, limits: dict) -> None:
+    """The error handlers and the endpoints of the module docstring."""
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, err: RequestError) -> JSONResponse:
         return JSONResponse({"error": err.message}, status_code=err.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException) -> JSONResponse:  # e.g. a malformed multipart body
+        return JSONResponse({"error": str(err.detail)}, status_code=err.status_code)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, err: Exception) -> JSONResponse:
@@ -239,73 +237,11 @@ def create_app(predictor: Predictor, max_batch_size: int = 32, max_wait_ms: floa
 
     @app.get("/metadata")
     async def metadata() -> dict:
-        return {**predictor.metadata(), "server": {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms,
-                                                   "max_request_bytes": max_request_bytes,
-                                                   "max_instances": max_instances, "stats": dict(batcher.stats)}}
-
-    async def json_rows(request: Request) -> list[dict]:
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise RequestError(400, f"the body is not valid JSON: {err}") from None
-        if not isinstance(body, dict):
-            raise RequestError(422, f"expected a JSON object, got {type(body).__name__}")
-        try:
-            if "instances" in body:
-                items = batch_model.model_validate(body).instances
-            else:
-                items = [instance.model_validate(body)]
-        except ValidationError as err:
-            raise RequestError(422, _validation_message(err)) from None
-        if len(items) > max_instances:
-            raise RequestError(413, f"{len(items)} instances in one request; the limit is {max_instances}")
-        return [_decode_fields(item.model_dump(exclude_none=True), i) for i, item in enumerate(items)]
-
-    async def form_rows(request: Request) -> list[dict]:
-        form = await request.form(max_files=len(predictor.modalities), max_fields=len(predictor.modalities) + 1,
-                                  max_part_size=max_request_bytes)
-        row: dict[str, Any] = {}
-        for key, value in form.multi_items():
-            if key not in predictor.modalities:
-                raise RequestError(422, f"{key}: unknown field; this model takes {predictor.modalities}")
-            if key in row:
-                raise RequestError(422, f"{key}: given more than once")
-            if isinstance(value, str):
-                row[key] = value if key == "text" else {"base64": value}
-            elif key == "text":
-                raise RequestError(422, "text: send text as a form field, not a file")
-            else:
-                row[key] = {"bytes": await value.read()}
-        return [_decode_fields(row, 0)]
-
-    def _decode_fields(fields: dict, index: int) -> dict:
-        row = {}
-        for key, value in fields.items():
-            if key != "text" and isinstance(value, str):
-                value = {"base64": value}
-            if isinstance(value, dict) and "base64" in value:
-                try:
-                    value = {"bytes": base64.b64decode(value["base64"], validate=True)}
-                except (binascii.Error, ValueError):
-                    raise RequestError(400, f"instances[{index}].{key}: not valid base64") from None
-            row[key] = value
-        try:
-            return predictor.decode(row, index, where=f"instances[{index}]")
-        except BadInputError as err:
-            raise RequestError(400, str(err)) from None
+        return {**predictor.metadata(), "server": {**limits, "stats": dict(batcher.stats)}}
 
     @app.post("/predict")
     async def predict(request: Request) -> dict:
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind == "application/json":
-            rows = await json_rows(request)
-        elif kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
-            rows = await form_rows(request)
-        else:
-            raise RequestError(415, f"content type {kind or 'none'!r}: send application/json or a form")
-        return {"predictions": await batcher.submit(rows)}
-
-    return app
+        return {"predictions": await batcher.submit(await reader.rows(request))}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -321,13 +257,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--num-threads", type=int, default=None, help="CPU threads for the model")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow code from the model folder to run")
     parser.add_argument("--log-level", default="warning")
+    add_limit_options(parser)
+    budget = RequestBudget()
+    parser.add_argument("--max-request-pixels", type=int, default=budget.pixels, help="decoded image pixels per request")
+    parser.add_argument("--max-request-audio-seconds", type=float, default=budget.audio_seconds,
+                        help="decoded audio per request")
+    parser.add_argument("--max-request-text-chars", type=int, default=budget.text_chars, help="text per request")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with user_errors():
         predictor = Predictor.from_pretrained(args.model, batch_size=args.max_batch_size, num_threads=args.num_threads,
-                                              trust_remote_code=args.trust_remote_code)
+                                              trust_remote_code=args.trust_remote_code,
+                                              limits=limits_from_args(args, parser))
+    budget = RequestBudget(args.max_request_pixels, args.max_request_audio_seconds, args.max_request_text_chars)
     app = create_app(predictor, args.max_batch_size, args.max_wait_ms, int(args.max_request_mb * 2**20),
-                     args.max_instances)
+                     args.max_instances, budget)
     print(f"serving {args.model} ({predictor.metadata()['backend']}) on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -1,4 +1,4 @@
-"""Check an exported folder against the PyTorch model it came from, on inputs other than the export's probes:
+"""Check an exported folder against the PyTorch model it came from, on inputs other than the ones export traced with:
 the graphs alone (same preprocessed tensors) and end to end (each side's own preprocessing)."""
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ from typing import Any
 import numpy as np
 
 from multimodal.deploy.backends import TorchBackend
-from multimodal.deploy.probes import probe_batches
+from multimodal.deploy.example_inputs import example_batches
 from multimodal.deploy.runtime import ExportedModel
 from multimodal.models.base import EncoderModel
 
 
 def _batches(modalities: list[str]) -> list[dict[str, list]]:
     """A batch of 3 with every modality, one of 1, and (with 2+ modalities) one where each row misses one."""
-    full = {m: probe_batches(m)[1] for m in modalities}
+    full = {m: example_batches(m)[1] for m in modalities}
     out = [full, {m: v[:1] for m, v in full.items()}]
     if len(modalities) > 1:
         out.append({m: [None if (r % len(modalities)) == i else s for r, s in enumerate(v)]

@@ -30,6 +30,7 @@ from multimodal.config.schema import ADVERSARIAL_TARGETS, AdversarialConfig, Con
 from multimodal.data.dataset import DataError
 from multimodal.data.loading import Collator, make_dataloader
 from multimodal.data.manifest import read_manifest
+from multimodal.data.media import apply_audio_window
 from multimodal.errors import DEBUG_HELP, user_errors
 from multimodal.evaluation.report import EvalResult, write_result
 from multimodal.files import write_json
@@ -50,10 +51,11 @@ def saved_labels(model_dir: str) -> Optional[list[str]]:
                 with open(path, encoding="utf-8") as f:
                     data = json.load(f)
                 names = data["labels"] if isinstance(data, dict) else data
-            except (OSError, ValueError, KeyError, TypeError) as err:
+            except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
                 raise DataError(f"{path}: not a label list written by a run ({type(err).__name__}: {err})") from None
-            if not isinstance(names, list):
-                raise DataError(f"{path}: 'labels' must be a list of class names, got {type(names).__name__}")
+            if not isinstance(names, list) or not all(isinstance(n, (str, int)) for n in names):
+                raise DataError(f"{path}: 'labels' must be a list of class names (strings), got "
+                                f"{json.dumps(names)[:80]}")
             return [str(n) for n in names]
     return None
 
@@ -155,6 +157,7 @@ def evaluate_manifest(model: Any, data: str, task: str = "classification", colum
     attacked = {ADVERSARIAL_TARGETS[t] for t in (attack.on if attack is not None else [])}
     cached: dict[str, Any] = {}
     datasets: dict[str, Any] = {"eval": dataset}
+    apply_audio_window(datasets.values(), model.get_preprocessors(False))  # decode only the clip the model keeps
     cacheable = [m for m in frozen_modalities(model) if m not in attacked]
     if cache_dir and cacheable:
         datasets, cached = cache_datasets(model, datasets, cache_dir, modalities=cacheable, show_progress=show_progress)

@@ -9,6 +9,7 @@ once the module that registers them has been imported.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -24,6 +25,7 @@ from encoders import Encoder, EncoderError, encoder_from_config
 from encoders.base import EncoderOutput, Preprocessor
 from encoders.registry import Registry
 from multimodal.files import write_text
+from multimodal.models import folder_checks
 from multimodal.models import peft as peft_support
 from multimodal.models.output import ModelOutput  # noqa: F401 (its old import path, multimodal.models.base)
 from multimodal.models.param_groups import param_groups
@@ -228,9 +230,9 @@ def read_model_config(directory: Union[str, os.PathLike]) -> dict[str, Any]:
         if not path.is_file():
             raise ModelFileMissingError(f"{path} not found: not a directory written by save_pretrained")
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-        raise ModelFolderError(f"{config_path}: invalid JSON ({type(err).__name__}: {err})") from err
+        config = folder_checks.read_json_file(config_path)
+    except folder_checks.FolderFileError as err:
+        raise ModelFolderError(str(err)) from err
     if not isinstance(config, dict):
         raise ModelFolderError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
     version = config.get("format_version")
@@ -254,37 +256,85 @@ def read_model_config(directory: Union[str, os.PathLike]) -> dict[str, Any]:
     return config
 
 
-def load_model(directory: Union[str, os.PathLike], trust_remote_code: bool = False) -> EncoderModel:
-    """Rebuild any model saved by `save_pretrained` (class from ``model_type``), offline, in eval mode; code in the
-    folder runs only with ``trust_remote_code=True`` passed here."""
-    directory = Path(directory)
-    config = read_model_config(directory)
+def _rebuild_encoder(config_path: Path, modality: str, enc_config: Any, assets: Path, trust_remote_code: bool,
+                     meta: bool) -> Encoder:
+    """One encoder from its config and assets (`meta`: on the meta device, if it can be built there)."""
+    assets_dir = str(assets) if assets.is_dir() else None
+    if meta:
+        with contextlib.suppress(Exception), torch.device("meta"):  # else built for real below, which reports a
+            return encoder_from_config(enc_config, assets_dir, trust_remote_code=trust_remote_code)  # config error
+    try:
+        return encoder_from_config(enc_config, assets_dir, trust_remote_code=trust_remote_code)
+    # EncoderError first: an unknown kind (UnknownEncoderError) is also a KeyError
+    except (EncoderError, TypeError, ValueError, RuntimeError, OSError) as err:
+        raise ModelFolderError(f"{config_path}: field 'encoders.{modality}' does not rebuild an encoder: "
+                               f"{type(err).__name__}: {err}") from err
+    except KeyError as err:
+        raise ModelFolderError(f"{config_path}: field 'encoders.{modality}' lacks {err}") from err
+
+
+def _assemble(directory: Path, config: dict[str, Any], encoders: dict[str, Encoder], meta: bool) -> EncoderModel:
+    """The model class of ``model_type`` around rebuilt `encoders` (fusion and head on the meta device if `meta`)."""
     model_type = config.get("model_type") or ("dual_encoder" if (config.get("fusion") or {}).get("name") == "contrastive"
                                               else "fused")  # folders written before model_type existed
     config_path = directory / CONFIG_NAME
-    if not MODEL_TYPES.is_registered(model_type):
-        raise ModelFolderError(f"{config_path}: {MODEL_TYPES.unknown(model_type)}")
-    cls = MODEL_TYPES.get(model_type)
-    encoders = {}
-    for m, enc_config in config["encoders"].items():
-        assets = directory / ENCODER_ASSETS_DIR / m
-        try:
-            encoders[m] = encoder_from_config(enc_config, str(assets) if assets.is_dir() else None,
-                                              trust_remote_code=trust_remote_code)
-        # EncoderError first: an unknown kind (UnknownEncoderError) is also a KeyError
-        except (EncoderError, TypeError, ValueError, RuntimeError, OSError) as err:
-            raise ModelFolderError(f"{config_path}: field 'encoders.{m}' does not rebuild an encoder: "
-                                   f"{type(err).__name__}: {err}") from err
-        except KeyError as err:
-            raise ModelFolderError(f"{config_path}: field 'encoders.{m}' lacks {err}") from err
-    encoders = peft_support.restore_encoders(config, encoders)  # LoRA: pretrained base from its spec + adapters
+    if not isinstance(model_type, str) or not MODEL_TYPES.is_registered(model_type):
+        raise ModelFolderError(f"{config_path}: {MODEL_TYPES.unknown(str(model_type))}")
     try:
-        model = cls._from_config(config, encoders)
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            return MODEL_TYPES.get(model_type)._from_config(config, encoders)
     except KeyError as err:
         raise ModelFolderError(f"{config_path}: a {model_type} model needs field {err}") from err
     except (TypeError, ValueError, RuntimeError) as err:
         raise ModelFolderError(f"{config_path}: cannot rebuild the {model_type} model: {err}") from err
+
+
+def _build_model(directory: Path, config: dict[str, Any], trust_remote_code: bool) -> EncoderModel:
+    """The architecture `config` describes, with its encoders' assets, and random weights."""
+    encoders = {m: _rebuild_encoder(directory / CONFIG_NAME, m, c, directory / ENCODER_ASSETS_DIR / m,
+                                    trust_remote_code, meta=False) for m, c in config["encoders"].items()}
+    encoders = peft_support.restore_encoders(config, encoders)  # LoRA: pretrained base from its spec + adapters
+    model = _assemble(directory, config, encoders, meta=False)
     peft_support.finish_restore(model, config)
+    return model
+
+
+def _expected_shapes(directory: Path, config: dict[str, Any],
+                     trust_remote_code: bool) -> tuple[dict[str, tuple[int, ...]], Optional[ModelFolderError]]:
+    """Every tensor shape of the architecture `config` describes, built on the meta device (nothing allocated, except
+    for encoders that cannot be built there), and the error of a config whose parts do not fit together (then only
+    the encoders' shapes are known)."""
+    encoders = {m: _rebuild_encoder(directory / CONFIG_NAME, m, c, directory / ENCODER_ASSETS_DIR / m,
+                                    trust_remote_code, meta=True) for m, c in config["encoders"].items()}
+    shapes = {f"encoders.{m}.{k}": tuple(v.shape) for m, e in encoders.items() for k, v in e.state_dict().items()}
+    try:
+        model = _assemble(directory, config, encoders, meta=True)
+    except ModelFolderError as err:
+        return shapes, err
+    return {**shapes, **{k: tuple(v.shape) for k, v in model.state_dict().items()}}, None
+
+
+def load_model(directory: Union[str, os.PathLike], trust_remote_code: bool = False) -> EncoderModel:
+    """Rebuild any model saved by `save_pretrained` (class from ``model_type``), offline, in eval mode; code in the
+    folder runs only with ``trust_remote_code=True`` passed here. The folder's files are checked first
+    (`multimodal.models.folder_checks`): each parses, and the weights' shapes fit the config before anything
+    is allocated."""
+    directory = Path(directory)
+    config = read_model_config(directory)
+    weights_path = directory / WEIGHTS_NAME
+    try:
+        folder_checks.check_asset_files(directory)
+        if weights_path.is_file() and not config.get("peft"):  # LoRA folders hold adapters only
+            header = folder_checks.weights_header(weights_path)
+            header.update({a: header[c] for a, c in config.get("tied_weights", {}).items() if c in header})
+            expected, assembly_error = _expected_shapes(directory, config, trust_remote_code)
+            # The weights name the tensor whose width is off, more precisely than the assembly's complaint.
+            folder_checks.check_shapes(expected, header, weights_path, directory / CONFIG_NAME)
+            if assembly_error is not None:
+                raise assembly_error  # before the real build allocates the encoders
+    except folder_checks.FolderFileError as err:
+        raise ModelFolderError(str(err)) from None
+    model = _build_model(directory, config, trust_remote_code)
     load_weights(model, directory, config)
     for m in config.get("frozen", []):
         model.encoders[m].freeze()
@@ -292,14 +342,19 @@ def load_model(directory: Union[str, os.PathLike], trust_remote_code: bool = Fal
 
 
 def load_weights(model: nn.Module, directory: Union[str, os.PathLike], config: Optional[dict] = None) -> None:
-    """Load ``model.safetensors`` written by `save_pretrained` into an existing model of the same architecture."""
+    """Load ``model.safetensors`` written by `save_pretrained` into an existing model of the same architecture;
+    a tensor of an unknown dtype or holding NaN/inf is refused, naming it."""
     directory = Path(directory)
     weights_path = directory / WEIGHTS_NAME
     if not weights_path.is_file():
         raise ModelFileMissingError(f"{weights_path} not found: was the model saved?")
     config = read_model_config(directory) if config is None else config
     try:
+        folder_checks.weights_header(weights_path)
         state = load_file(str(weights_path))
+        folder_checks.check_tensors(state, weights_path)
+    except folder_checks.FolderFileError as err:
+        raise ModelFolderError(str(err)) from None
     except (SafetensorError, OSError) as err:  # a torn, truncated or foreign file
         raise ModelFolderError(f"{weights_path}: not a readable safetensors file ({type(err).__name__}: {err})") from err
     for alias, canonical in config.get("tied_weights", {}).items():

@@ -24,6 +24,7 @@ from multimodal.config.columns import modality_columns
 from multimodal.config.schema import ConfigError, ExperimentConfig
 from multimodal.data.dataset import MultimodalDataset
 from multimodal.data.labels import LabelVocab
+from multimodal.data.limits import MediaLimits
 from multimodal.data.splits import DataSplits, build_splits
 from multimodal.data.streaming import streaming_splits
 from multimodal.evaluation.metrics import metric_mode
@@ -132,7 +133,8 @@ class Task:
         vocab = LabelVocab(labels, self.label_type) if labels and self.label_type in ("single_label", "multi_label") else None
         return MultimodalDataset(rows, modality_columns(self.cfg, self.modalities), self.label_column(), self.label_type,
                                  vocab, base_dir, source, data.on_bad_sample, data.required_modalities,
-                                 data.multi_label_separator, data.validate, progress=progress)
+                                 data.multi_label_separator, data.validate, progress=progress,
+                                 limits=MediaLimits.from_config(data))
 
     def train_groups(self, dataset: MultimodalDataset) -> Optional[list[list[int]]]:
         """Groups of rows of which the training sampler draws one per epoch (None: every row)."""

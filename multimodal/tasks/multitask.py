@@ -22,6 +22,7 @@ from torch import nn
 
 from multimodal.config.schema import ConfigError, ExperimentConfig
 from multimodal.data.dataset import MultimodalDataset
+from multimodal.data.limits import MediaLimits
 from multimodal.data.multitask import TARGET_KINDS, MultiTaskDataset, Target, fit_targets
 from multimodal.data.splits import DataSplits, build_splits
 from multimodal.evaluation.metrics import (
@@ -122,7 +123,7 @@ class MultiTask(Task):
         data = self.cfg.data
         base = MultimodalDataset(rows, modality_columns(self.cfg, self.modalities), None, None, None, base_dir, source,
                                  data.on_bad_sample, data.required_modalities, data.multi_label_separator, data.validate,
-                                 progress=progress)
+                                 progress=progress, limits=MediaLimits.from_config(data))
         for t in self.targets:  # a saved model's config fixes the classes and widths
             if t.vocab is None and t.kind != "regression":
                 fit_targets([t], base)

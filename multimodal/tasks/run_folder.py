@@ -6,18 +6,33 @@ earlier run (``metrics.json``, ``model/`` or ``checkpoints/``) is refused with a
 go on: resume it (``train.resume_from``), replace it (``train.overwrite_output_dir=true``, which first
 deletes what the earlier run wrote there and nothing else) or pick another ``train.output_dir``. A resume
 needs a checkpoint to resume from.
+
+`hold_output_dir` keeps an exclusive lock on the folder for the whole run (the main process takes it, before
+those checks), so two runs into one folder never both write: the second is refused with the holder's PID, host
+and start time. The lock is an OS file lock (`filelock`), released by the kernel when its process dies, so the
+lock of a killed run is taken over (and said so). A folder the run cannot write (read-only, no permission,
+disk full) ends the run with an `OutputFolderError` naming the path; results are written atomically (temporary
+file, then rename), so nothing half-written is ever reported.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
+import json
 import os
 import shutil
+import socket
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Optional
+
+from filelock import FileLock, Timeout
 
 from multimodal.config.loading import save_config
 from multimodal.config.schema import ConfigError
+from multimodal.files import write_json
 from multimodal.training.checkpoints import resolve_latest, verify_checkpoint
 from multimodal.training.integrity import CheckpointError
 
@@ -27,6 +42,76 @@ RUN_MARKERS = ("metrics.json", "model", "checkpoints")
 RUN_OUTPUTS = ("model", "checkpoints", "baselines", "splits", "logs", "metrics.json", "config.yaml", "labels.json",
                "report.md", "report.html", "training_curves.png", "inferred_columns.json", "recall_at_k.png", "confusion_matrix.png",
                "retrieval_*_to_*.png")
+
+
+LOCK_NAME = ".run.lock"  # the OS lock (its content means nothing)
+HOLDER_NAME = ".run.lock.json"  # who holds it: pid, host, start time (removed when the run ends)
+
+
+class OutputFolderError(ConfigError):
+    """``train.output_dir`` cannot be used: another run holds it, or it cannot be written (the message names the
+    path and the reason)."""
+
+
+def folder_error(err: OSError, output_dir: str) -> OutputFolderError:
+    """A one-line `OutputFolderError` for an OSError writing under `output_dir` (disk full, read-only, denied)."""
+    path = err.filename or output_dir
+    return OutputFolderError(f"train.output_dir {output_dir!r}: cannot write {path!r}: {err.strerror or err}")
+
+
+def _is_folder_error(err: OSError, output_dir: str) -> bool:
+    """A full or read-only disk anywhere, or a denied write under `output_dir` (not a user's unreadable data file)."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
+        return True
+    inside = isinstance(err.filename, str) and os.path.abspath(err.filename).startswith(os.path.abspath(output_dir))
+    return err.errno in (errno.EACCES, errno.EPERM) and inside
+
+
+def _holder(output_dir: str) -> Optional[dict]:
+    try:
+        with open(os.path.join(output_dir, HOLDER_NAME), encoding="utf-8") as f:
+            holder = json.load(f)
+        return holder if isinstance(holder, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _describe(holder: Optional[dict]) -> str:
+    if not holder:
+        return "another process"
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder.get("started", 0))))
+    return f"pid {holder.get('pid')} on {holder.get('host')}, started {started}"
+
+
+@contextlib.contextmanager
+def hold_output_dir(output_dir: str, log: Any = print) -> Iterator[None]:
+    """Hold the exclusive lock of `output_dir` (created if needed) while the block runs; `OutputFolderError` when
+    another run holds it or the folder cannot be written. Take it on one process per run (the main one)."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        lock = FileLock(os.path.join(output_dir, LOCK_NAME), timeout=0)
+        lock.acquire()
+    except Timeout:
+        raise OutputFolderError(
+            f"train.output_dir {output_dir!r} is in use by another run ({_describe(_holder(output_dir))}); wait for it "
+            "to finish, or choose another train.output_dir") from None
+    except OSError as err:
+        raise folder_error(err, output_dir) from None
+    try:
+        stale = _holder(output_dir)
+        if stale:
+            log(f"train.output_dir: took over the lock of a run that ended without releasing it ({_describe(stale)})")
+        write_json(os.path.join(output_dir, HOLDER_NAME), {"pid": os.getpid(), "host": socket.gethostname(),
+                                                             "started": time.time()})
+        yield
+    except OSError as err:
+        if _is_folder_error(err, output_dir):
+            raise folder_error(err, output_dir) from None
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(output_dir, HOLDER_NAME))
+        lock.release()
 
 
 def previous_run(output_dir: str) -> list[str]:

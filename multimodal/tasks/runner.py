@@ -10,6 +10,7 @@ writes ``<output_dir>/``: ``config.yaml`` (resolved), ``splits/`` (the rows each
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import sys
@@ -26,6 +27,7 @@ from multimodal.config.loading import config_to_dict, parse_cli
 from multimodal.config.schema import ADVERSARIAL_TARGETS, ExperimentConfig
 from multimodal.data import augment
 from multimodal.data.loading import Collator, make_dataloader
+from multimodal.data.media import apply_audio_window
 from multimodal.data.splits import DataSplits, write_splits
 from multimodal.data.streaming import StreamingDataset, stream_loader
 from multimodal.errors import debug_requested, user_errors
@@ -36,7 +38,7 @@ from multimodal.files import write_json
 from multimodal.registry import get_task
 from multimodal.tasks.base import Task
 from multimodal.tasks.crossval import run_crossval
-from multimodal.tasks.run_folder import open_run_folder, remove_run_outputs, require_model
+from multimodal.tasks.run_folder import hold_output_dir, open_run_folder, remove_run_outputs, require_model
 from multimodal.training.accelerator import process_state
 from multimodal.training.distill import build_distillation
 from multimodal.training.methods import after_training, prepare_model, train_model
@@ -50,6 +52,7 @@ def build_loaders(task: Task, model: Any, splits: DataSplits, accelerator: Any =
     the frozen modalities are encoded once into the on-disk cache and batches carry ``features``."""
     cfg = task.cfg
     datasets: dict[str, Any] = {"train": splits.train, "validation": splits.validation, "test": splits.test}
+    apply_audio_window(datasets.values(), model.get_preprocessors(False))  # decode only the clip the model keeps
     cached: dict[str, Any] = {}
     cache_dir = resolve_cache_dir(cfg.data.feature_cache)
     live = augment.live_modalities(model, cfg.data.augment)  # augmented: eval-mode cached features would ignore it
@@ -155,7 +158,15 @@ def run(cfg: ExperimentConfig, dataset: Any = None, splits: Optional[DataSplits]
     """Train, evaluate and report the experiment `cfg` describes, for any registered task; returns the metrics.
 
     With ``data.folds`` / ``data.fold_column`` it runs every cross-validation fold (`run_crossval`). `splits`
-    replaces the splits the task would build; `callbacks` go to the main model's `Trainer`."""
+    replaces the splits the task would build; `callbacks` go to the main model's `Trainer`. The main process holds
+    the lock of ``train.output_dir`` throughout (`hold_output_dir`): a second run into it is refused."""
+    main = process_state(cfg.train.dist_timeout_s).is_main_process
+    with hold_output_dir(cfg.train.output_dir) if main else contextlib.nullcontext():
+        return _run(cfg, dataset, splits, callbacks)
+
+
+def _run(cfg: ExperimentConfig, dataset: Any, splits: Optional[DataSplits], callbacks: Optional[list[Any]]) -> dict[str, Any]:
+    """`run` inside the output folder's lock."""
     if splits is None and (cfg.data.folds is not None or cfg.data.fold_column):
         return run_crossval(cfg, run, dataset)
     state = process_state(cfg.train.dist_timeout_s)

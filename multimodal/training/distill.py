@@ -28,6 +28,7 @@ from multimodal.config.schema import ConfigError, DistillConfig, ExperimentConfi
 from multimodal.data.dataset import MultimodalDataset
 from multimodal.data.labels import LabelVocab
 from multimodal.data.loading import Collator, make_dataloader
+from multimodal.data.media import apply_audio_window
 from multimodal.models.base import EncoderModel, load_model, read_model_config
 from multimodal.models.dual import DualEncoder
 from multimodal.models.fused import MultimodalModel
@@ -129,7 +130,9 @@ def teacher_outputs(teacher: EncoderModel, cfg: ExperimentConfig, train: Multimo
     if missing:
         raise ConfigError(f"train.distill.teacher needs the columns {missing}, which the training data does not have")
     data = MultimodalDataset(rows, columns, label_type=None, base_dir=train.base_dir, source=train.source,
-                             row_ids=[train.row_ids[i] for i in train.indices], validate=False, progress=False)
+                             row_ids=[train.row_ids[i] for i in train.indices], validate=False, progress=False,
+                             limits=train.limits)
+    apply_audio_window([data], teacher.get_preprocessors(False))
     loader = make_dataloader(data, Collator(teacher.get_preprocessors(False), None), cfg.eval.batch_size or
                              cfg.train.batch_size, num_workers=0)
     teacher = teacher.to(device).eval()

@@ -117,7 +117,7 @@ def test_each_distinct_file_is_checked_once(tmp_path, monkeypatch):
     pd.DataFrame(rows).to_csv(path, index=False)
     calls = []
     real = dataset_module.check_sample
-    monkeypatch.setattr(dataset_module, "check_sample", lambda m, v, b=None: (calls.append((m, v)), real(m, v, b))[1])
+    monkeypatch.setattr(dataset_module, "check_sample", lambda m, v, *rest: (calls.append((m, v)), real(m, v, *rest))[1])
     _build(DataConfig(train=path, audio_column=None, val_fraction=0, test_fraction=0, num_workers=0))
     image_calls = [v for m, v in calls if m == "image"]
     assert len(rows) == 12 and len(image_calls) == 6 and len(set(image_calls)) == 6

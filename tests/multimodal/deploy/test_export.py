@@ -13,9 +13,8 @@ from deploy_helpers import LABELS, family_encoder, fused
 from PIL import Image
 
 from multimodal.data.manifest import read_manifest
-from multimodal.deploy import Predictor
+from multimodal.deploy import DeployError, Predictor
 from multimodal.deploy.backends import TorchBackend
-from multimodal.deploy.common import DeployError
 from multimodal.deploy.export import export_folder, export_model
 from multimodal.deploy.runtime import ExportedModel
 

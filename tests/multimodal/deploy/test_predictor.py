@@ -18,7 +18,7 @@ from multimodal.data.dataset import MultimodalDataset
 from multimodal.data.loading import Collator, make_dataloader
 from multimodal.data.manifest import read_manifest
 from multimodal.deploy import BadInputError, DeployError, Predictor
-from multimodal.deploy.common import softmax
+from multimodal.deploy.runtime import softmax
 from multimodal.training.predict import predict
 
 

@@ -9,9 +9,9 @@ import torchaudio.functional as AF
 from PIL import Image
 
 from encoders import create_encoder
-from multimodal.deploy.common import DeployError
+from multimodal.deploy import DeployError
 from multimodal.deploy.describe import describe_encoder
-from multimodal.deploy.preprocess import build_preprocessor, resample
+from multimodal.deploy.runtime import build_preprocessor, resample
 
 
 def _both(encoder, tmp_path, samples):

@@ -12,7 +12,7 @@ from deploy_helpers import fused
 
 from encoders import create_encoder
 from multimodal import load_config, load_model
-from multimodal.deploy.common import DeployError
+from multimodal.deploy import DeployError
 from multimodal.deploy.prune import attention_heads, prune_model, recover, save_pruned
 from multimodal.evaluation.cli import saved_labels
 

@@ -184,3 +184,41 @@ def test_serve_cli_answers_curl(tmp_path, fused_onnx):
     missing = subprocess.run([sys.executable, "-m", "multimodal.deploy.server", "--model", str(tmp_path / "nope")],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_hostile_bodies_and_media_answer_4xx_with_a_message(serve, fused_dir, hostile_corpus):
+    from multimodal.deploy.request_reader import RequestBudget
+
+    folder, _ = hostile_corpus
+    predictor = Predictor.from_pretrained(fused_dir)
+    url = serve(predictor, budget=RequestBudget(pixels=1000, audio_seconds=3.0, text_chars=50_000))
+    client = httpx.Client(base_url=url, timeout=60)
+
+    def file(name: str) -> bytes:
+        with open(os.path.join(folder, name), "rb") as f:
+            return f.read()
+
+    json_body = {"content-type": "application/json"}
+    bad = [
+        (dict(content=b'{"text": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", headers=json_body), 400, "nests 50001 levels"),
+        (dict(content=b'{"text": ' + b"7" * 5000 + b"}", headers=json_body), 400, "Exceeds the limit"),
+        (dict(json={"txt": "typo"}), 422, "txt: unknown field; accepted fields: audio, image, text"),
+        (dict(json={"instances": [{"text": "a"}], "extra": 1}), 422, "extra: unknown field; accepted fields: instances"),
+        (dict(content=b"--x\r\ngarbage", headers={"content-type": "multipart/form-data; boundary=x"}), 400, ""),
+        (dict(files={"image": ("x.eps", file("x.eps"), "image/png")}), 400, "looks like EPS"),
+        (dict(files={"image": ("w.png", file("png_1x5000.png"), "image/png")}), 400, "max_image_aspect"),
+        (dict(files={"image": ("h.png", file("png_12000x12000.png"), "image/png")}), 400, "max_image_pixels"),
+        (dict(files={"audio": ("t.wav", file("wav_truncated.wav"), "audio/wav")}), 400, "truncated"),
+        (dict(files={"audio": ("l.flac", file("silence_700s.flac"), "audio/flac")}), 400, "max_audio_seconds"),
+        (dict(json={"instances": [{"image": b64(png_bytes())}] * 3}), 413, "--max-request-pixels"),
+        (dict(json={"instances": [{"audio": b64(wav_bytes())}] * 8}), 413, "--max-request-audio-seconds"),
+        (dict(json={"instances": [{"text": "x" * 40_000}] * 2}), 413, "--max-request-text-chars"),
+    ]
+    for kwargs, status, message in bad:
+        response = client.post("/predict", **kwargs)
+        assert response.status_code == status, (kwargs.keys(), response.status_code, response.text[:300])
+        assert message in response.json()["error"], response.text[:300]
+    accepted = client.post("/predict", files={"audio": ("r.wav", file("rate_16001.wav"), "audio/wav")})
+    assert accepted.status_code == 200, accepted.text  # a 16001 Hz WAV: resampled with a bounded filter
+    meta = client.get("/metadata").json()
+    assert meta["limits"]["max_image_pixels"] == 16_000_000 and meta["server"]["max_request_pixels"] == 1000

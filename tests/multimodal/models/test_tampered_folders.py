@@ -7,23 +7,10 @@ import os
 import shutil
 
 import pytest
-import torch
 
 from encoders import create_encoder
-from fusion import create_fusion
-from multimodal import DualEncoder, MultimodalModel, TaskHead, load_model
+from multimodal import DualEncoder, MultimodalModel, load_model
 from multimodal.models import ModelFolderError
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory, tiny_text_dir) -> str:
-    torch.manual_seed(0)
-    text = create_encoder(f"text:{tiny_text_dir}", max_length=16)
-    image = create_encoder("image:test_efficientnet", pretrained=False, img_size=32)
-    fusion = create_fusion("concat", {"text": text.output_dim, "image": image.output_dim}, 8)
-    folder = str(tmp_path_factory.mktemp("tamper") / "model")
-    MultimodalModel({"text": text, "image": image}, fusion=fusion, head=TaskHead(8, 2)).save_pretrained(folder)
-    return folder
 
 
 def _edit(field_path: list, value=None, delete: bool = False):

@@ -1,5 +1,6 @@
-"""Run an exported folder: the graphs through ONNX Runtime (or a saved ``torch.export`` program) and the
-preprocessing rebuilt from JSON (`multimodal.deploy.preprocess`); no model code of this package runs."""
+"""Run an exported folder: the graphs through ONNX Runtime (or a saved ``torch.export`` program, which needs
+torch) and the preprocessing rebuilt from JSON (`multimodal.deploy.runtime.preprocess`); no model code of this
+package runs, and nothing here imports torch unless the folder holds a ``torch.export`` program."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from multimodal.deploy.common import DeployError
-from multimodal.deploy.loading import read_deploy_config
-from multimodal.deploy.preprocess import NumpyPreprocessor, build_preprocessor
+from multimodal.deploy.errors import DeployError
+from multimodal.deploy.runtime.folder import read_deploy_config
+from multimodal.deploy.runtime.preprocess import NumpyPreprocessor, build_preprocessor
 
 NUMPY_DTYPES = {"int64": np.int64, "int32": np.int32, "uint8": np.uint8, "bool": np.bool_, "float32": np.float32,
                 "float16": np.float16}
