@@ -100,8 +100,25 @@ class GradientCache:
         self.chunk_size, self.accelerator = int(chunk_size), accelerator
         self._warned_batchnorm = False
 
-    def step(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        """Forward and backward one batch through the prepared `model`; returns the (detached) batch loss."""
+    @classmethod
+    def for_trainer(cls, trainer: Any) -> GradientCache:
+        """The strategy for a `Trainer` with ``train.gradient_cache``; refused where it cannot give the same step."""
+        model = trainer.unwrapped_model
+        if not isinstance(getattr(model, "head", None), ContrastiveHead):
+            raise ConfigError(f"train.gradient_cache: the model is a {type(model).__name__}; gradient caching needs a "
+                              "two-tower model with a contrastive loss (DualEncoder, task retrieval)")
+        for what, used in (("train.adversarial", trainer.adversary is not None),
+                           ("FSDP", trainer.fsdp_block_classes is not None)):
+            if used:
+                raise ConfigError(f"train.gradient_cache cannot be combined with {what}")
+        return cls(trainer.config.contrastive_chunk_size, trainer.accelerator)
+
+    def step(self, model: nn.Module, batch: dict, loss_fn: Any = None) -> torch.Tensor:
+        """Forward and backward one batch through the prepared `model`; returns the (detached) batch loss.
+        A custom `loss_fn` (distillation, a federated proximal term) is refused: only the model's own loss is cached."""
+        if loss_fn is not None:
+            raise ConfigError(f"train.gradient_cache caches the gradients of the model's own contrastive loss; a "
+                              f"custom training loss ({type(loss_fn).__name__}) cannot be combined with it")
         acc, unwrapped = self.accelerator, self.accelerator.unwrap_model(model)
         head = getattr(unwrapped, "head", None)
         if not isinstance(head, ContrastiveHead):
