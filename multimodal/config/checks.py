@@ -168,6 +168,8 @@ def _check_model(cfg: ExperimentConfig, task_cls: Any) -> None:
     _check_names("model.encoder_kwargs", model.encoder_kwargs, model.encoders)
     if isinstance(model.freeze_encoders, list):
         _check_names("model.freeze_encoders", model.freeze_encoders, model.encoders)
+    if isinstance(model.grad_checkpointing, list):
+        _check_names("model.grad_checkpointing", model.grad_checkpointing, model.encoders)
     _check_names("data.required_modalities", data.required_modalities, model.encoders)
     if getattr(task_cls, "uses_fusion", True):
         _check_registered("model.fusion", "fusion", model.fusion, [f.name for f in list_fusions()],
@@ -256,11 +258,27 @@ def _check_adversarial(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"train.adversarial.epsilon gives no radius for {missing}")
 
 
+def _check_gradient_cache(cfg: ExperimentConfig) -> None:
+    train = cfg.train
+    if not train.gradient_cache:
+        return
+    if not getattr(_task_class(cfg), "contrastive", False):
+        raise ConfigError(f"train.gradient_cache: model.task={cfg.model.task!r} scores each row on its own, so its "
+                          "batch splits into train.grad_accum_steps exactly; gradient caching is for contrastive "
+                          "tasks (retrieval), whose loss couples the rows of a batch")
+    for key, value in (("train.adversarial", train.adversarial), ("train.distill", train.distill)):
+        if value is not None:
+            raise ConfigError(f"train.gradient_cache and {key} cannot be combined: both replace the training step's "
+                              "loss; turn one off")
+
+
 def check_experiment_options(cfg: ExperimentConfig) -> None:
-    """Raise `ConfigError` for bad streaming, few-shot, cross-validation, adversarial or distillation settings."""
+    """Raise `ConfigError` for bad streaming, few-shot, cross-validation, adversarial, distillation or gradient
+    caching settings."""
     _check_data(cfg)
     _check_folds(cfg)
     _check_adversarial(cfg)
+    _check_gradient_cache(cfg)
     if cfg.train.distill is not None and not cfg.train.distill.teacher:
         raise ConfigError("train.distill.teacher: give the teacher's model folder")
 

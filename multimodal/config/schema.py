@@ -183,7 +183,9 @@ class ModelConfig:
     freeze_encoders: Union[bool, list[str]] = False
     # Frozen encoders train again from this epoch on.
     unfreeze_after_epochs: Optional[int] = ranged(None, NON_NEGATIVE)
-    grad_checkpointing: bool = False
+    # Gradient checkpointing through each encoder family's own API (timm set_grad_checkpointing, transformers
+    # gradient_checkpointing_enable): recompute activations in backward. true: every encoder; a list: those modalities.
+    grad_checkpointing: Union[bool, list[str]] = False
     # LoRA adapters through the peft library (see PeftConfig); only adapters and heads train.
     peft: Optional[PeftConfig] = None
     # Train only the last N blocks of these encoders (e.g. {image: 2, text: 1}); the rest stays frozen.
@@ -242,6 +244,11 @@ class TrainConfig:
     warmup_ratio: float = ranged(0.1, Range(0, 1))
     warmup_steps: Optional[int] = ranged(None, Range(0, note="null: warmup_ratio of the steps"))
     grad_accum_steps: int = ranged(1, POSITIVE)
+    # Gradient caching (contrastive tasks): embed the batch without graphs, cache the loss's gradients w.r.t. the
+    # embeddings, then re-run and back-propagate contrastive_chunk_size rows at a time. The negatives are the whole
+    # batch_size (x processes) while activations are those of one chunk; about one extra forward pass per step.
+    gradient_cache: bool = False
+    contrastive_chunk_size: int = ranged(32, POSITIVE)
     max_grad_norm: Optional[float] = ranged(1.0, Range(0, low_open=True, note="null turns clipping off"))
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     seed: int = ranged(42, SEED)

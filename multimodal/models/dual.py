@@ -76,16 +76,19 @@ class DualEncoder(EncoderModel):
         present: Optional[dict[str, torch.Tensor]] = None,
         labels: Optional[torch.Tensor] = None,
         features: Optional[dict[str, EncoderOutput]] = None,
+        *,
+        compute_loss: bool = True,
     ) -> ModelOutput:
         """Embed every modality in the batch; with two or more, the InfoNCE loss over the aligned pairs. The
-        output's `logit_scale` is the exponentiated temperature (what `ClipLoss` takes, as in open_clip)."""
+        output's `logit_scale` is the exponentiated temperature (what `ClipLoss` takes, as in open_clip).
+        `compute_loss=False` embeds only (no loss, no collective): gradient caching embeds a batch chunk by chunk."""
         feats = self._features(inputs or {}, features)
         if not feats:
             raise KeyError(f"no inputs or features for any tower of {self.modalities}")
         self.check_present(present)
         embeddings = {m: self.head.embed(m, f.pooled) for m, f in feats.items()}
         pairs_here = any(a in embeddings and b in embeddings for a, b in self.head.pairs)
-        loss = self.head.loss(embeddings, present) if pairs_here else None
+        loss = self.head.loss(embeddings, present) if pairs_here and compute_loss else None
         return ModelOutput(loss=loss, embeddings=embeddings, features=feats, logit_scale=self.logit_scale.exp())
 
     def get_config(self) -> dict[str, Any]:

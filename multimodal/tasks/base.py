@@ -43,8 +43,9 @@ def create_encoders(cfg: ExperimentConfig, modalities: Optional[list[str]] = Non
         raise ConfigError(f"model.encoders has none of the modalities {modalities}")
     encoders = {m: create_encoder(mcfg.encoders[m], pretrained=mcfg.pretrained, **dict(mcfg.encoder_kwargs.get(m, {})))
                 for m in names}
-    if mcfg.grad_checkpointing:
-        for enc in encoders.values():
+    checkpointed = mcfg.grad_checkpointing
+    for m, enc in encoders.items():
+        if checkpointed is True or (isinstance(checkpointed, list) and m in checkpointed):
             enc.set_grad_checkpointing(True)
     return encoders
 
@@ -82,6 +83,7 @@ class Task:
     # How the dataset encodes labels: single_label, multi_label, regression, multitask or None (unlabelled).
     label_type: Optional[str] = None
     uses_fusion: bool = True  # whether model.fusion applies (checked against the fusion registry)
+    contrastive: bool = False  # whether the loss couples a batch's rows (InfoNCE): what train.gradient_cache needs
     supports_baselines: bool = False  # whether eval.baselines trains single-modality models too
     # whether train.epochs=0 is a meaningful run (evaluate the model as built, e.g. a zero-shot classifier)
     allows_zero_epochs: bool = False

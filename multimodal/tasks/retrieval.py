@@ -63,6 +63,7 @@ class RetrievalTask(Task):
 
     label_type = None
     uses_fusion = False
+    contrastive = True
     supports_baselines = False
     batch_loss = True
     config_defaults = {"model": {"freeze_encoders": True}, "train": {"epochs": 20}}

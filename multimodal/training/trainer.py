@@ -42,6 +42,7 @@ from multimodal.training.adversarial import Adversary
 from multimodal.training.checkpoints import resolve_latest, resume_target, save_checkpoint
 from multimodal.training.distributed import configure_fsdp, full_state_dict, is_sharded, load_saved_weights
 from multimodal.training.ema import WeightEma
+from multimodal.training.gradcache import GradientCache
 from multimodal.training.integrity import check_finite, check_finite_loss, training_tensors
 from multimodal.training.optim import make_optimizer
 from multimodal.training.options import TrainerOptions
@@ -80,6 +81,7 @@ class Trainer:
         self.metric_mode = (config.metric_mode if config.metric_mode != "auto"
                             else options.metric_mode_for_best or metric_mode(self.metric_for_best))
         self._prepare(model, train_loader, eval_loader)
+        self.gradient_cache = GradientCache.for_trainer(self) if getattr(config, "gradient_cache", False) else None
         ema_decay = getattr(config, "ema_decay", None)
         self.ema = WeightEma(self.unwrapped_model, ema_decay, getattr(config, "ema_warmup", True)) if ema_decay else None
         self.updates_per_epoch = max(1, math.ceil(len(self.train_loader) / config.grad_accum_steps))
@@ -328,15 +330,18 @@ class Trainer:
         """Forward and backward one batch; on a synchronising batch also clip, step the optimizer and the schedule."""
         acc = self.accelerator
         with acc.accumulate(self.model):
-            if self.adversary is not None:
-                out = self.adversary.training_output(self.model, self.unwrapped_model, batch)
+            if self.gradient_cache is not None:  # forward and backward chunk by chunk (train.gradient_cache)
+                losses.add(self.gradient_cache.step(self.model, batch, self.loss_fn))
             else:
-                out = self._forward(batch)
-            loss = out.loss if self.loss_fn is None else self.loss_fn(batch, out)
-            if loss is None:
-                raise ValueError("the model returned no loss: does the batch carry labels for this task?")
-            losses.add(loss)
-            acc.backward(loss)
+                if self.adversary is not None:
+                    out = self.adversary.training_output(self.model, self.unwrapped_model, batch)
+                else:
+                    out = self._forward(batch)
+                loss = out.loss if self.loss_fn is None else self.loss_fn(batch, out)
+                if loss is None:
+                    raise ValueError("the model returned no loss: does the batch carry labels for this task?")
+                losses.add(loss)
+                acc.backward(loss)
             if acc.sync_gradients and self.config.max_grad_norm:
                 acc.clip_grad_norm_(params, self.config.max_grad_norm)
             self.optimizer.step()
