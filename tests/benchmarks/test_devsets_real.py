@@ -159,3 +159,15 @@ def test_speechocean_builder_pairs_transcripts_and_keeps_speakers_in_one_split(s
     assert row["text"] == "SPEAKER 0002 SAYS 1" and row["label"] == "adult"  # whitespace folded; age 30
     assert table.set_index("group").loc["spk0006", "label"].iloc[0] == "child"
     assert all((out / p).exists() for p in table["audio"])
+
+
+def test_baseline_ablation_scores_each_media_column_alone_then_together(tmp_path):
+    from benchmarks.bench_sklearn_baseline import media_views
+
+    paired = tmp_path / "paired.csv"
+    paired.write_text("text,audio,label,split\nhi,a.wav,x,train\n")
+    single = tmp_path / "single.csv"
+    single.write_text("image,label,split\na.jpg,x,train\n")
+    assert media_views(str(paired), ablate=True) == [("text",), ("audio",), ("text", "audio")]
+    assert media_views(str(paired), ablate=False) == [("text", "audio")]
+    assert media_views(str(single), ablate=True) == [("image",)]  # one column: nothing to ablate
