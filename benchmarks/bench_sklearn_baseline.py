@@ -34,9 +34,10 @@ def encoder_options(set_name: str, modality: str) -> dict:
             "max_seconds": CLIP_SECONDS.get(set_name, 5.0)}
 
 
-def set_features(name: str, manifest: str) -> tuple[dict, dict[str, str], float]:
-    """Features of every media column (concatenated in text, image, audio order), the specs used, seconds."""
-    specs = modality_specs(manifest)
+def set_features(name: str, manifest: str, only: tuple[str, ...] = ()) -> tuple[dict, dict[str, str], float]:
+    """Features of every media column (or of the `only` ones; concatenated in text, image, audio order), the
+    specs used, seconds."""
+    specs = {m: spec for m, spec in modality_specs(manifest).items() if not only or m in only}
     start = time.perf_counter()
     parts = [extract(manifest, spec, encoder_options(name, modality)) for modality, spec in specs.items()]
     feats = dict(parts[0])
@@ -44,10 +45,22 @@ def set_features(name: str, manifest: str) -> tuple[dict, dict[str, str], float]
     return feats, specs, time.perf_counter() - start
 
 
-def run_set(name: str, models: list[str], cv: bool, per_set: int | None) -> list[dict]:
-    """Both protocols for each model on one dev set (or its fixed label-stratified subset of `per_set` rows)."""
+def media_views(manifest: str, ablate: bool) -> list[tuple[str, ...]]:
+    """The media-column combinations to score: all columns together, and with `ablate` each column alone first."""
+    columns = tuple(modality_specs(manifest))
+    return ([(c,) for c in columns] if ablate and len(columns) > 1 else []) + [columns]
+
+
+def run_set(name: str, models: list[str], cv: bool, per_set: int | None, ablate: bool = False) -> list[dict]:
+    """Both protocols for each model on one dev set (or its fixed label-stratified subset of `per_set` rows), on
+    all media columns concatenated and, with `ablate`, on each column alone."""
     manifest = build(name) if per_set is None else subset_manifest(build(name), per_set)
-    feats, specs, seconds = set_features(name, manifest)
+    return [row for view in media_views(manifest, ablate) for row in run_view(name, manifest, view, models, cv)]
+
+
+def run_view(name: str, manifest: str, view: tuple[str, ...], models: list[str], cv: bool) -> list[dict]:
+    """Both protocols for each model on the features of the media columns in `view`."""
+    feats, specs, seconds = set_features(name, manifest, view)
     groups = feats["group"] if np.any(feats["group"] != "") else None
     rows = []
     for model in models:
@@ -71,9 +84,12 @@ def main() -> None:
     parser.add_argument("--per-set", type=int, default=None,
                         help="use the fixed label-stratified subset of this many rows (as bench_frontend_real.py)")
     parser.add_argument("--no-cv", action="store_true", help="only the fixed split (skip the 5-fold CV)")
+    parser.add_argument("--ablate", action="store_true",
+                        help="on paired sets, also score each media column alone (text-only, image-only, ...)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    results = [row for name in args.sets for row in run_set(name, args.models, not args.no_cv, args.per_set)]
+    results = [row for name in args.sets
+               for row in run_set(name, args.models, not args.no_cv, args.per_set, args.ablate)]
     scope = "all rows" if args.per_set is None else f"{args.per_set}-row subsets"
     print_table(f"scikit-learn reference on the packaged encoders, {scope} (test accuracy %)", results,
                 ["set", "encoders", "model", "fixed split", "5-fold CV", "C", "features_s", "fit_s", "cv_fit_s"])

@@ -7,9 +7,10 @@ import os
 import re
 
 from benchmarks.devsets_io import Snapshot, Source, write_image, write_wav
+from benchmarks.devsets_pairs import build_speechocean
 
 # clip length of each audio set: its max_seconds for the audio-mel encoder
-CLIP_SECONDS = {"urbansound": 4.0, "arabic_commands": 1.0}
+CLIP_SECONDS = {"urbansound": 4.0, "arabic_commands": 1.0, "speechocean": 8.0}
 URBAN_CLASSES = ("air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling", "engine_idling",
                  "gun_shot", "jackhammer", "siren", "street_music")
 URBAN_SPLITS = {"fold1": "train", "fold2": "train", "fold3": "validation", "fold10": "test"}
@@ -179,5 +180,19 @@ SOURCES: dict[str, Source] = {
         description="photos of hands signing the digits 0-9 (218 students), 10 classes",
         modalities=("image",),
         build=build_sign_digits,
+    ),
+    "speechocean": Source(
+        repository="jimbozhang/speechocean762",
+        commit="613968e3b0b789fc33936fb5eba1973176ba7d11",
+        licence="free for commercial and non-commercial use (the repository's README; the corpus is also OpenSLR "
+                "SLR101); cite Zhang et al. 2021",
+        citation="J. Zhang, Z. Zhang, Y. Wang, Z. Yan, Q. Song, Y. Huang, K. Li, D. Povey and Y. Wang, "
+                 "\"speechocean762: An Open-Source Non-native English Speech Corpus For Pronunciation Assessment\", "
+                 "Proc. Interspeech 2021.",
+        url="https://github.com/jimbozhang/speechocean762",
+        description="English sentences read by 250 Mandarin-L1 speakers (children and adults), each recording paired "
+                    "with its transcript; unseen speakers in test",
+        modalities=("text", "audio"),
+        build=build_speechocean,
     ),
 }

@@ -14,6 +14,7 @@ import soundfile as sf
 
 from benchmarks import devsets_real
 from benchmarks.devsets_io import Snapshot, SnapshotMissing, open_snapshot
+from benchmarks.devsets_pairs import build_speechocean
 from benchmarks.devsets_sources import SOURCES, build_arabic_commands
 
 
@@ -108,3 +109,65 @@ def test_build_writes_manifest_source_and_index(arabic_snapshot, tmp_path, monke
     assert "`arabic_commands` | 6 |" in (tmp_path / "cache" / "INDEX.md").read_text()
     with pytest.raises(SystemExit, match="unknown dev set 'nope'"):
         devsets_real.build("nope", str(tmp_path / "cache"), mirror)
+
+
+@pytest.fixture()
+def speechocean_snapshot(tmp_path):
+    """A tiny repository laid out like speechocean762: Kaldi tables per half, WAVE/SPEAKERxxxx/<utt>.WAV."""
+    work = tmp_path / "so"
+    halves = {"train": [("0001", 7), ("0002", 30), ("0003", 9), ("0004", 25), ("0005", 12)],
+              "test": [("0006", 8), ("0007", 40)]}
+    for half, speakers in halves.items():
+        os.makedirs(work / half)
+        scp, text, utt2spk = [], [], []
+        for spk, _ in speakers:
+            for n in range(2):
+                utt = f"{spk}000{n}"
+                rel = f"WAVE/SPEAKER{spk}/{utt}.WAV"
+                os.makedirs(work / os.path.dirname(rel), exist_ok=True)
+                (work / rel).write_bytes(_wav(0.3))
+                scp.append(f"{utt}\t{rel}")
+                text.append(f"{utt}\tSPEAKER {spk}  SAYS {n}")
+                utt2spk.append(f"{utt} {spk}")
+        (work / half / "wav.scp").write_text("\n".join(scp) + "\n")
+        (work / half / "text").write_text("\n".join(text) + "\n")
+        (work / half / "utt2spk").write_text("\n".join(utt2spk) + "\n")
+        (work / half / "spk2age").write_text("".join(f"{spk}\t{age}\n" for spk, age in speakers))
+    (work / "WAVE" / "SPEAKER0001" / "00010000.WAV").write_text(  # listed in wav.scp, content only in LFS
+        "version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n")
+    _git(str(work), "init", "-q")
+    _git(str(work), "add", "-A")
+    _git(str(work), "commit", "-qm", "data")
+    commit = _git(str(work), "rev-parse", "HEAD").strip()
+    return str(work / ".git"), commit
+
+
+def test_speechocean_builder_pairs_transcripts_and_keeps_speakers_in_one_split(speechocean_snapshot, tmp_path):
+    git_dir, commit = speechocean_snapshot
+    snap = Snapshot(git_dir, commit)
+    out = tmp_path / "built"
+    try:
+        rows, notes = build_speechocean(snap, str(out))
+    finally:
+        snap.close()
+    table = pd.DataFrame(rows)
+    assert len(table) == 13 and notes["missing_in_snapshot"] == ["WAVE/SPEAKER0001/00010000.WAV"]
+    assert table.groupby("group")["split"].nunique().max() == 1  # a speaker never spans two splits
+    assert set(table.loc[table["split"] == "test", "group"]) == {"spk0006", "spk0007"}  # the authors' test half
+    assert table.loc[table["split"] == "validation", "group"].nunique() == 1  # 20% of 5 training speakers
+    row = table.set_index("audio").loc["wav/00020001.wav"]
+    assert row["text"] == "SPEAKER 0002 SAYS 1" and row["label"] == "adult"  # whitespace folded; age 30
+    assert table.set_index("group").loc["spk0006", "label"].iloc[0] == "child"
+    assert all((out / p).exists() for p in table["audio"])
+
+
+def test_baseline_ablation_scores_each_media_column_alone_then_together(tmp_path):
+    from benchmarks.bench_sklearn_baseline import media_views
+
+    paired = tmp_path / "paired.csv"
+    paired.write_text("text,audio,label,split\nhi,a.wav,x,train\n")
+    single = tmp_path / "single.csv"
+    single.write_text("image,label,split\na.jpg,x,train\n")
+    assert media_views(str(paired), ablate=True) == [("text",), ("audio",), ("text", "audio")]
+    assert media_views(str(paired), ablate=False) == [("text", "audio")]
+    assert media_views(str(single), ablate=True) == [("image",)]  # one column: nothing to ablate
