@@ -5,6 +5,7 @@
 
 Jobs (see benchmarks/peers/README.md):
   classify  fused text+image classification: ours (recipe text_image_classification) vs AutoGluon MultiModalPredictor
+  image     the image tower alone (for a real photo set without text): ours image-only vs AutoGluon image-only
   retrieve  text-image two-tower retrieval: ours (recipe image_text_retrieval) vs sentence-transformers
   text      the text tower alone: ours text-only vs a plain transformers.Trainer (sequence classification)
 
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import threading
@@ -39,6 +41,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 VENVS = os.environ.get("PEER_VENVS", "/work/peer-venvs")
 WEIGHTS = os.path.join(VENVS, "weights")
 TEXT_ONLY_CONFIG = os.path.join(HERE, "ours_text_only.yaml")
+IMAGE_ONLY_CONFIG = os.path.join(HERE, "ours_image_only.yaml")
 LORA_CONFIG = os.path.join(REPO, "recipes", "configs", "text_image_classification_finetune.yaml")
 
 
@@ -55,8 +58,11 @@ class Contender:
     measured: dict = field(default_factory=dict)
 
 
-def prepare_splits(manifest: str, out: str, seed: int) -> dict[str, str]:
-    """Write train/validation/test CSVs with absolute image paths; a manifest without ``split`` is split by group."""
+def prepare_splits(manifest: str, out: str, seed: int, max_rows: int | None = None) -> dict[str, str]:
+    """Write train/validation/test CSVs with absolute image paths; a manifest without ``split`` is split by group.
+
+    ``max_rows`` keeps a seeded random sample of at most that many rows per split (the same for every contender).
+    """
     df = pd.read_csv(manifest, keep_default_na=False)
     base = os.path.dirname(os.path.abspath(manifest))
     if "image" in df.columns:
@@ -74,6 +80,8 @@ def prepare_splits(manifest: str, out: str, seed: int) -> dict[str, str]:
     paths = {}
     for split in ("train", "validation", "test"):
         part = df[df["split"] == split].drop(columns=["split"])
+        if max_rows and len(part) > max_rows:
+            part = part.sample(n=max_rows, random_state=seed).sort_index()
         if part.empty:
             raise SystemExit(f"{manifest}: the {split!r} split is empty")
         paths[split] = os.path.join(out, f"{split}.csv")
@@ -86,7 +94,8 @@ def ours(job: str, key: str, name: str, root: str, splits: dict[str, str], overr
     """The framework through its recipe command line (the recipe's shipped config unless ``config``), on the split's
     manifests, with a cold feature cache."""
     recipe = "image_text_retrieval" if job == "retrieve" else "text_image_classification"
-    config = config or (TEXT_ONLY_CONFIG if job == "text" else os.path.join(REPO, "recipes", "configs", f"{recipe}.yaml"))
+    shipped = os.path.join(REPO, "recipes", "configs", f"{recipe}.yaml")
+    config = config or {"text": TEXT_ONLY_CONFIG, "image": IMAGE_ONLY_CONFIG}.get(job, shipped)
     out = os.path.join(root, key)
     argv = [sys.executable, os.path.join(REPO, "recipes", f"{recipe}.py"), "--config", config,
             "data.demo=null", f"data.train={splits['train']}", f"data.validation={splits['validation']}",
@@ -126,10 +135,16 @@ def contenders(jobs: list[str], splits: dict[str, str], root: str, budget: float
             peer("retrieve", "retrieve-st-lit", "sentence-transformers LiT (text tower tuned)", "st",
                  "run_sentence_transformers.py", r, s, b, ["--epochs", "30", "--tune", "text"]),
         ],
+        "image": [
+            ours("image", "image-ours", "ours image-only: shipped default (frozen, MLP head)", r, s, []),
+            ours("image", "image-ours-probe", "ours image-only: linear probe", r, s, ["train.linear_probe=true"]),
+            peer("image", "image-ag", "AutoGluon MultiModalPredictor (image only)", "ag", "run_autogluon.py", r, s, b,
+                 ["--modalities", "image"]),
+        ],
         "text": [
             ours("text", "text-ours", "ours text-only: shipped default (frozen, MLP head)", r, s, []),
             ours("text", "text-ours-ft", "ours text-only: every weight trained", r, s,
-                 ["model.freeze_encoders=false", "data.feature_cache=null", "train.epochs=10"]),
+                 ["model.freeze_encoders=false", "data.feature_cache=null", "train.epochs=4"]),
             peer("text", "text-hf", "transformers.Trainer (every weight trained)", "hf", "run_hf_trainer.py", r, s, b,
                  ["--epochs", "10"]),
         ],
@@ -145,6 +160,7 @@ def run_measured(c: Contender, limit_s: float) -> None:
                OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
     lines: list[tuple[float, str]] = []
     load_before = os.getloadavg()[0]
+    usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     proc = subprocess.Popen(c.argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -168,9 +184,12 @@ def run_measured(c: Contender, limit_s: float) -> None:
                 p.kill()
         time.sleep(0.5)
     thread.join(timeout=10)
+    usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # every waited-for descendant, contenders run one by one
+    cpu_s = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
     with open(os.path.join(c.out, "race-log.txt"), "w") as f:
         f.writelines(f"[{t:8.1f}s] {line}\n" for t, line in lines)
     c.measured = {"rc": proc.returncode, "timed_out": timed_out, "wall_s": round(time.monotonic() - t0, 1),
+                  "cpu_s": round(cpu_s, 1),
                   "peak_rss_mib": round(peak / 2**20), "load_before": round(load_before, 1),
                   "load_after": round(os.getloadavg()[0], 1), "lines": lines}
 
@@ -214,20 +233,22 @@ def table(rows: list[dict]) -> str:
     for job in dict.fromkeys(r["job"] for r in rows):
         group = [r for r in rows if r["job"] == job]
         keys = ["t2i_R@1", "t2i_R@5", "i2t_R@1", "i2t_R@5"] if job == "retrieve" else ["accuracy", "macro_f1"]
-        out += [f"\n### {job}\n", "| contender | " + " | ".join(keys) + " | wall s | to best s | peak RSS MiB |",
-                "|---" * (len(keys) + 4) + "|"]
+        out += [f"\n### {job}\n", "| contender | " + " | ".join(keys) + " | wall s | CPU s | to best s | peak RSS MiB | load |",
+                "|---" * (len(keys) + 6) + "|"]
         for r in group:
             s = r["score"]
             vals = s["error"] + " |" * (len(keys) - 1) if "error" in s else " | ".join(f"{s[k]:.3f}" for k in keys)
             ttb = s.get("time_to_best_s")
-            out.append(f"| {r['name']} | {vals} | {r['wall_s']:.0f} | {'' if ttb is None else f'{ttb:.0f}'} | "
-                       f"{r['peak_rss_mib']} |")
+            cpu = r.get("cpu_s")
+            out.append(f"| {r['name']} | {vals} | {r['wall_s']:.0f} | {'-' if cpu is None else f'{cpu:.0f}'} | "
+                       f"{'' if ttb is None else f'{ttb:.0f}'} | {r['peak_rss_mib']} | "
+                       f"{r['load_before']:.0f}-{r['load_after']:.0f} |")
         ok = [r for r in group if "error" not in r["score"]]
         pairs = [(a, b) for a in ok if a["ours"] for b in ok if not b["ours"]]
         if pairs:
-            out += ["", f"| ours / peer | {keys[0]} | wall | to best | peak RSS |", "|---|---|---|---|---|"]
+            out += ["", f"| ours / peer | {keys[0]} | wall | CPU | to best | peak RSS |", "|---|---|---|---|---|---|"]
             out += [f"| {a['name']} / {b['name']} | {_ratio(a['score'][keys[0]], b['score'][keys[0]])} | "
-                    f"{_ratio(a['wall_s'], b['wall_s'])} | "
+                    f"{_ratio(a['wall_s'], b['wall_s'])} | {_ratio(a.get('cpu_s'), b.get('cpu_s'))} | "
                     f"{_ratio(a['score'].get('time_to_best_s'), b['score'].get('time_to_best_s'))} | "
                     f"{_ratio(a['peak_rss_mib'], b['peak_rss_mib'])} |" for a, b in pairs]
     return "\n".join(out)
@@ -249,8 +270,9 @@ def main() -> None:
     p.add_argument("--skip", default="", help="comma-separated contender keys to leave out")
     p.add_argument("--out", required=True, help="results folder, outside the repository")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-rows", type=int, default=None, help="seeded sample of at most N rows per split")
     args = p.parse_args()
-    splits = prepare_splits(args.data, os.path.join(args.out, "data"), args.seed)
+    splits = prepare_splits(args.data, os.path.join(args.out, "data"), args.seed, args.max_rows)
     only, skip = ({k for k in v.split(",") if k} for v in (args.only, args.skip))
     rows = []
     for c in contenders(args.jobs.split(","), splits, args.out, args.budget_s):

@@ -43,11 +43,13 @@ def main() -> None:
     """Fit within the time limit on train (validation as AutoGluon's tuning data), predict the test split."""
     parser = job_parser(__doc__.splitlines()[0])
     parser.add_argument("--presets", default=None, help="AutoGluon preset (default: its medium_quality)")
+    parser.add_argument("--modalities", choices=["text,image", "image"], default="text,image")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from autogluon.multimodal import MultiModalPredictor
 
-    columns = ["text", "image", "label"]
+    image_only = args.modalities == "image"
+    columns = ["image", "label"] if image_only else ["text", "image", "label"]
     train, val, test = (read_split(p, columns)[columns] for p in (args.train, args.validation, args.test))
     for df in (train, val, test):
         df["label"] = df["label"].astype(str)
@@ -56,8 +58,7 @@ def main() -> None:
     for name in ("", "lightning", "lightning.pytorch", "pytorch_lightning", "autogluon"):
         logging.getLogger(name).addHandler(handler)
     hyperparameters = {
-        "model.names": ["hf_text", "timm_image", "fusion_mlp"],
-        "model.hf_text.checkpoint_name": args.text_model,
+        "model.names": ["timm_image"] if image_only else ["hf_text", "timm_image", "fusion_mlp"],
         "model.timm_image.checkpoint_name": args.image_model,
         "env.num_gpus": 0,
         "env.num_workers": args.threads,
@@ -65,15 +66,19 @@ def main() -> None:
         "optim.max_epochs": args.epochs,
         "env.seed": args.seed,
     }
+    if not image_only:
+        hyperparameters["model.hf_text.checkpoint_name"] = args.text_model
     predictor = MultiModalPredictor(label="label", problem_type="multiclass", eval_metric="accuracy",
                                     path=os.path.join(args.out, "ag"), presets=args.presets)
     predictor.fit(train_data=train, tuning_data=val, time_limit=args.budget_s, hyperparameters=hyperparameters,
-                  column_types={"text": "text", "image": "image_path"}, seed=args.seed)
-    pred = predictor.predict(test[["text", "image"]])
+                  column_types={"image": "image_path"} if image_only else {"text": "text", "image": "image_path"},
+                  seed=args.seed)
+    pred = predictor.predict(test[columns[:-1]])
     test.assign(prediction=list(pred.astype(str)))[["label", "prediction"]].to_csv(
         os.path.join(args.out, "predictions.csv"), index=False)
     write_result(args.out, "autogluon.multimodal", tracker, [
-        "MultiModalPredictor: hf_text (packaged MiniLM) + timm_image (packaged EfficientNet-Lite0) + fusion_mlp",
+        "MultiModalPredictor: " + ("timm_image (packaged EfficientNet-Lite0)" if image_only else
+                                   "hf_text (packaged MiniLM) + timm_image (packaged EfficientNet-Lite0) + fusion_mlp"),
         "AutoGluon defaults otherwise: all weights fine-tuned, its optimiser/schedule, checkpoint averaging",
         f"time_limit {args.budget_s:.0f} s, max_epochs {args.epochs}",
     ], hyperparameters=hyperparameters, torch=torch.__version__)

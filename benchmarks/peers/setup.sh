@@ -29,8 +29,7 @@ install_peer() {  # name constraints packages...
 
 for p in "${peers[@]}"; do
     case "$p" in
-        # torch first from the on-disk wheel, so the resolver never looks for another torch
-        ag) install_peer ag constraints-ag.txt "torch==2.13.0+cpu" "torchvision==0.28.0" "autogluon.multimodal==1.6.3" psutil ;;
+        ag) install_peer ag constraints-ag.txt torch torchvision autogluon.multimodal psutil ;;
         st) install_peer st constraints-st.txt "sentence-transformers[train,image]==6.3.0" torchvision timm psutil ;;
         hf) install_peer hf constraints-hf.txt torch transformers accelerate scikit-learn pandas psutil ;;
         *) echo "unknown peer '$p' (ag, st, hf)" >&2; exit 2 ;;
