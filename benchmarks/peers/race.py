@@ -117,15 +117,16 @@ def peer(job: str, key: str, name: str, venv: str, script: str, root: str, split
 
 
 def contenders(jobs: list[str], splits: dict[str, str], root: str, budget: float) -> list[Contender]:
-    """Every contender of the chosen jobs, ours first in each job."""
+    """Every contender of the chosen jobs: ours (shipped default) first in each job, then the peers, then our
+    other methods."""
     r, s, b = root, splits, budget
     plan = {
         "classify": [
             ours("classify", "classify-ours", "ours: shipped default (frozen towers, MLP head)", r, s, []),
+            peer("classify", "classify-ag", "AutoGluon MultiModalPredictor", "ag", "run_autogluon.py", r, s, b, []),
             ours("classify", "classify-ours-probe", "ours: linear probe", r, s, ["train.linear_probe=true"]),
             ours("classify", "classify-ours-lora", "ours: shipped LoRA preset (_finetune.yaml)", r, s, [],
                  LORA_CONFIG),
-            peer("classify", "classify-ag", "AutoGluon MultiModalPredictor", "ag", "run_autogluon.py", r, s, b, []),
         ],
         "retrieve": [
             ours("retrieve", "retrieve-ours", "ours: shipped default (frozen towers)", r, s, []),

@@ -15,13 +15,17 @@ mkdir -p "$root"
 
 install_peer() {  # name constraints packages...
     local name="$1" cons="$2"; shift 2
+    local pip_env=()
+    # AutoGluon needs torch 2.13.0 from PyPI. Without this, pip's find-links (/opt/wheels, from PIP_FIND_LINKS and
+    # the user pip.conf) offers torch-2.13.0+cpu, which satisfies ==2.13.0 but cannot import PyPI's torchvision 0.28.
+    [ "$name" = ag ] && pip_env=(env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null)
     local venv="$root/$name" marker="$root/$name/.peer-installed"
     if [ -f "$marker" ]; then echo "[$name] already installed ($(cat "$marker"))"; return; fi
     local t0=$SECONDS
     rm -rf "$venv"
     "$py" -m venv "$venv"
     "$venv/bin/pip" install -q --upgrade pip 2>&1 | { grep -v "^WARNING: Location .file:" || true; }
-    "$venv/bin/pip" install -q -c "$here/$cons" "$@" 2>&1 | { grep -v "^WARNING: Location .file:" || true; }
+    "${pip_env[@]}" "$venv/bin/pip" install -q -c "$here/$cons" "$@" 2>&1 | { grep -v "^WARNING: Location .file:" || true; }
     "$venv/bin/pip" freeze > "$venv/peer-freeze.txt"
     echo "installed in $((SECONDS - t0)) s on $(date -u +%F)" > "$marker"
     echo "[$name] $(cat "$marker")"
