@@ -44,6 +44,7 @@ def main() -> None:
     parser = job_parser(__doc__.splitlines()[0])
     parser.add_argument("--presets", default=None, help="AutoGluon preset (default: its medium_quality)")
     parser.add_argument("--modalities", choices=["text,image", "image"], default="text,image")
+    parser.add_argument("--max-epochs", type=int, default=None, help="optim.max_epochs (default: AutoGluon's 20)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from autogluon.multimodal import MultiModalPredictor
@@ -63,9 +64,9 @@ def main() -> None:
         "env.num_gpus": 0,
         "env.num_workers": args.threads,
         "env.num_workers_inference": args.threads,
-        "optim.max_epochs": args.epochs,
-        "env.seed": args.seed,
     }
+    if args.max_epochs is not None:
+        hyperparameters["optim.max_epochs"] = args.max_epochs
     if not image_only:
         hyperparameters["model.hf_text.checkpoint_name"] = args.text_model
     predictor = MultiModalPredictor(label="label", problem_type="multiclass", eval_metric="accuracy",
@@ -80,7 +81,7 @@ def main() -> None:
         "MultiModalPredictor: " + ("timm_image (packaged EfficientNet-Lite0)" if image_only else
                                    "hf_text (packaged MiniLM) + timm_image (packaged EfficientNet-Lite0) + fusion_mlp"),
         "AutoGluon defaults otherwise: all weights fine-tuned, its optimiser/schedule, checkpoint averaging",
-        f"time_limit {args.budget_s:.0f} s, max_epochs {args.epochs}",
+        f"time_limit {args.budget_s:.0f} s, max_epochs {args.max_epochs or 'AutoGluon default'}, seed {args.seed}",
     ], hyperparameters=hyperparameters, torch=torch.__version__)
 
 
