@@ -25,9 +25,13 @@ import importlib.util
 import os
 import re
 import shlex
-import tomllib
 from dataclasses import dataclass
 from typing import Any, Optional
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the copy pip vendors
+    from pip._vendor import tomli as tomllib
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 PAGES = ["README.md"] + sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs"))
