@@ -1,51 +1,205 @@
-"""The README's code, extracted from README.md itself and run as written, so the docs cannot drift.
+"""The code of README.md and docs/*.md, extracted from the pages themselves, so the docs cannot drift.
 
-The research examples use the two packaged pretrained models (offline). The three "Extending" files (an
-encoder kind, a fusion, a task) are imported as user modules and used together in one real run, whose saved
-model is then reloaded.
+Python blocks run as written (the research examples with the two packaged pretrained models, offline; the
+three "Extending" files are imported as user modules and used together in one real run whose saved model
+is reloaded). Every shell command is dry-run (`docs_code.check_command`): parsed by the program's own
+parser, its config and overrides checked as a real run would. Files a page tells the reader to write are
+written into a shared working folder first. See `docs_code` for the markers a block may carry.
 """
 
 from __future__ import annotations
 
+import csv
 import importlib
 import os
-import re
 import sys
 
 import numpy as np
 import pytest
 import torch
+import yaml
+from docs_code import ROOT, Block, all_blocks, block_by_id, check_command, commands
+from PIL import Image
 
-README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+BLOCKS = all_blocks()
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# Files the pages refer to as the reader's own, beyond the ones they show: copies of the table they show.
+# (The splits stand in for the ones the main job writes, which the streaming example reads.)
+READER_COPIES = ["data/test.csv", "data/val.csv", "outputs/text_image_classification/splits/train.csv",
+                 "outputs/text_image_classification/splits/validation.csv",
+                 "outputs/text_image_classification/splits/test.csv"]
 
 
-def _sections() -> dict[str, list[str]]:
-    """Python code blocks of README.md by '## ' section title."""
-    text = open(README, encoding="utf-8").read()
-    out: dict[str, list[str]] = {}
-    for part in re.split(r"^## ", text, flags=re.M)[1:]:
-        title = part.splitlines()[0].strip()
-        out[title] = re.findall(r"```python\n(.*?)```", part, flags=re.S)
+def _write_images(table: str) -> None:
+    """Small real images for every image path a CSV names (relative to the CSV)."""
+    with open(table, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            for value in row.values():
+                if value and value.lower().endswith(IMAGE_SUFFIXES):
+                    path = os.path.join(os.path.dirname(table), value)
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    Image.new("RGB", (32, 32), (hash(value) % 255, 80, 160)).save(path)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A working folder holding what the pages tell the reader to write, with the repository's recipes."""
+    folder = tmp_path_factory.mktemp("docs_workspace")
+    for name in ("recipes", "benchmarks", "constraints.txt", "pyproject.toml", ".ci"):
+        os.symlink(os.path.join(ROOT, name), folder / name)
+    for block in BLOCKS:
+        target = block.option("file")
+        if target:
+            path = folder / target
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(block.code, encoding="utf-8")
+            if target.endswith(".csv"):
+                _write_images(str(path))
+    for copy in READER_COPIES:
+        (folder / copy).parent.mkdir(parents=True, exist_ok=True)
+        (folder / copy).write_text((folder / "data/train.csv").read_text())
+        _write_images(str(folder / copy))
+    return folder
+
+
+@pytest.fixture
+def in_workspace(workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    monkeypatch.syspath_prepend(str(workspace))
+    monkeypatch.setenv("MULTIMODAL_CACHE", str(workspace / "cache"))
+    return workspace
+
+
+def test_every_block_is_known():
+    """A block in a language the tests do not handle would go unchecked: refuse it."""
+    unknown = [f"{b.where} ({b.lang or 'no language'})" for b in BLOCKS if b.lang not in {"python", "bash", "yaml",
+                                                                                          "csv", "text"}]
+    assert not unknown, f"blocks the tests cannot check: {unknown}; tag them python/bash/yaml/csv or text"
+
+
+# ------------------------------------------------------------------------------------------ shell commands
+def _shell_commands():
+    out = []
+    for page in sorted({b.page for b in BLOCKS}):
+        variables = {"PWD": "."}
+        for block in (b for b in BLOCKS if b.page == page and b.lang == "bash"):
+            for command in commands(block, variables):
+                out.append(pytest.param(block, command, id=command.where))
     return out
 
 
-def _run_block(code: str, tmp_path, monkeypatch) -> dict:
+@pytest.mark.parametrize("block,command", _shell_commands())
+def test_shell_command(block: Block, command, in_workspace, monkeypatch, capsys):
+    if block.skip_reason:
+        pytest.skip(block.skip_reason)
+    for key, value in command.env.items():
+        monkeypatch.setenv(key, value)
+    result = check_command(command)
+    if result.startswith("skip: "):
+        pytest.skip(f"{command.text[:60]}: {result[6:]}")
+
+
+# ------------------------------------------------------------------------------------------ data blocks
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.lang in ("yaml", "csv")], ids=lambda b: b.where)
+def test_data_block(block: Block, in_workspace):
+    """YAML parses (a config fragment passes the config checks on top of a recipe; a search space is read
+    by the tuner); a CSV parses as a manifest."""
+    from multimodal.config.loading import config_from_dict, read_config_file
+    from multimodal.config.merge import deep_merge
+    from multimodal.data.manifest import read_manifest
+    from multimodal.tuning.space import read_space
+
+    path = in_workspace / (block.option("file") or f"block-{block.line}.{block.lang}")
+    if not block.option("file"):
+        path.write_text(block.code, encoding="utf-8")
+    if block.lang == "csv":
+        rows = read_manifest(str(path))
+        assert rows and set(rows[0]) >= {"label"}
+        return
+    values = yaml.safe_load(block.code)
+    assert isinstance(values, dict) and values
+    if block.option("part-of"):
+        whole = yaml.safe_load(open(os.path.join(ROOT, block.option("part-of")), encoding="utf-8"))
+        assert _excerpt_of(values, whole), f"{block.where} differs from {block.option('part-of')}"
+        return
+    base = read_config_file(os.path.join(ROOT, "recipes/configs/text_image_classification.yaml"))
+    if all("." in key for key in values):
+        assert read_space(str(path), base)
+    elif set(values) <= {"data", "model", "train", "eval", "retrieval"}:
+        config_from_dict(deep_merge(base, values))
+    else:
+        assert block.option("file"), f"{block.where}: a YAML block that is neither a config nor a search space"
+
+
+def _excerpt_of(part, whole) -> bool:
+    """Whether every value `part` shows is `whole`'s value at the same place."""
+    if isinstance(part, dict):
+        return isinstance(whole, dict) and all(k in whole and _excerpt_of(v, whole[k]) for k, v in part.items())
+    return part == whole
+
+
+# ------------------------------------------------------------------------------------------ python blocks
+def _generic_pages():
+    pages = {b.page for b in BLOCKS if b.lang == "python" and not b.option("id") and not b.option("file")}
+    return sorted(pages)
+
+
+@pytest.mark.parametrize("page", _generic_pages())
+def test_python_blocks_of_page(page: str, in_workspace):
+    """The page's Python blocks, in order, in one namespace (blocks marked skip are reported, not run)."""
+    namespace: dict = {"__name__": "docs_example"}
+    skipped = []
+    for block in (b for b in BLOCKS if b.page == page and b.lang == "python"):
+        if block.option("id") or block.option("file"):
+            continue
+        if block.skip_reason:
+            skipped.append(f"{block.where}: {block.skip_reason}")
+            continue
+        exec(compile(block.code, block.where, "exec"), namespace)
+    if skipped and len(namespace) == 2:  # only __name__ and __builtins__: nothing ran
+        pytest.skip("; ".join(skipped))
+
+
+def _run_block(block: Block, tmp_path, monkeypatch) -> dict:
     monkeypatch.chdir(tmp_path)  # the examples write runs/... and /tmp/img_assets
-    namespace: dict = {"__name__": "readme_example"}
-    exec(compile(code, "README.md", "exec"), namespace)
+    namespace: dict = {"__name__": "docs_example"}
+    exec(compile(block.code, block.where, "exec"), namespace)
     return namespace
 
 
+def test_install_pins_match_the_constraints():
+    """The CPU-only line pins torch, torchvision and torchaudio to the constraints file's versions."""
+    pins = dict(line.strip().split("==") for line in open(os.path.join(ROOT, "constraints.txt"))
+                if "==" in line and not line.startswith("#"))
+    pages = [b for b in BLOCKS if b.lang == "bash" and "download.pytorch.org/whl/cpu" in b.code]
+    assert pages, "the CPU-only install line is gone"
+    for block in pages:
+        for name in ("torch", "torchvision", "torchaudio"):
+            assert f"{name}=={pins[name]}" in block.code, f"{block.where}: {name} is not pinned to {pins[name]}"
+
+
+def test_architecture_tree_names_real_paths():
+    (tree,) = [b for b in BLOCKS if b.lang == "text" and b.code.startswith("encoders/")]
+    names = []
+    for line in tree.code.splitlines():
+        if not line.strip() or line.startswith(" " * 6):
+            continue
+        name = line.split()[0]
+        prefix = "multimodal/" if line.startswith("  ") else ""
+        assert os.path.exists(os.path.join(ROOT, prefix + name)), f"architecture names {prefix + name}"
+        names.append(name)
+    assert len(names) > 10
+
+
+# ------------------------------------------------------------------------------------------ named examples
 def test_encoders_example(tmp_path, monkeypatch):
-    (block,) = _sections()["Encoders"]
-    ns = _run_block(block, tmp_path, monkeypatch)
+    ns = _run_block(block_by_id("encoders"), tmp_path, monkeypatch)
     assert ns["t"].pooled.shape == (2, 384) and ns["i"].tokens.shape[-1] == ns["image"].token_dim
     assert ns["a"].mask.shape[0] == 1 and ns["clone"].output_dim == 1280
 
 
 def test_research_examples_train_and_reload(tmp_path, monkeypatch):
-    fused_block, dual_block = _sections()["Models in research code"]
-    ns = _run_block(fused_block, tmp_path, monkeypatch)
+    ns = _run_block(block_by_id("research-fused"), tmp_path, monkeypatch)
     out, model, optimizer = ns["out"], ns["model"], ns["optimizer"]
     assert out.logits.shape == (3, 2) and torch.isfinite(out.loss)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -58,7 +212,7 @@ def test_research_examples_train_and_reload(tmp_path, monkeypatch):
     with torch.no_grad():
         assert torch.equal(same(**batch).logits, model(**batch).logits)
 
-    ns = _run_block(dual_block, tmp_path, monkeypatch)
+    ns = _run_block(block_by_id("research-dual"), tmp_path, monkeypatch)
     assert ns["texts"].shape == (3, 256) and ns["images"].shape == (2, 256)
     model = ns["model"]
     assert torch.isfinite(ns["loss"]) and model.head.logit_scale.grad is not None
@@ -76,17 +230,14 @@ def test_research_examples_train_and_reload(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def user_modules(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("user_code")
-    blocks = _sections()["Extending"]
-    assert len(blocks) == 3
-    for name, code in zip(("readme_my_encoders", "readme_my_fusions", "readme_my_tasks"), blocks):
-        (folder / f"{name}.py").write_text(code)
-    sys.path.insert(0, str(folder))
+def user_modules(workspace):
+    names = ("my_encoders", "my_fusions", "my_tasks")
+    assert all((workspace / f"{n}.py").is_file() for n in names)
+    sys.path.insert(0, str(workspace))
     try:
-        yield [importlib.import_module(n) for n in ("readme_my_encoders", "readme_my_fusions", "readme_my_tasks")]
+        yield [importlib.import_module(n) for n in names]
     finally:
-        sys.path.remove(str(folder))
+        sys.path.remove(str(workspace))
 
 
 def test_extending_files_work_together_in_a_real_run(tmp_path, user_modules, day_night_manifest):

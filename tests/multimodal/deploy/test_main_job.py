@@ -1,6 +1,6 @@
 """Done-when check: the README's main job (pretrained MiniLM + EfficientNet-Lite0, frozen + cached, concat fusion)
-is predicted from the CLI, exported, quantized, served and queried with curl, and the README's Deploy example
-runs as written against it."""
+is predicted from the CLI, exported, quantized, served and queried with curl, and the Deploy page's Python
+examples (docs/deploy.md) run as written against it."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _accuracy(preds: list[dict], rows: list[dict]) -> float:
 def test_the_main_job_ships(tmp_path, monkeypatch):
     import text_image_classification as recipe
 
-    monkeypatch.chdir(tmp_path)  # the README's relative paths: outputs/..., deploy/...
+    monkeypatch.chdir(tmp_path)  # the docs' relative paths: outputs/..., deploy/..., preds.jsonl
     recipe.main(["eval.baselines=false", "train.epochs=4", "train.progress_bar=false", "train.log_with=none"])
     model = "outputs/text_image_classification/model"
     test_csv = "outputs/text_image_classification/splits/test.csv"
@@ -76,13 +76,12 @@ def test_the_main_job_ships(tmp_path, monkeypatch):
         server.terminate()
         server.wait(timeout=60)
 
-    # the README's Deploy example, as written
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    section = re.split(r"^## ", readme, flags=re.M)
-    (deploy,) = [s for s in section if s.startswith("Deploy")]
+    # the Deploy page's Python examples, as written (reading preds.jsonl, then the Predictor)
+    deploy = open(os.path.join(ROOT, "docs", "deploy.md"), encoding="utf-8").read()
     blocks = re.findall(r"```python\n(.*?)```", deploy, flags=re.S)
-    assert blocks
-    namespace: dict = {"__name__": "readme_deploy"}
+    assert len(blocks) == 2
+    namespace: dict = {"__name__": "docs_deploy"}
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)
+        exec(compile(block, "docs/deploy.md", "exec"), namespace)
+    assert namespace["first"]["row"] == 1 and namespace["first"]["label"] == torch_preds[0]["label"]
     assert namespace["prediction"]["label"] in Predictor.from_pretrained(model).labels
