@@ -169,6 +169,46 @@ class RetrievalTask(Task):
                 rows.append(r)
         return keys, position, preds[f"embeddings.{modality}"][rows]
 
+    def _entry_labels(self, preds: dict, order: list[int], index: list[int], dataset: MultimodalDataset,
+                      modality: str) -> dict[str, str]:
+        """Each distinct entry's label (``data.label_column``), by entry key; empty without a label column. An entry
+        with two different labels is an error naming the row."""
+        column = self.cfg.data.label_column
+        if not column or not len(dataset) or column not in dataset.row(0):
+            return {}
+        labels: dict[str, str] = {}
+        present = preds.get(f"present.{modality}")
+        for r in order:
+            if present is not None and not bool(present[r]):
+                continue
+            key, value = self.entity_key(dataset, index[r], modality), dataset.value(index[r], column)
+            if value is None:
+                continue
+            if labels.setdefault(key, str(value)) != str(value):
+                raise ValueError(f"{dataset.where(dataset.indices[index[r]])}: {modality} {key!r} has two labels "
+                                 f"({labels[key]!r} and {str(value)!r})")
+        return labels
+
+    def _same_label_metrics(self, sim: torch.Tensor, preds: dict, order: list[int], index: list[int],
+                            dataset: MultimodalDataset, sides: tuple[tuple[str, list[str]], tuple[str, list[str]]]
+                            ) -> dict[str, Any]:
+        """Class-aware retrieval: Recall@K and mAP where every gallery entry with the query's label counts as a hit
+        (``same_label/<a>_to_<b>/R@1``), beside the instance metrics; empty without labels on both sides."""
+        (a, keys_a), (b, keys_b) = sides
+        labels_a = self._entry_labels(preds, order, index, dataset, a)
+        labels_b = self._entry_labels(preds, order, index, dataset, b)
+        if not labels_a or not labels_b:
+            return {}
+        codes = {name: i for i, name in enumerate(sorted(set(labels_a.values()) | set(labels_b.values())))}
+        la = np.array([codes.get(labels_a.get(k), -1) for k in keys_a])
+        lb = np.array([codes.get(labels_b.get(k), -2) for k in keys_b])
+        pairs = np.argwhere(la[:, None] == lb[None, :])
+        if not len(pairs):
+            return {}
+        metrics = retrieval_metrics(sim, pairs, names=(a, b), ks=self.cfg.eval.recall_at)
+        return {f"same_label/{k}": v for k, v in metrics.items()
+                if not k.endswith(("recall_curve", "median_rank", "mean_rank")) and not k.startswith("num_")}
+
     def _pair_metrics(self, preds: dict, order: list[int], index: list[int], dataset: MultimodalDataset, a: str,
                       b: str, full: bool) -> tuple[dict, list[RetrievalExamples], list[str]]:
         keys_a, pos_a, emb_a = self._unique(preds, order, index, dataset, a)
@@ -178,6 +218,8 @@ class RetrievalTask(Task):
                         for r in order if (pa is None or bool(pa[r])) and (pb is None or bool(pb[r]))})
         sim = emb_a @ emb_b.t()
         metrics = retrieval_metrics(sim, pairs, names=(a, b), ks=self.cfg.eval.recall_at)
+        same = self._same_label_metrics(sim, preds, order, index, dataset, ((a, keys_a), (b, keys_b)))
+        metrics.update(same)
         notes = []
         if "text" in (a, b) and full:
             side, other = (0, b) if a == "text" else (1, a)
@@ -191,6 +233,10 @@ class RetrievalTask(Task):
         if full:
             notes.insert(0, f"{a}↔{b}: {len(keys_a)} {a} and {len(keys_b)} {b} entries, {len(pairs)} pairs; chance R@1 "
                             f"({a}→{b}) = {metrics[f'chance/{a}_to_{b}/R@1']:.4f}. Ties count against the model.")
+            if same:
+                notes.insert(1, f"Same-label retrieval ({self.cfg.data.label_column!r}: any {b} entry with the query's "
+                                f"label is a hit): R@1 ({a}→{b}) = {same[f'same_label/{a}_to_{b}/R@1']:.4f}, chance "
+                                f"{same[f'same_label/chance/{a}_to_{b}/R@1']:.4f}.")
         return metrics, examples, notes
 
     def _examples(self, sim: torch.Tensor, pairs: list[tuple[int, int]], keys_a: list[str], keys_b: list[str],
@@ -214,20 +260,7 @@ class RetrievalTask(Task):
     @torch.no_grad()
     def _zero_shot(self, preds: dict, order: list[int], index: list[int], dataset: MultimodalDataset, model: Any,
                    modality: str) -> Optional[dict[str, Any]]:
-        column = self.cfg.data.label_column
-        if not column or not len(dataset) or column not in dataset.row(0):
-            return None
-        labels: dict[str, str] = {}
-        present = preds.get(f"present.{modality}")
-        for r in order:
-            if present is not None and not bool(present[r]):
-                continue
-            key, value = self.entity_key(dataset, index[r], modality), dataset.value(index[r], column)
-            if value is None:
-                continue
-            if labels.setdefault(key, str(value)) != str(value):
-                raise ValueError(f"{dataset.where(dataset.indices[index[r]])}: {modality} {key!r} has two labels "
-                                 f"({labels[key]!r} and {str(value)!r})")
+        labels = self._entry_labels(preds, order, index, dataset, modality)
         if not labels:
             return None
         keys, position, emb = self._unique(preds, order, index, dataset, modality)

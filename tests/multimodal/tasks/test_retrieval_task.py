@@ -95,6 +95,22 @@ def test_zero_shot_uses_the_classification_metrics(monkeypatch):
     assert result.confusion == zs["confusion_matrix"]
 
 
+def test_same_label_recall_counts_any_entry_of_the_query_label():
+    # four digit clips, each with its own caption; captions 0-1 say "one", 2-3 say "two" (label column "digit")
+    rows = [{"audio": f"/{i}.wav", "text": f"clip {i}", "digit": d} for i, d in enumerate(["1", "1", "2", "2"])]
+    ds = MultimodalDataset(rows, {"audio": "audio", "text": "text"}, None, None, validate=False, progress=False)
+    e = torch.eye(4)
+    # every caption is closest to the OTHER clip of its digit: instance R@1 0, same-label R@1 1
+    text = torch.stack([e[1], e[0], e[3], e[2]])
+    preds = {"index": torch.arange(4), "embeddings.text": text, "embeddings.audio": e}
+    result = _task("data.label_column=digit").evaluate(preds, ds, _Towers(["audio", "text"]))
+    m = result.metrics
+    assert m["text_to_audio/R@1"] == 0.0 and m["same_label/text_to_audio/R@1"] == 1.0
+    assert m["same_label/audio_to_text/R@1"] == 1.0 and m["same_label/chance/text_to_audio/R@1"] == 0.5
+    assert any(n.startswith("Same-label retrieval") for n in result.notes)
+    assert not any(k.startswith("same_label/") for k in _task().evaluate(preds, ds, _Towers(["audio", "text"])).metrics)
+
+
 def test_metric_names_follow_the_modalities():
     names = get_task("retrieval").metric_names(load_config(None, [
         "model.task=retrieval", "model.encoders={image: 'image:x', audio: 'audio-mel:y'}"]))
