@@ -142,8 +142,8 @@ def folder_cases(tmp: str, text_dir: str) -> list[dict]:
     image = create_encoder("image:test_efficientnet", pretrained=False, img_size=32)
     base = os.path.join(tmp, "saved")
     MultimodalModel({"text": text, "image": image},
-                    create_fusion("concat", {"text": text.output_dim, "image": image.output_dim}, 8),
-                    TaskHead(8, 2)).save_pretrained(base)
+                    fusion=create_fusion("concat", {"text": text.output_dim, "image": image.output_dim}, 8),
+                    head=TaskHead(8, 2)).save_pretrained(base)
     rows = []
     for name, (tamper, file_name, expected) in tampered.CASES.items():
         folder = os.path.join(tmp, "t", name.replace(" ", "_"))

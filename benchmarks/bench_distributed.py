@@ -42,7 +42,7 @@ def build(model_kind: str = "packaged", seed: int = 0):
     image = create_encoder("image:tf_efficientnet_lite0", img_size=128)
     encoders = {"text": text, "image": image}
     fusion = create_fusion("concat", {m: e.output_dim for m, e in encoders.items()}, 256)
-    return MultimodalModel(encoders, fusion, TaskHead(256, 4))
+    return MultimodalModel(encoders, fusion=fusion, head=TaskHead(256, 4))
 
 
 def batch_for(model, n: int, rank: int):

@@ -59,7 +59,7 @@ def build_model(smoke: bool, workdir: str):
         "image": create_encoder("image:vit_base_patch16_224" if not smoke else "image:test_vit", pretrained=False),
     }
     fusion = create_fusion("concat", {m: e.output_dim for m, e in encs.items()}, 512)
-    return MultimodalModel(encs, fusion, TaskHead(512, 10))
+    return MultimodalModel(encs, fusion=fusion, head=TaskHead(512, 10))
 
 
 def make_batches(model, n: int, batch_size: int, text_len: int) -> list[dict]:

@@ -49,7 +49,7 @@ def build_model(kind: str):
         }
     dims = {m: e.output_dim for m, e in encs.items()}
     fusion = create_fusion("concat", dims, 256)
-    return MultimodalModel(encs, fusion, TaskHead(256, 4))
+    return MultimodalModel(encs, fusion=fusion, head=TaskHead(256, 4))
 
 
 def make_batches(model, n: int, batch_size: int) -> list[dict]:

@@ -21,7 +21,7 @@ def _model():
     encoders = {"image": create_encoder("image:test_efficientnet", pretrained=False, img_size=32),
                 "audio": create_encoder("audio-mel:test_efficientnet", pretrained=False, max_seconds=0.5)}
     fusion = create_fusion("concat", {m: e.output_dim for m, e in encoders.items()}, 8)
-    return MultimodalModel(encoders, fusion, TaskHead(8, 3))
+    return MultimodalModel(encoders, fusion=fusion, head=TaskHead(8, 3))
 
 
 def _samples(seed: int, indices=(0, 1, 2, 3)) -> list[dict]:

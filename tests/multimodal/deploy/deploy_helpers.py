@@ -17,7 +17,7 @@ def fused(encoders: dict, fusion: str = "concat", classes: int = 3, seed: int = 
     """A classifier over `encoders` with random weights (seeded)."""
     torch.manual_seed(seed)
     fusion_module = create_fusion(fusion, {m: e.output_dim for m, e in encoders.items()}, 16)
-    return MultimodalModel(encoders, fusion_module, TaskHead(16, classes)).eval()
+    return MultimodalModel(encoders, fusion=fusion_module, head=TaskHead(16, classes)).eval()
 
 
 def family_encoder(family: str, tiny_text_dir: str, tiny_audio_dir: str):

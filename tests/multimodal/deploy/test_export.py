@@ -141,7 +141,7 @@ def test_exported_folder_runs_no_torch_model_code(fused_onnx, monkeypatch):
 def test_export_refuses_a_model_without_a_head_and_a_bad_format(tmp_path, fused_model):
     from multimodal import MultimodalModel
 
-    headless = MultimodalModel(dict(fused_model.encoders), fused_model.fusion, None)
+    headless = MultimodalModel(dict(fused_model.encoders), fusion=fused_model.fusion, head=None)
     with pytest.raises(DeployError, match="no task head"):
         export_model(headless, tmp_path / "x")
     with pytest.raises(DeployError, match="unknown export format"):

@@ -175,7 +175,7 @@ def test_classification_task_uses_training_metrics_and_saved_labels(tmp_path, ti
     encoders = {"text": create_encoder(f"text:{tiny_text_dir}"),
                 "image": create_encoder("image:test_efficientnet", pretrained=False, img_size=32)}
     fusion = create_fusion("concat", {m: e.output_dim for m, e in encoders.items()}, 8)
-    model = MultimodalModel(encoders, fusion, TaskHead(8, 3))
+    model = MultimodalModel(encoders, fusion=fusion, head=TaskHead(8, 3))
     model.save_pretrained(tmp_path / "model")
     (tmp_path / "model" / "labels.json").write_text(json.dumps({"task": "single_label", "labels": ["blue", "green", "red"]}))
     items = _colour_images(tmp_path / "data", 2, seed=4)

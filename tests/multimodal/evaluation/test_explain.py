@@ -67,7 +67,7 @@ def trained(tiny_text_dir):
     rng = np.random.default_rng(0)
     enc = {"text": create_encoder(f"text:{tiny_text_dir}", pretrained=False),
            "image": create_encoder("image:test_efficientnet", pretrained=False, img_size=32)}
-    model = MultimodalModel(enc, create_fusion("concat", {m: e.output_dim for m, e in enc.items()}, 32), TaskHead(32, 4))
+    model = MultimodalModel(enc, fusion=create_fusion("concat", {m: e.output_dim for m, e in enc.items()}, 32), head=TaskHead(32, 4))
     collate = Collator(model.get_preprocessors(False), "single_label")
 
     def batch(n, offset=0, ablate=0.0):
@@ -123,7 +123,7 @@ def test_log_mel_attributions_and_attention_maps(tiny_text_dir):
                                     n_mels=64)}
     fusion = create_fusion("attention", {m: e.output_dim for m, e in enc.items()}, 16, hidden_dim=32, num_layers=1,
                            token_dims={m: e.token_dim for m, e in enc.items()})
-    model = MultimodalModel(enc, fusion, TaskHead(16, 3)).eval()
+    model = MultimodalModel(enc, fusion=fusion, head=TaskHead(16, 3)).eval()
     wave = np.sin(np.linspace(0, 400, 8000)).astype(np.float32)
     batch = Collator(model.get_preprocessors(False), "single_label")(
         [{"text": "a short beep", "audio": (wave, 16000), "label": 1, "index": 0}])

@@ -27,7 +27,7 @@ def _model(tiny_text_dir, freeze=False):
     enc = {"text": create_encoder(f"text:{tiny_text_dir}", pretrained=False),
            "image": create_encoder("image:test_efficientnet", pretrained=False, img_size=32)}
     fusion = create_fusion("concat", {m: e.output_dim for m, e in enc.items()}, 16)
-    model = MultimodalModel(enc, fusion, TaskHead(16, 3))
+    model = MultimodalModel(enc, fusion=fusion, head=TaskHead(16, 3))
     if freeze:
         model.freeze_encoders()
     return model

@@ -243,7 +243,7 @@ def test_block_classes_per_encoder_family(tiny_text_dir):
                 "image": create_encoder("image:vit_tiny_patch16_224", pretrained=False, img_size=32),
                 "audio": create_encoder("audio-mel:resnet18", pretrained=False)}
     fusion = create_fusion("concat", {m: e.output_dim for m, e in encoders.items()}, 8)
-    classes = fsdp_block_classes(MultimodalModel(encoders, fusion, TaskHead(8, 2)))
+    classes = fsdp_block_classes(MultimodalModel(encoders, fusion=fusion, head=TaskHead(8, 2)))
     assert {"BertLayer", "Block", "BasicBlock"} <= set(classes)
     assert not {"Sequential", "ModuleList", "VisionTransformer", "BertModel"} & set(classes)
 

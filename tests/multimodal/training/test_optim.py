@@ -23,7 +23,7 @@ def _model(tiny_text_dir) -> MultimodalModel:
                 "image": create_encoder("image:test_efficientnet", pretrained=False, img_size=32)}
     fusion = create_fusion("attention", {m: e.output_dim for m, e in encoders.items()}, 16, hidden_dim=16,
                            num_heads=2, num_layers=1, dropout=0.0)
-    return MultimodalModel(encoders, fusion, TaskHead(16, 3, hidden_dim=8))
+    return MultimodalModel(encoders, fusion=fusion, head=TaskHead(16, 3, hidden_dim=8))
 
 
 def _declared(model: nn.Module) -> set[str]:
