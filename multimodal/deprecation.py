@@ -9,8 +9,8 @@ runtime), `relocated` takes a table of dotted homes and imports each on first us
 from __future__ import annotations
 
 import warnings
-from importlib import import_module
 from collections.abc import Callable, Mapping
+from importlib import import_module
 from types import ModuleType
 from typing import Any, Optional
 

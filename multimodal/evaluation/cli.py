@@ -187,8 +187,8 @@ def evaluate_manifest(model: Any, data: str, task: str = "classification", colum
     return result
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """CLI: evaluate a saved model on a manifest and write metrics.json + report."""
+def _parser() -> argparse.ArgumentParser:
+    """The command line of multimodal-evaluate."""
     parser = argparse.ArgumentParser(prog="multimodal-evaluate", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", required=True, help="saved model directory (config.json + model.safetensors)")
@@ -221,7 +221,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="let Python code shipped in the model folder (transformers auto_map) run; off by default")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """CLI: evaluate a saved model on a manifest and write metrics.json + report."""
+    args = _parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with user_errors(args.debug):
         if not os.path.exists(os.path.join(args.model, "config.json")):
