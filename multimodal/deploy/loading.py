@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from multimodal.deprecation import relocated
 from multimodal.deploy.errors import DeployError
 from multimodal.deploy.runtime.folder import DEPLOY_CONFIG
+from multimodal.deprecation import relocated
 from multimodal.evaluation.cli import saved_labels
 from multimodal.models.base import CONFIG_NAME, EncoderModel, load_model, read_model_config
 
