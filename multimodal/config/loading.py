@@ -26,6 +26,7 @@ import yaml
 
 from multimodal.config.checks import check_config, type_hints
 from multimodal.config.merge import Replace, deep_merge
+from multimodal.config.method import apply_method
 from multimodal.config.schema import ConfigError, ExperimentConfig, ModelConfig, short
 from multimodal.data.demos import get_demo
 from multimodal.files import write_text
@@ -262,6 +263,8 @@ def config_from_dict(values: Optional[dict], cls: type[T] = ExperimentConfig, ch
     check_shape(values, "the config")
     values = deep_merge(layered_defaults(values), values)
     config = _build_dataclass(cls, values)
+    if hasattr(config, "train") and hasattr(config, "model") and hasattr(config.train, "method"):
+        apply_method(config)  # an explicit train.method sets its switches
     if check:
         check_config(config)
     return config
