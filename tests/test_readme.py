@@ -114,3 +114,21 @@ def test_extending_files_work_together_in_a_real_run(tmp_path, user_modules, day
     model = load_model(tmp_path / "out" / "model")
     assert isinstance(model, MultimodalModel) and type(model.fusion).__name__ == "MaxFusion"
     assert model.encoders["text"].spec == "text-hash:512"
+
+
+def test_own_data_yaml_selects_the_method(tmp_path, monkeypatch):
+    """The "Bring your own data" YAML, as written, loads against its CSV and runs method auto's selection."""
+    from multimodal.config import load_config
+    from multimodal.training.auto import auto_applies
+
+    section = open(README, encoding="utf-8").read().split("### Bring your own data", 1)[1]
+    csv = re.search(r"```csv\n(.*?)```", section, flags=re.S).group(1)
+    yaml_text = re.search(r"```yaml\n(.*?)```", section, flags=re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("data")
+    with open("data/train.csv", "w", encoding="utf-8") as f:
+        f.write(csv)
+    with open("my.yaml", "w", encoding="utf-8") as f:
+        f.write(yaml_text)
+    cfg = load_config("my.yaml")
+    assert cfg.train.method == "auto" and cfg.train.time_budget_s == 600 and auto_applies(cfg)
