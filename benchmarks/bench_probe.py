@@ -8,8 +8,10 @@ recording on both sides), the same folds for every method, each fold in turn the
   features of the packaged encoder (`benchmarks.features`, cached beside the dev sets);
 - ``ours: cv log_loss`` / ``ours: cv accuracy``: the probe's own C selection (`multimodal.training.probe`) on the
   same features, by each criterion (the evidence for ``train.probe_select``);
-- ``multimodal.run``: the framework end to end, ``train.linear_probe=true`` with ``data.fold_column`` over the
-  same folds, features from its own cache (``data.feature_cache``), in a child process.
+- ``multimodal.run``: the framework end to end, ``train.method=probe`` with ``data.fold_column`` over the
+  same folds, features from its own cache (``data.feature_cache``), in a child process;
+- ``multimodal.run auto``: the same with ``train.method=auto`` and ``train.time_budget_s=--auto-budget`` per
+  fold (each fold's validation split carved from its training folds); the method it kept in each fold is printed.
 
 Each method runs in its own child process, so its wall time and peak RSS are its own. Printed: test accuracy
 mean +- sample std over the folds, and the paired difference to each scikit-learn baseline with its standard
@@ -42,7 +44,8 @@ from benchmarks.sklearn_probe import fit_score, folds
 SKLEARN = ("LogisticRegression()", "LogisticRegressionCV")
 OURS = ("ours: cv log_loss", "ours: cv accuracy")
 FRAMEWORK = "multimodal.run"
-METHODS = (*SKLEARN, *OURS, FRAMEWORK)
+FRAMEWORK_AUTO = "multimodal.run auto"
+METHODS = (*SKLEARN, *OURS, FRAMEWORK, FRAMEWORK_AUTO)
 FOLD_COLUMN = "bench_fold"
 
 
@@ -108,8 +111,9 @@ def ours_folds(select: str, feats: dict, fold: np.ndarray) -> list[float]:
     return accs
 
 
-def framework_folds(name: str, manifest: str, cache: str) -> list[float]:
-    """Test accuracy per fold of ``multimodal.run`` with the linear probe over the manifest's fold column."""
+def framework_folds(name: str, manifest: str, cache: str, auto_budget: float | None = None) -> tuple[list, list]:
+    """Test accuracy per fold of ``multimodal.run`` over the manifest's fold column, and the method each fold ran:
+    ``train.method=probe``, or ``auto`` within `auto_budget` seconds per fold when that is given."""
     from multimodal import run
     from multimodal.config import load_config
 
@@ -121,32 +125,50 @@ def framework_folds(name: str, manifest: str, cache: str) -> list[float]:
                      *[f"data.{m}_column={m if m == modality else 'null'}" for m in ("text", "image", "audio")],
                      f"data.group_column={'group' if 'group' in table else 'null'}", f"data.feature_cache={cache}",
                      f"model.encoders={{{modality}: '{spec}'}}", f"model.encoder_kwargs={kwargs}",
-                     "model.freeze_encoders=true", "train.linear_probe=true", f"train.output_dir={out}/run",
+                     *(["train.method=probe"] if auto_budget is None else
+                       ["train.method=auto", f"train.time_budget_s={auto_budget}"]),
+                     f"train.output_dir={out}/run",
                      "train.log_with=none", "train.progress_bar=false", "eval.html_report=false",
                      "data.num_workers=0"]
         metrics = run(load_config(None, overrides))
-    return [f["test"]["accuracy"] for f in metrics["cross_validation"]["folds"]]
+        folds = metrics["cross_validation"]["folds"]
+        chosen = [_selection(os.path.join(out, "run", "folds", f["fold"], "metrics.json")) for f in folds]
+    return [f["test"]["accuracy"] for f in folds], chosen
 
 
-def worker(method: str, name: str, per_set: int, cache: str) -> dict:
+def _selection(path: str) -> dict:
+    """What a fold's method-auto run kept and each candidate's status, validation score and seconds (from its
+    metrics.json; a probe run: the probe alone)."""
+    with open(path, encoding="utf-8") as f:
+        selection = json.load(f).get("method_selection")
+    if not selection:
+        return {"chosen": "probe"}
+    return {"chosen": selection["chosen"], "candidates": selection["candidates"]}
+
+
+def worker(method: str, name: str, per_set: int, cache: str, auto_budget: float) -> dict:
     """One method on one set (in this process): per-fold accuracies, seconds, peak RSS."""
     start = time.perf_counter()
     manifest = fold_manifest(name, per_set)
-    if method == FRAMEWORK:
-        accs = framework_folds(name, manifest, cache)
+    chosen: list[str] = []
+    selections: list[dict] = []
+    if method in (FRAMEWORK, FRAMEWORK_AUTO):
+        accs, selections = framework_folds(name, manifest, cache, auto_budget if method == FRAMEWORK_AUTO else None)
+        chosen = [s["chosen"] for s in selections]
     else:
         feats = features(name, manifest)
         fold = pd.read_csv(manifest)[FOLD_COLUMN].to_numpy()
         accs = (sklearn_folds(method, feats, fold) if method in SKLEARN
                 else ours_folds(method.rsplit(" ", 1)[1], feats, fold))
-    return {"set": name, "method": method, "folds": accs, "seconds": time.perf_counter() - start,
+    return {"set": name, "method": method, "folds": accs, "chosen": chosen, "selections": selections,
+            "seconds": time.perf_counter() - start,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def in_child(method: str, name: str, per_set: int, cache: str) -> dict:
+def in_child(method: str, name: str, per_set: int, cache: str, auto_budget: float) -> dict:
     """`worker` in a child process (its own wall time and peak RSS)."""
     cmd = [sys.executable, "-m", "benchmarks.bench_probe", "--worker", method, "--sets", name,
-           "--per-set", str(per_set), "--cache", cache]
+           "--per-set", str(per_set), "--cache", cache, "--auto-budget", str(auto_budget)]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
     if done.returncode:
         raise RuntimeError(f"{method} on {name} failed:\n{done.stderr[-3000:]}")
@@ -166,7 +188,8 @@ def rows_for(results: list[dict]) -> list[dict]:
     for r in results:
         accs = 100 * np.asarray(r["folds"])
         row = {"set": r["set"], "method": r["method"], "test acc %": f"{accs.mean():.1f} +- {accs.std(ddof=1):.1f}",
-               "seconds": round(r["seconds"], 1), "peak RSS MB": round(r["peak_rss_mb"])}
+               "seconds": round(r["seconds"], 1), "peak RSS MB": round(r["peak_rss_mb"]),
+               "kept per fold": " ".join(r.get("chosen") or [])}
         for b, accs_b in base.items():
             row[f"vs {b}"] = paired(r["folds"], accs_b) if r["method"] not in SKLEARN else ""
         rows.append(row)
@@ -180,22 +203,24 @@ def main() -> None:
     parser.add_argument("--per-set", type=int, default=500, help="rows of each set's fixed stratified subset")
     parser.add_argument("--cache", default=None, help="the framework's feature cache (default: a folder in the "
                                                       "dev sets' cache root)")
+    parser.add_argument("--auto-budget", type=float, default=120.0,
+                        help="train.time_budget_s of each fold's method-auto run (seconds)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     cache = args.cache or os.path.join(os.path.dirname(os.path.dirname(build(args.sets[0]))), "framework_cache")
     if args.worker:
-        print(json.dumps(worker(args.worker, args.sets[0], args.per_set, cache)))
+        print(json.dumps(worker(args.worker, args.sets[0], args.per_set, cache, args.auto_budget)))
         return
     results = []
     for name in args.sets:
         for method in args.methods:
-            results.append(in_child(method, name, args.per_set, cache))
+            results.append(in_child(method, name, args.per_set, cache, args.auto_budget))
             print(json.dumps(results[-1]), flush=True)
     rows = [row for name in args.sets for row in rows_for([r for r in results if r["set"] == name])]
     print_table(f"linear probe vs scikit-learn, {args.per_set}-row subsets, 5 folds (test accuracy %)", rows,
                 ["set", "method", "test acc %", "vs LogisticRegression()", "vs LogisticRegressionCV", "seconds",
-                 "peak RSS MB"])
+                 "peak RSS MB", "kept per fold"])
     write_json(args.json, {"machine": machine_info(), "per_set": args.per_set, "results": results, "table": rows})
 
 

@@ -212,8 +212,9 @@ def selection_section(run: dict[str, Any]) -> Optional[Section]:
         return None
     rows = [[fmt(v) for v in c.values()] for c in sel["candidates"]]
     header = list(sel["candidates"][0]) if sel["candidates"] else []
-    para = (f"train.method auto kept {sel['chosen']}: the best validation {metric_label(sel['metric'])} (ties: the "
-            f"lower validation loss, then the cheaper method), in {sel['seconds']:.1f} s of a {sel['budget_s']:g} s "
+    para = (f"train.method auto kept {sel['chosen']}: the best validation {metric_label(sel['metric'])}, a dearer "
+            "method needing more than one standard error over a cheaper one (exact ties: the lower validation loss, "
+            f"then the cheaper method), in {sel['seconds']:.1f} s of a {sel['budget_s']:g} s "
             "budget" + ("; the probe was then refitted on train + validation." if sel.get("refit") else "."))
     return Section("Method selection", [para], header, rows)
 

@@ -51,10 +51,7 @@ def test_auto_runs_every_candidate_and_keeps_the_best_on_validation(tmp_path, mo
     assert list(rows) == ["probe", "head", "full"]
     assert all(c["status"] == "ran" and c["seconds"] > 0 for c in rows.values())
     key = "validation macro_f1"
-    best = max(c[key] for c in rows.values())
-    tied = [c for c in rows.values() if c[key] == best]
-    winner = min(tied, key=lambda c: c["validation loss"])  # ties: lower loss, then the earlier (cheaper) one
-    assert sel["chosen"] == winner["method"] and rows[sel["chosen"]][key] >= rows["probe"][key]
+    assert rows[sel["chosen"]][key] >= rows["probe"][key]  # the rules themselves: the test below
     assert metrics["test"]["accuracy"] >= 0.8
     assert MultimodalModel.from_pretrained(tmp_path / "out" / "model") is not None
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -97,15 +94,24 @@ class _FakeTask:
         return "max"
 
 
+ALL = ("probe", "head", "lora", "last_blocks", "full")
+
+
 @pytest.mark.parametrize("scores, chosen", [
-    # lora and last_blocks tie on accuracy: the lower validation loss wins
-    ({"probe": (0.8, 0.5), "head": (0.7, 0.3), "lora": (0.9, 0.6), "last_blocks": (0.9, 0.4), "full": (0.85, 0.1)},
+    # lora and last_blocks tie at a saturated 1.0 (no noise margin there): the lower validation loss wins
+    ({"probe": (0.8, 0.5), "head": (0.7, 0.3), "lora": (1.0, 0.6), "last_blocks": (1.0, 0.4), "full": (0.9, 0.1)},
      "last_blocks"),
     # every method ties on accuracy and loss: the cheapest, the probe (refitted on train + validation)
-    (dict.fromkeys(("probe", "head", "lora", "last_blocks", "full"), (1.0, 0.2)), "probe"),
+    (dict.fromkeys(ALL, (1.0, 0.2)), "probe"),
     # the probe is best: auto keeps it, never a method below it on validation
     ({"probe": (0.9, 0.9), "head": (0.8, 0.1), "lora": (0.7, 0.1), "last_blocks": (0.89, 0.1), "full": (0.5, 0.1)},
      "probe"),
+    # the head is 3 points up on 100 rows, within one standard error of 0.8 (4 points): the probe stays
+    ({"probe": (0.8, 0.5), "head": (0.83, 0.1), "lora": (0.7, 0.1), "last_blocks": (0.7, 0.1), "full": (0.7, 0.1)},
+     "probe"),
+    # 5 points up is beyond it: the head; lora then needs > 0.85 + sqrt(0.85 * 0.15 / 100) = 0.886
+    ({"probe": (0.8, 0.5), "head": (0.85, 0.6), "lora": (0.88, 0.1), "last_blocks": (0.7, 0.1), "full": (0.7, 0.1)},
+     "head"),
 ])
 def test_selection_rules_best_score_then_lower_loss_then_cheaper(tmp_path, monkeypatch, scores, chosen):
     calls = []
@@ -126,7 +132,7 @@ def test_selection_rules_best_score_then_lower_loss_then_cheaper(tmp_path, monke
     sel = result["method_selection"]
     assert [c["status"] for c in sel["candidates"]] == ["ran"] * 5 and calls[:5] == list(scores)
     assert sel["chosen"] == chosen
-    assert scores[chosen][0] == max(s for s, _ in scores.values()) >= scores["probe"][0]
+    assert scores[chosen][0] >= scores["probe"][0]
     kept = "probe-refit" if chosen == "probe" else chosen
     assert (tmp_path / "run" / "model" / "weights").read_text() == kept and sel["refit"] == (chosen == "probe")
     assert not list((tmp_path / "run" / "candidates").glob("*/model"))  # the losers' weights are deleted
