@@ -18,7 +18,8 @@ score (binomial, ``sqrt(p(1-p)/n)`` over the n validation rows, for metrics boun
 macro-F1; 0 for others and at a saturated 1.0). The issue-18 dev sets showed why: on ~40 validation rows the
 frozen head "beat" the probe by 5-6 points of macro-F1 in folds where it then lost up to 9 points of test
 accuracy (BENCHMARKS.md, section 10c). Exact ties go to the lower validation loss, then to the cheaper method;
-auto is never below the probe on validation. The probe competes fitted on the training rows only (its validation score held out); when it wins it is refitted as ``train.refit_full`` says.
+auto is never below the probe on validation. The probe competes fitted on the training rows only (its
+validation score held out); when it wins it is refitted as ``train.refit_full`` says.
 Without a validation split nothing can be compared: the probe alone runs. Every candidate's score, time and
 status go to ``metrics.json`` (``method_selection``) and the report. Candidates write no checkpoints (a
 selection cannot be resumed); the losers' weights are deleted once the winner is in ``<output_dir>/model``.
