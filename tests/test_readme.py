@@ -265,3 +265,12 @@ def test_extending_files_work_together_in_a_real_run(tmp_path, user_modules, day
     model = load_model(tmp_path / "out" / "model")
     assert isinstance(model, MultimodalModel) and type(model.fusion).__name__ == "MaxFusion"
     assert model.encoders["text"].spec == "text-hash:512"
+
+
+def test_own_data_yaml_selects_the_method(in_workspace):
+    """The own-data page's my.yaml, as written (the workspace holds it and its CSV), runs method auto's selection."""
+    from multimodal.config import load_config
+    from multimodal.training.auto import auto_applies
+
+    cfg = load_config("my.yaml")
+    assert cfg.train.method == "auto" and cfg.train.time_budget_s == 600 and auto_applies(cfg)

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from encoders import EncoderError, parse_spec
 from fusion import list_fusions
+from multimodal.config.method import switches_chosen
 from multimodal.config.schema import ADVERSARIAL_TARGETS, ConfigError, ExperimentConfig, Range, short
 from multimodal.data.demos import list_demos
 from multimodal.registry import get_task, task_names
@@ -328,6 +329,12 @@ def _check_probe(cfg: ExperimentConfig) -> None:
         if model.fusion != "concat" or model.head_hidden_dim is not None:
             raise ConfigError("train.probe_init replaces the fusion and head with the probe's standardised "
                               "concatenation and linear head: leave model.fusion=concat and model.head_hidden_dim=null")
+    if train.method == "auto" and not getattr(get_task(model.task), "uses_fusion", False):
+        raise ConfigError(f"train.method=auto selects among a fused model's methods; model.task={model.task!r} has "
+                          "no fusion and head: set train.method to head, lora, last_blocks or full")
+    if train.method == "auto" and train.resume_from and not switches_chosen(cfg):
+        raise ConfigError("train.resume_from: a train.method=auto run saves no checkpoints (its candidates are "
+                          "compared, not resumed); set train.method to the method to resume, or resume_from=null")
     if train.probe_cs is not None and not train.probe_cs:
         raise ConfigError(f"train.probe_cs must be a non-empty list of positive numbers, got {train.probe_cs}")
     if train.refit_full and not train.linear_probe:

@@ -8,7 +8,9 @@ invalid choice or a name missing from a registry (task, fusion, encoder kind, de
 
 Other experiments extend the tree by subclassing: any dataclass works as ``cls`` in ``load_config``
 and ``config_from_dict``, and ``dict``-typed fields accept free-form sub-keys
-(``model.encoders.text=text:bert-base-uncased``).
+(``model.encoders.text=text:bert-base-uncased``). Such an entry set to ``null`` is removed
+(``model.encoders.text=null`` drops the text tower), and a whole mapping given as an override
+(``model.encoders='{image: "image:tf_efficientnet_lite0"}'``) replaces the YAML's mapping instead of merging into it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import Any, Literal, Optional, TypeVar, Union
 import yaml
 
 from multimodal.config.checks import check_config, type_hints
-from multimodal.config.merge import deep_merge
+from multimodal.config.merge import Replace, deep_merge
+from multimodal.config.method import apply_method
 from multimodal.config.schema import ConfigError, ExperimentConfig, ModelConfig, short
 from multimodal.data.demos import get_demo
 from multimodal.files import write_text
@@ -86,7 +89,8 @@ def check_shape(values: Any, where: str) -> None:
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """Turn ``["train.epochs=3", ...]`` into a nested dict."""
+    """Turn ``["train.epochs=3", ...]`` into a nested dict; a mapping value (``model.encoders={image: ...}``) is a
+    `Replace`: merged over a config, it replaces the mapping there instead of adding to it."""
     nested: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
@@ -103,9 +107,10 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"override {short(item)} conflicts with an earlier override of {short(part)}")
             node = child
         try:
-            node[parts[-1]] = parse_value(value)
+            parsed = parse_value(value)
         except ConfigError as err:
             raise ConfigError(f"override {short(key)}: {err}") from None
+        node[parts[-1]] = Replace(parsed) if isinstance(parsed, dict) else parsed  # a mapping replaces, whole
     return nested
 
 
@@ -162,6 +167,10 @@ def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: {short(value)} is too large for a number") from None
 
 
+def _accepts_none(tp: Any) -> bool:
+    return tp is Any or (typing.get_origin(tp) in (Union, types.UnionType) and type(None) in typing.get_args(tp))
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against type `tp`, converting only where lossless (int -> float); raise naming `key`."""
     origin = typing.get_origin(tp)
@@ -191,7 +200,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {short(value)}")
         k_tp, v_tp = typing.get_args(tp) or (Any, Any)
-        return {str(k): _coerce(v, v_tp, f"{key}.{k}") for k, v in value.items()}
+        # null removes an entry (model.encoders.text=null drops the text tower) unless null is a value the entry takes
+        keep = {k: v for k, v in value.items() if v is not None or _accepts_none(v_tp)}
+        return {str(k): _coerce(v, v_tp, f"{key}.{k}") for k, v in keep.items()}
     if tp in (bool, int, float, str):
         return _coerce_scalar(value, tp, key)
     if isinstance(tp, type) and not isinstance(value, tp):
@@ -236,6 +247,7 @@ def layered_defaults(values: dict) -> dict:
             pass
     # Encoder options of the defaults apply only to the modalities the experiment has.
     encoders = model.get("encoders") if isinstance(model.get("encoders"), dict) else ModelConfig().encoders
+    encoders = {m: spec for m, spec in encoders.items() if spec is not None}  # null: the tower is dropped
     kwargs = (out.get("model") or {}).get("encoder_kwargs")
     if isinstance(kwargs, dict):
         out["model"] = {**out["model"], "encoder_kwargs": {m: v for m, v in kwargs.items() if m in encoders}}
@@ -251,6 +263,8 @@ def config_from_dict(values: Optional[dict], cls: type[T] = ExperimentConfig, ch
     check_shape(values, "the config")
     values = deep_merge(layered_defaults(values), values)
     config = _build_dataclass(cls, values)
+    if hasattr(config, "train") and hasattr(config, "model") and hasattr(config.train, "method"):
+        apply_method(config)  # an explicit train.method sets its switches
     if check:
         check_config(config)
     return config

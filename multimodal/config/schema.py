@@ -271,11 +271,22 @@ class TrainConfig:
     adversarial: Optional[AdversarialConfig] = None
     # Knowledge distillation from a trained teacher (fused: logits; two-tower: similarity matrices); null: off.
     distill: Optional[DistillConfig] = None
-    # Linear probe: frozen encoders, standardised concatenated features, a multinomial logistic regression
-    # fitted exactly (L-BFGS); its L2 strength C is chosen on validation from probe_cs (default 1e-4 .. 1e2).
+    # The fine-tuning method: probe (train.linear_probe), head (frozen encoders, fusion + head trained), lora
+    # (model.peft), last_blocks (model.unlock_last_blocks), full (every encoder trains), or auto (fit the probe,
+    # then the trained methods the data size and train.time_budget_s allow; keep the best on validation).
+    # null: the switches below and in `model` decide, as before this key existed.
+    method: Optional[Literal["auto", "probe", "head", "lora", "last_blocks", "full"]] = None
+    # Seconds the run may train: training stops between epochs once the next epoch would not fit (null: no
+    # limit); method auto shares it among its candidates (null there: 600).
+    time_budget_s: Optional[float] = ranged(None, Range(0, low_open=True, note="null: no limit"))
+    # Linear probe: frozen encoders, standardised concatenated features, scikit-learn's logistic regression; its
+    # L2 strength C is chosen from probe_cs (default: LogisticRegressionCV's 10 values 1e-4 .. 1e4, and 1) by
+    # stratified (grouped) k-fold cross-validation over the training rows, by probe_select.
     linear_probe: bool = False
     probe_cs: Optional[list[float]] = ranged(
         None, Range(0, low_open=True, note="inverse L2 strengths of the linear probe"))
+    probe_select: Literal["log_loss", "accuracy"] = "log_loss"
+    probe_cv_folds: int = ranged(5, Range(2, note="folds of the probe's cross-validation of C"))
     # After choosing C (probe) or the epoch count (trained heads) on validation, refit on train+validation.
     # null: on for the linear probe, off otherwise.
     refit_full: Optional[bool] = None

@@ -111,9 +111,10 @@ def kept_section(run: dict[str, Any]) -> Section:
     paras = []
     if run.get("probe"):
         probe = run["probe"]
-        paras.append(f"Linear probe: C={probe.get('C')} chosen by validation {metric_label(metric or '')} among "
-                     f"{len(probe.get('sweep', []))} values" + (", then refitted on train + validation"
-                                                                if probe.get("refit_on_validation") else "") + ".")
+        how = probe.get("chosen_by") or f"validation {metric_label(metric or '')}"
+        paras.append(f"Linear probe: C={probe.get('C')} chosen by {how} among {len(probe.get('sweep', []))} values"
+                     + (f" ({probe['cv']})" if probe.get("cv") else "")
+                     + (", then refitted on train + validation" if probe.get("refit_on_validation") else "") + ".")
     elif best is not None:
         record = next((h for h in run.get("history", []) if h.get("epoch") == best), {})
         scores = ", ".join(f"{metric_label(k)} {fmt(record.get(k))}" for k in dict.fromkeys([metric, "loss"])
@@ -173,6 +174,9 @@ def describe_method(config: dict[str, Any], run: dict[str, Any]) -> str:
     model, train = config.get("model") or {}, config.get("train") or {}
     encoders = ", ".join(f"{m}: {spec}" for m, spec in (model.get("encoders") or run.get("encoders") or {}).items())
     frozen = run.get("frozen") or []
+    chosen = (run.get("method_selection") or {}).get("chosen")
+    if chosen:
+        model, train = _chosen_switches(model, train, chosen)
     if train.get("linear_probe"):
         how = "a linear probe (logistic regression on frozen encoder features)"
     elif model.get("peft"):
@@ -191,6 +195,28 @@ def describe_method(config: dict[str, Any], run: dict[str, Any]) -> str:
                                      ("adversarial", "adversarial training")) if train.get(key)]
     fusion = f", {model.get('fusion', run.get('fusion'))} fusion" if run.get("fusion") else ""
     return f"{how}{fusion}" + (f", with {', '.join(extras)}" if extras else "") + f" ({encoders})"
+
+
+def _chosen_switches(model: dict[str, Any], train: dict[str, Any], chosen: str) -> tuple[dict, dict]:
+    """The config's model and train sections as method auto's winner `chosen` ran them (for its description)."""
+    model = dict(model)
+    model["peft"] = (model.get("peft") or {"r": 8}) if chosen == "lora" else None
+    model["unlock_last_blocks"] = (model.get("unlock_last_blocks") or {"each encoder": 2}) if chosen == "last_blocks" else {}
+    return model, {**train, "linear_probe": chosen == "probe"}
+
+
+def selection_section(run: dict[str, Any]) -> Optional[Section]:
+    """Method auto's candidates: status, validation and test scores, seconds (None for other runs)."""
+    sel = run.get("method_selection")
+    if not sel:
+        return None
+    rows = [[fmt(v) for v in c.values()] for c in sel["candidates"]]
+    header = list(sel["candidates"][0]) if sel["candidates"] else []
+    para = (f"train.method auto kept {sel['chosen']}: the best validation {metric_label(sel['metric'])}, a dearer "
+            "method needing more than one standard error over a cheaper one (exact ties: the lower validation loss, "
+            f"then the cheaper method), in {sel['seconds']:.1f} s of a {sel['budget_s']:g} s "
+            "budget" + ("; the probe was then refitted on train + validation." if sel.get("refit") else "."))
+    return Section("Method selection", [para], header, rows)
 
 
 def method_section(run: dict[str, Any], config: Optional[dict[str, Any]]) -> Section:
@@ -221,4 +247,7 @@ def config_section(config: dict[str, Any]) -> Section:
 def run_sections(run: dict[str, Any], config: Optional[dict[str, Any]] = None) -> list[Section]:
     """Every run-level section, in reading order (the config last)."""
     sections = [headline_section(run), kept_section(run), data_section(run), method_section(run, config)]
+    selection = selection_section(run)
+    if selection is not None:
+        sections.append(selection)
     return sections + ([config_section(config)] if config else [])

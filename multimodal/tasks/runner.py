@@ -24,6 +24,7 @@ from accelerate.utils import gather_object
 from encoders.base import jsonable
 from multimodal.cache import CachedFeatureCollator, cache_datasets, frozen_modalities, resolve_cache_dir
 from multimodal.config.loading import config_to_dict, parse_cli
+from multimodal.config.method import method_of
 from multimodal.config.schema import ADVERSARIAL_TARGETS, ExperimentConfig
 from multimodal.data import augment
 from multimodal.data.loading import Collator, make_dataloader
@@ -40,6 +41,7 @@ from multimodal.tasks.base import Task
 from multimodal.tasks.crossval import run_crossval
 from multimodal.tasks.run_folder import hold_output_dir, open_run_folder, remove_run_outputs, require_model
 from multimodal.training.accelerator import process_state
+from multimodal.training.auto import auto_applies, candidate_config, select_method
 from multimodal.training.distill import build_distillation
 from multimodal.training.methods import after_training, prepare_model, train_model
 from multimodal.training.trainer import Trainer, TrainerOptions
@@ -125,6 +127,7 @@ def train_and_evaluate(task: Task, splits: DataSplits, output_dir: str, modaliti
         "stopped_early": trainer.state.stopped_early,
         "train_time_s": round(train_time, 2),
         "metric_for_best": trainer.metric_for_best,
+        **({"budget_stop": trainer.budget_stop} if trainer.budget_stop else {}),
         **after_training(trainer, task, model, splits, cfg, output_dir, fit),  # WiSE-FT, parameter counts
     }
     evaluations = evaluate_splits(trainer, task, model, splits, loaders, result)
@@ -175,7 +178,14 @@ def _run(cfg: ExperimentConfig, dataset: Any, splits: Optional[DataSplits], call
     open_run_folder(cfg, state)  # refuses a folder holding another run's results; writes config.yaml
     t0 = time.time()
     splits = _splits(task, state, dataset, splits)
-    fused, evaluations = train_and_evaluate(task, splits, out, main=True, callbacks=callbacks)
+    baseline_task = task
+    if auto_applies(cfg):  # train.method auto: candidates, the best kept in out/model
+        fused, evaluations = select_method(task, splits, out, train_and_evaluate, build_loaders, state.print)
+        baseline_task = type(task)(candidate_config(cfg, fused["method_selection"]["chosen"], None))
+    else:
+        if cfg.train.method == "auto":
+            state.print(f"train.method=auto: the config's switches choose the method ({method_of(cfg)}); no selection")
+        fused, evaluations = train_and_evaluate(task, splits, out, main=True, callbacks=callbacks)
     share_skips(state, splits)  # rows skipped while loading (data.validate=false), on whichever process
     if state.is_main_process and splits.vocab is not None:
         splits.vocab.save(os.path.join(out, "model", "labels.json"))  # travels with the model
@@ -188,7 +198,7 @@ def _run(cfg: ExperimentConfig, dataset: Any, splits: Optional[DataSplits], call
             metrics["chance_by_split"] = {name: task.chance(splits, ds) for name, ds in splits.items()
                                           if name != "train" and len(ds)}
     if cfg.eval.baselines and task.supports_baselines and len(metrics["modalities"]) > 1:
-        metrics.update(_baselines(task, splits, state, fused, eval_name))
+        metrics.update(_baselines(baseline_task, splits, state, fused, eval_name))  # auto: the chosen method
     metrics["wall_time_s"] = round(time.time() - t0, 2)
     if state.is_main_process:
         _write_outputs(task, splits, fused, evaluations, metrics, eval_name)

@@ -52,6 +52,11 @@ def save_checkpoint(accelerator: Any, path: str, state: dict[str, Any], keep: Op
     return path
 
 
+def folder_mib(path: str) -> float:
+    """Size of the files under `path`, in MiB (what a checkpoint costs on disk)."""
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files) / 2**20
+
+
 def _folders(root: str) -> list[str]:
     """Checkpoint folders under `root` (complete or not), oldest first by modification time."""
     if not os.path.isdir(root):

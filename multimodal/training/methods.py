@@ -3,7 +3,7 @@
 * Set-up (`prepare_model`): the linear probe's head (``train.linear_probe``), LP-FT's probe head on trainable
   encoders (``train.probe_init``), unlocked last blocks (``model.unlock_last_blocks``), LoRA adapters
   (``model.peft``, `multimodal.models.peft`).
-* Fit (`train_model`): the linear probe is solved exactly (`multimodal.training.probe`) and saved as the best
+* Fit (`train_model`): the linear probe is fitted, C cross-validated (`multimodal.training.probe`), and saved as the best
   model; otherwise LP-FT fits the probe first, then the `Trainer` trains. A `FitResult` carries what the fit
   leaves: result entries and, with ``train.wise_ft_alphas``, the starting weights WiSE-FT interpolates from.
 * After (`after_training`): the WiSE-FT sweep over the best weights (`multimodal.training.wise`) and the
@@ -60,11 +60,21 @@ def parameter_counts(model: Any) -> dict[str, Any]:
             "encoders_trainable_fraction": round(enc_trainable / enc_total, 6) if enc_total else 0.0}
 
 
+def train_groups(task: Any, cfg: ExperimentConfig, dataset: Any) -> Optional[list[Optional[str]]]:
+    """Each training row's group (``data.group_column``, or the task's own), by dataset position; None without."""
+    column = cfg.data.group_column or task.group_column()
+    return [dataset.value(p, column) for p in range(len(dataset))] if column else None
+
+
 def _probe(trainer: Any, task: Any, loaders: dict, splits: Any, cfg: ExperimentConfig, refit: bool) -> dict[str, Any]:
-    """Fit the probe of the trainer's model on the training features, C chosen on validation."""
-    acc = trainer.accelerator
-    return fit_probe(trainer.unwrapped_model, task, acc, acc.prepare(loaders["train_eval"]), trainer.eval_loader,
-                     splits.validation, trainer.metric_for_best, trainer.metric_mode, cs=cfg.train.probe_cs, refit=refit)
+    """Fit the probe of the trainer's model on the training features, C chosen by cross-validation."""
+    acc, tcfg = trainer.accelerator, cfg.train
+    info = fit_probe(trainer.unwrapped_model, task, acc, acc.prepare(loaders["train_eval"]), trainer.eval_loader,
+                     splits.validation, trainer.metric_for_best, trainer.metric_mode, cs=tcfg.probe_cs, refit=refit,
+                     groups=train_groups(task, cfg, splits.train), select=tcfg.probe_select,
+                     folds=tcfg.probe_cv_folds, seed=cfg.data.split_seed)
+    acc.print(f"linear probe: C={info['C']:g} ({info['cv']})")
+    return info
 
 
 def train_model(trainer: Any, task: Any, model: Any, loaders: dict, splits: Any, cfg: ExperimentConfig,

@@ -39,7 +39,7 @@ from multimodal.evaluation.metrics import improves, metric_mode, saturation_warn
 from multimodal.progress import progress_bar
 from multimodal.training.accelerator import flat_config, make_accelerator
 from multimodal.training.adversarial import Adversary
-from multimodal.training.checkpoints import resolve_latest, resume_target, save_checkpoint
+from multimodal.training.checkpoints import folder_mib, resolve_latest, resume_target, save_checkpoint
 from multimodal.training.distributed import configure_fsdp, full_state_dict, is_sharded, load_saved_weights
 from multimodal.training.ema import WeightEma
 from multimodal.training.gradcache import GradientCache
@@ -76,6 +76,7 @@ class Trainer:
         self.state = TrainerState()
         self._epoch_loss: Optional[float] = None
         self._saturation_warned = False  # a saturated small validation set is named once per run
+        self.budget_stop: Optional[str] = None  # why train.time_budget_s ended the run early, if it did
         self.metric_for_best = config.metric_for_best if config.metric_for_best != "auto" else (
             options.metric_for_best or "loss")
         self.metric_mode = (config.metric_mode if config.metric_mode != "auto"
@@ -136,8 +137,12 @@ class Trainer:
         path = os.path.join(self._checkpoint_root(), name)
         self._check_weights(f"checkpoint {path} (optimizer step {self.state.global_step})")
         writers = [self.ema.save] if self.ema is not None else []  # before the state file that marks it complete
-        return save_checkpoint(self.accelerator, path, {"trainer": dict(self.state.__dict__)},
-                               keep=self.config.keep_checkpoints, writers=writers)
+        save_checkpoint(self.accelerator, path, {"trainer": dict(self.state.__dict__)},
+                        keep=self.config.keep_checkpoints, writers=writers)
+        keep = self.config.keep_checkpoints
+        self.accelerator.print(f"checkpoint {name}: {folder_mib(path):.1f} MiB (weights, optimizer, scheduler, RNG: "
+                               f"what train.resume_from needs; {'all' if keep is None else f'the newest {keep}'} kept)")
+        return path
 
     def latest_checkpoint(self) -> Optional[str]:
         """Newest usable checkpoint directory under output_dir/checkpoints, if any."""
@@ -220,10 +225,10 @@ class Trainer:
         best_dir = os.path.join(self.output_dir, "model")
         acc.print(f"{acc.num_processes} process(es) on {acc.device}, mixed precision {acc.mixed_precision}")
         self.model.train()
-        interrupted = False
+        interrupted, start, first = False, time.time(), self.state.epoch
         for epoch in range(self.state.epoch, cfg.epochs):
             interrupted = self._fit_epoch(epoch)
-            if interrupted or self._end_epoch(epoch, best_dir):
+            if interrupted or self._end_epoch(epoch, best_dir) or self._out_of_time(start, epoch + 1 - first):
                 break
         if not interrupted and not os.path.exists(os.path.join(best_dir, "config.json")):
             self.save_model(best_dir)
@@ -231,6 +236,19 @@ class Trainer:
             acc.print(f"kept epoch {self.state.best_epoch} (validation {self.metric_for_best}={self.state.best_metric:.4f})")
         acc.wait_for_everyone()
         return self.state
+
+    def _out_of_time(self, start: float, epochs: int) -> bool:
+        """Whether ``train.time_budget_s`` leaves no room for another epoch as long as the mean one so far
+        (the slowest process decides); then the run stops here and says so."""
+        budget = getattr(self.config, "time_budget_s", None)
+        if budget is None or self.state.epoch >= self.config.epochs:
+            return False
+        elapsed = float(self.accelerator.gather(torch.tensor([time.time() - start])).max())
+        if elapsed + elapsed / epochs <= budget:
+            return False
+        self.budget_stop = f"stopped after epoch {self.state.epoch}: another would pass train.time_budget_s={budget:g}"
+        self.accelerator.print(self.budget_stop)
+        return True
 
     def train_epochs(self, count: int) -> Optional[float]:
         """Run the next `count` epochs of the training loop alone (optimizer, schedule, precision, accumulation,

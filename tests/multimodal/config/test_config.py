@@ -145,3 +145,20 @@ def test_unreadable_config_files_name_the_file(tmp_path):
     listing.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="list.yaml.*mapping"):
         load_config(str(listing))
+
+
+RECIPE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "recipes", "configs", "text_image_classification.yaml")
+
+
+def test_dropping_a_tower_is_one_override():
+    # Regression: model.encoders='{image: ...}' merged into the recipe's mapping (the text tower stayed) and
+    # model.encoders.text=null was refused as "expected a string".
+    image = "image:tf_efficientnet_lite0"
+    for override in ("model.encoders.text=null", f"model.encoders={{image: '{image}'}}"):
+        cfg = load_config(RECIPE, [override])
+        assert cfg.model.encoders == {"image": image}, override
+    # a dotted entry still merges; a mapping override replaces only the mapping it names
+    cfg = load_config(RECIPE, ["model.encoders.text=text:prajjwal1/bert-tiny", "model.encoder_kwargs={image: {img_size: 32}}"])
+    assert cfg.model.encoders == {"text": "text:prajjwal1/bert-tiny", "image": image}
+    assert cfg.model.encoder_kwargs == {"image": {"img_size": 32}} and cfg.model.fusion == "concat"
+    assert parse_overrides(["model.encoders={image: x}"]) == {"model": {"encoders": {"image": "x"}}}

@@ -15,7 +15,13 @@ from multimodal import run
 from multimodal.config import ConfigError
 from multimodal.files import write_json
 from multimodal.tasks.run_folder import check_resume
-from multimodal.training.checkpoints import checkpoints, resolve_latest, resume_target, verify_checkpoint
+from multimodal.training.checkpoints import (
+    checkpoints,
+    folder_mib,
+    resolve_latest,
+    resume_target,
+    verify_checkpoint,
+)
 from multimodal.training.integrity import CheckpointError, NonFiniteWeightsError, file_manifest
 from tests.multimodal.training.test_trainer import _config, _parts, _run, _trainer, _weights
 
@@ -53,6 +59,8 @@ def test_damaged_and_torn_checkpoints_are_skipped_and_resume_stays_bit_identical
     assert "step-0000005/trainer_state.json: not readable JSON (JSONDecodeError" in out
     assert "step-0000004/model.safetensors:" in out and "were written (truncated or replaced)" in out
     assert f"resumed from {os.path.join(root, 'epoch-001')}: epoch 1, batch 0, step 3" in out
+    size = folder_mib(os.path.join(root, "epoch-003"))  # every checkpoint's size is in the log (issue 20)
+    assert size > 0 and f"checkpoint epoch-003: {size:.1f} MiB (weights, optimizer, scheduler, RNG" in out
     weights = _weights(resumed)
     for k in reference:
         assert torch.equal(weights[k], reference[k]), k

@@ -13,22 +13,26 @@ from PIL import Image
 from fusion import StandardizedConcat
 from multimodal import MultimodalModel, run
 from multimodal.config import ConfigError, load_config
-from multimodal.training.probe import fit_logistic
+from multimodal.training.probe import DEFAULT_CS, choose_c, cv_folds, cv_sweep, fit_logistic
 
 
-def test_fit_logistic_matches_scikit_learn():
+def test_fit_logistic_is_scikit_learns_regression():
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(120, 7))
     y = (x[:, 0] + 0.5 * x[:, 1] - x[:, 2] + rng.normal(0, 0.7, 120) > 0).astype(int) + (x[:, 3] > 1)
-    for c in (0.05, 1.0, 20.0):
-        ref = LogisticRegression(C=c, max_iter=20000, tol=1e-10).fit(x, y)
-        w, b = fit_logistic(torch.from_numpy(x), torch.from_numpy(y), 3, c)
-        ours = x @ w.numpy().T + b.numpy()
-        # softmax is shift-invariant: compare centred logits
-        theirs = ref.decision_function(x)
-        assert np.allclose(ours - ours.mean(1, keepdims=True), theirs - theirs.mean(1, keepdims=True), rtol=1e-3, atol=5e-3)
+    for labels, k in ((y, 3), ((y > 0).astype(int), 2)):  # multinomial, and binary written as two halves
+        for c in (0.05, 1.0, 20.0):
+            ref = LogisticRegression(C=c, max_iter=1000).fit(x, labels)
+            w, b = fit_logistic(torch.from_numpy(x), torch.from_numpy(labels), k, c)
+            ours = torch.softmax(torch.from_numpy(x) @ w.T + b, 1).numpy()
+            assert np.allclose(ours, ref.predict_proba(x), atol=1e-6)
+    multi = np.stack([y == 0, y == 1, np.ones(120, bool)], 1).astype(int)  # the last label is in every row
+    w, b = fit_logistic(torch.from_numpy(x), torch.from_numpy(multi), 3, 1.0, multi_label=True)
+    ref = LogisticRegression(C=1.0, max_iter=1000).fit(x, multi[:, 1])
+    assert np.allclose(torch.sigmoid(torch.from_numpy(x) @ w[1] + b[1]).numpy(), ref.predict_proba(x)[:, 1], atol=1e-6)
+    assert torch.equal(w[2], torch.zeros(7)) and b[2] > 5  # a constant label: a confident constant
 
 
 def test_standardized_concat_statistics_and_absent_modalities():
@@ -70,14 +74,14 @@ def _overrides(tmp_path, *extra) -> list[str]:
             "eval.html_report=false", *extra]
 
 
-def test_probe_run_selects_c_refits_and_saves_a_reloadable_model(tmp_path):
+def test_probe_run_cross_validates_c_refits_and_saves_a_reloadable_model(tmp_path):
     metrics = run(load_config(None, _overrides(tmp_path, "train.probe_cs=[0.001, 0.1, 10.0]")))
     probe = metrics["probe"]
     assert [row["C"] for row in probe["sweep"]] == [0.001, 0.1, 10.0]
-    best = max(row["macro_f1"] for row in probe["sweep"])
-    tied = [row for row in probe["sweep"] if row["macro_f1"] == best]  # ties: the lower validation loss, then smaller C
-    assert probe["C"] == min(tied, key=lambda row: (row["loss"], row["C"]))["C"]
+    assert probe["C"] == min(probe["sweep"], key=lambda row: (row["log_loss"], row["C"]))["C"]  # by CV log-loss
+    assert probe["chosen_by"] == "cross-validated log_loss" and "5-fold StratifiedKFold over 36" in probe["cv"]
     assert probe["refit_on_validation"] and probe["num_train"] == 36
+    assert set(probe["validation_before_refit"]) >= {"accuracy", "macro_f1", "loss"}
     assert metrics["test"]["accuracy"] >= 0.8  # brightness is linearly separable in any conv features
     assert metrics["parameters"]["encoders_trainable"] == 0
     model = MultimodalModel.from_pretrained(tmp_path / "out" / "model")
@@ -88,6 +92,39 @@ def test_probe_run_selects_c_refits_and_saves_a_reloadable_model(tmp_path):
 def test_probe_without_refit_keeps_train_statistics(tmp_path):
     metrics = run(load_config(None, _overrides(tmp_path, "train.refit_full=false", "train.probe_cs=[1.0]")))
     assert metrics["probe"]["refit_on_validation"] is False
+
+
+def test_probe_cs_used_without_a_validation_split(tmp_path):
+    # Regression: with no validation split the probe used C=1.0 and ignored train.probe_cs.
+    metrics = run(load_config(None, _overrides(tmp_path, "train.probe_cs=[0.003, 0.03]", "data.split_column=null",
+                                               "data.val_fraction=0", "data.test_fraction=0.25")))
+    assert metrics["probe"]["C"] in (0.003, 0.03) and len(metrics["probe"]["sweep"]) == 2
+
+
+def test_cv_folds_grouped_and_fallbacks():
+    labels = np.repeat([0, 1], 20)
+    groups = np.array([f"g{i % 8}" for i in range(40)])
+    splits, note = cv_folds(labels, groups, 5)
+    assert "StratifiedGroupKFold over 8 groups" in note and len(splits) == 5
+    for train, test in splits:  # no group on both sides of a fold
+        assert not set(groups[train]) & set(groups[test])
+    splits, note = cv_folds(labels, np.array(["a", "b", "c"] * 13 + ["a"]), 5)
+    assert len(splits) == 3 and "fewer than 5: too few groups" in note
+    assert cv_folds(labels, np.array(["a"] * 40), 5) == ([], "no cross-validation: the training rows hold 1 group")
+    assert cv_folds(np.array([0, 0, 0, 1]), None, 5)[0] == []  # a class with one row
+
+
+def test_cv_c_not_picked_by_a_saturated_validation_split():
+    # Regression: C was picked on a small validation split where every C scored 1.0 (a tie decided by noise);
+    # cross-validated log-loss over the training rows separates the Cs.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 20))
+    y = (x[:, 0] + 0.8 * rng.normal(size=200) > 0).astype(int)
+    sweep = cv_sweep(x, y, cv_folds(y, None, 5)[0], DEFAULT_CS, 2)
+    assert len({round(row["log_loss"], 6) for row in sweep}) == len(DEFAULT_CS)
+    chosen = choose_c(sweep, "log_loss")
+    assert 1e-3 < chosen < 10 and choose_c(sweep, "accuracy") in DEFAULT_CS
+    assert 1.0 in DEFAULT_CS and min(DEFAULT_CS) == 1e-4 and max(DEFAULT_CS) == 1e4
 
 
 def test_probe_config_errors(tmp_path):
