@@ -267,6 +267,9 @@ class TrainConfig:
     # LP-FT: fit the linear probe first (as train.linear_probe, C chosen on validation, no refit), then
     # fine-tune from it. The fusion becomes the probe's standardised concatenation and the head linear.
     probe_init: bool = False
+    # BatchNorm running statistics stay at their pretrained values while encoders train (norms in eval mode; their
+    # affine weights still train). False: only BatchNorms whose parameters are all frozen keep their statistics.
+    freeze_norm_stats: bool = True
     # Layer-wise LR decay: an encoder layer k below the top gets encoder_lr * layer_decay**k (e.g. 0.75).
     layer_decay: Optional[float] = ranged(None, Range(0, 1, low_open=True, note="1: no decay"))
     # EMA of the weights (timm ModelEmaV3), updated every optimizer step, evaluated every epoch, checkpointed.
