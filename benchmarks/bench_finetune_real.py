@@ -45,7 +45,7 @@ AUGMENT = {  # the fine-tune presets' augmentation
               "data.augment.spec_freq_masks=2", "data.augment.spec_time_masks=2"],
 }
 TRAINED = ["model.freeze_encoders=false", "data.feature_cache=null", "train.head_lr=1.0e-3", "train.warmup_ratio=0.1",
-           "train.batch_size=32", "model.head_dropout=0.1"]
+           "train.batch_size=32", "model.head_dropout=0.1", "train.freeze_norm_stats=true"]  # bntrain: false
 METHODS = {
     "probe": ["model.freeze_encoders=true", "train.linear_probe=true"],
     "frozen_head": ["model.freeze_encoders=true", "model.head_hidden_dim=128", "train.epochs=30", "train.head_lr=2.0e-3",
