@@ -27,13 +27,12 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 
 import pandas as pd
 
-from benchmarks.common import machine_info, print_table
+from benchmarks.common import machine_info, print_table, run_child
 from benchmarks.devsets_real import build
 from benchmarks.devsets_sources import CLIP_SECONDS
 
@@ -183,13 +182,9 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--one", name, method, "--workdir", args.workdir, "--size", str(args.size),
                    "--epochs", str(args.epochs), "--threads", str(args.threads), "--train", str(args.train),
                    "--val", str(args.val), "--test", str(args.test)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode or not lines:
-                print(f"{name} {method} failed:\n{proc.stderr[-3000:]}", flush=True)
+            row = run_child(cmd, f"{name} {method}")
+            if row is None:
                 continue
-            row = json.loads(lines[-1][len("RESULT "):])
-            print(row, flush=True)
             rows.append(row)
             if args.json:
                 with open(args.json, "a") as f:
