@@ -20,11 +20,10 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 
-from benchmarks.common import machine_info, print_table
+from benchmarks.common import machine_info, print_table, run_child
 from benchmarks.devsets import MODALITY, build
 
 SPECS = {"image": "image:tf_efficientnet_lite0", "audio": "audio-mel:tf_efficientnet_lite0"}
@@ -169,13 +168,9 @@ def main() -> None:
     for devset in args.devsets:
         for method in args.methods:
             cmd = [sys.executable, __file__, "--one", devset, method, "--root", args.root, "--workdir", args.workdir]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode or not lines:
-                print(f"{devset} {method} failed:\n{proc.stderr[-3000:]}", flush=True)
+            row = run_child(cmd, f"{devset} {method}")
+            if row is None:
                 continue
-            row = json.loads(lines[-1][len("RESULT "):])
-            print(row, flush=True)
             rows.append(row)
             if args.json:
                 with open(args.json, "w") as f:

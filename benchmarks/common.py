@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -130,3 +131,15 @@ def trainer_epoch_runner(model, loader, out_dir: str, **train_kwargs) -> Callabl
         return seconds
 
     return run
+
+
+def run_child(cmd: list[str], what: str) -> dict | None:
+    """Run a benchmark's ``--one`` child process; its last ``RESULT {json}`` line, or None (stderr printed)."""
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        print(f"{what} failed:\n{proc.stderr[-3000:]}", flush=True)
+        return None
+    row = json.loads(lines[-1][len("RESULT "):])
+    print(row, flush=True)
+    return row

@@ -293,6 +293,13 @@ class TrainConfig:
     # LP-FT: fit the linear probe first (as train.linear_probe, C chosen on validation, no refit), then
     # fine-tune from it. The fusion becomes the probe's standardised concatenation and the head linear.
     probe_init: bool = False
+    # BatchNorm running statistics stay at their pretrained values while encoders train (norms in eval mode; their
+    # affine weights still train). False: only BatchNorms whose parameters are all frozen keep their statistics.
+    # Default chosen by measurement (BENCHMARKS.md section 11, full fine-tuning of the packaged EfficientNet-Lite0,
+    # 240 training rows, 4 epochs, one seed): frozen beat re-estimated statistics on all three sets measured,
+    # by 11.3 points on sign_digits, 6.7 on trashnet and 15.8 on urbansound. Set false when encoders start
+    # from random weights (model.pretrained=false): their initial statistics mean nothing.
+    freeze_norm_stats: bool = True
     # Layer-wise LR decay: an encoder layer k below the top gets encoder_lr * layer_decay**k (e.g. 0.75).
     layer_decay: Optional[float] = ranged(None, Range(0, 1, low_open=True, note="1: no decay"))
     # EMA of the weights (timm ModelEmaV3), updated every optimizer step, evaluated every epoch, checkpointed.

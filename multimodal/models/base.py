@@ -29,7 +29,7 @@ from multimodal.models import folder_checks
 from multimodal.models import peft as peft_support
 from multimodal.models.output import ModelOutput  # noqa: F401 (its old import path, multimodal.models.base)
 from multimodal.models.param_groups import param_groups
-from multimodal.models.unlock import lock_encoder
+from multimodal.models.unlock import freeze_norm_stats, lock_encoder
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
@@ -176,6 +176,13 @@ class EncoderModel(nn.Module):
         lock_encoder(self.encoders[modality], unlocked_groups)
         return self
 
+    def freeze_norm_stats(self, names: Optional[Iterable[str]] = None, enabled: bool = True) -> EncoderModel:
+        """Keep the BatchNorm running statistics of the named encoders (all by default) fixed while they train
+        (`multimodal.models.unlock.freeze_norm_stats`); ``enabled=False`` lets them update again."""
+        for m in self._select(names):
+            freeze_norm_stats(self.encoders[m], enabled)
+        return self
+
     def get_preprocessors(self, train: bool = False) -> dict[str, Preprocessor]:
         """Each encoder's picklable preprocessor, by modality."""
         return {m: enc.get_preprocessor(train) for m, enc in self.encoders.items()}
@@ -188,6 +195,7 @@ class EncoderModel(nn.Module):
             "format_version": FORMAT_VERSION,
             "encoders": {m: enc.get_config() for m, enc in self.encoders.items()},
             "frozen": [m for m, enc in self.encoders.items() if getattr(enc, "frozen", False)],
+            "norm_stats_frozen": [m for m, enc in self.encoders.items() if getattr(enc, "norm_stats_frozen", False)],
         }
 
     @classmethod
@@ -250,6 +258,10 @@ def read_model_config(directory: Union[str, os.PathLike]) -> dict[str, Any]:
     if not isinstance(frozen, list) or any(m not in encoders for m in frozen):
         raise ModelFolderError(f"{config_path}: field 'frozen' must list modalities of 'encoders' "
                                f"({sorted(encoders)}), got {frozen!r}")
+    stats = config.get("norm_stats_frozen", [])
+    if not isinstance(stats, list) or any(m not in encoders for m in stats):
+        raise ModelFolderError(f"{config_path}: field 'norm_stats_frozen' must list modalities of 'encoders' "
+                               f"({sorted(encoders)}), got {stats!r}")
     tied = config.get("tied_weights", {})
     if not isinstance(tied, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tied.items()):
         raise ModelFolderError(f"{config_path}: field 'tied_weights' must map tensor names to tensor names")
@@ -338,6 +350,8 @@ def load_model(directory: Union[str, os.PathLike], trust_remote_code: bool = Fal
     load_weights(model, directory, config)
     for m in config.get("frozen", []):
         model.encoders[m].freeze()
+    for m in config.get("norm_stats_frozen", []):
+        freeze_norm_stats(model.encoders[m])
     return model.eval()
 
 

@@ -61,9 +61,19 @@ def batchnorm_names(module: nn.Module, frozen_only: bool = True) -> set[str]:
 
 
 def keep_frozen_norms_in_eval(encoder: Any) -> None:
-    """Frozen BatchNorms stay in eval mode under ``.train()``: their running statistics do not drift."""
-    encoder._keep_eval = batchnorm_names(encoder)
+    """Frozen BatchNorms stay in eval mode under ``.train()``: their running statistics do not drift. After
+    `freeze_norm_stats`, every BatchNorm of the encoder does (its affine weights may still train)."""
+    encoder._keep_eval = batchnorm_names(encoder, frozen_only=not getattr(encoder, "norm_stats_frozen", False))
     encoder.train(encoder.training)
+
+
+def freeze_norm_stats(encoder: Any, enabled: bool = True) -> Any:
+    """Keep every BatchNorm of `encoder` in eval mode while it trains: batches are normalised with the pretrained
+    running statistics, which stay unchanged; the norms' affine weights still train when unfrozen. With
+    ``enabled=False`` only the BatchNorms whose parameters are all frozen keep their statistics."""
+    encoder.norm_stats_frozen = bool(enabled)
+    keep_frozen_norms_in_eval(encoder)
+    return encoder
 
 
 def lock_encoder(encoder: Any, unlocked_groups: int = 0) -> Any:

@@ -95,6 +95,8 @@ class Trainer:
     def _prepare(self, model: nn.Module, train_loader: Any, eval_loader: Any) -> None:
         """The optimizer, then model, optimizer and loaders through ``accelerator.prepare`` (DDP / FSDP / devices)."""
         accelerator = self.accelerator
+        if hasattr(model, "freeze_norm_stats"):  # BatchNorm statistics fixed (or not) before any forward
+            model.freeze_norm_stats(enabled=getattr(self.config, "freeze_norm_stats", False))
         optimizer = make_optimizer(model, self.config, self.unfreeze_epoch is not None)
         self.fsdp_block_classes = configure_fsdp(accelerator, model)  # None unless launched with an FSDP config
         frozen = [m for m, enc in getattr(model, "encoders", {}).items() if getattr(enc, "frozen", False)]

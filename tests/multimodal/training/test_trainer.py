@@ -182,6 +182,7 @@ def test_early_stopping(tmp_path, tiny_text_dir):
     cfg = _config(
         tmp_path, tiny_text_dir, "train.epochs=6", "train.metric_for_best=accuracy", "train.metric_mode=min",
         "train.early_stopping_patience=2",
+        "train.freeze_norm_stats=false",  # a random-init encoder: its initial BatchNorm statistics mean nothing
     )
     trainer = _run(cfg)
     state = trainer.state
