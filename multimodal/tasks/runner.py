@@ -61,7 +61,7 @@ def build_loaders(task: Task, model: Any, splits: DataSplits, accelerator: Any =
     streamed = isinstance(splits.train, StreamingDataset)  # no cache: the cache enumerates every item up front
     if cache_dir and not streamed and cfg.model.unfreeze_after_epochs is None and frozen:
         datasets, cached = cache_datasets(model, datasets, cache_dir, modalities=frozen, accelerator=accelerator,
-                                          show_progress=progress)
+                                          show_progress=progress, precision=cfg.data.feature_cache_precision)
 
     def collator(train: bool) -> Any:
         preprocessors = augment.train_preprocessors(model, cfg.data.augment) if train else model.get_preprocessors(False)
