@@ -160,6 +160,44 @@ def probe(args: argparse.Namespace) -> dict:
             "fill_img_s_fp32_before": len(paths) / seconds["fp32"], "fill_img_s_new": len(paths) / seconds["auto"]}
 
 
+def decode_race(repeats: int = 20) -> list[dict]:
+    """JPEG decode + eval preprocessing, full vs drafted (`MediaLimits.image_draft_side`), on scikit-image's real
+    photographs saved as JPEG (quality 90), for a 224 px and a 112 px model: ms per image and pixel difference."""
+    import io
+
+    import skimage.data
+    import timm.data
+
+    from encoders.image import ImagePreprocessor
+    from multimodal.data.media import DEFAULT_LIMITS, image_draft_side, load_image
+
+    out = []
+    for photo in ("hubble_deep_field", "astronaut", "coffee"):
+        buffer = io.BytesIO()
+        Image.fromarray(getattr(skimage.data, photo)()).save(buffer, "JPEG", quality=90)
+        cell = {"bytes": buffer.getvalue()}
+        for size in (224, 112):
+            preprocess = ImagePreprocessor(timm.data.create_transform(input_size=(3, size, size), crop_pct=0.875,
+                                                                      use_prefetcher=True), (3, size, size))
+            drafted = DEFAULT_LIMITS.with_draft(image_draft_side({"image": preprocess}))
+            runs = {name: (lambda lim=lim, pre=preprocess, c=cell: pre([load_image(c, limits=lim)])["pixel_values"])
+                    for name, lim in (("full", DEFAULT_LIMITS), ("drafted", drafted))}
+            times = alternate({n: (lambda f=f: _seconds(f)) for n, f in runs.items()}, repeats)
+            diff = (runs["full"]().float() - runs["drafted"]().float()).abs()
+            full_ms, draft_ms = (1000 * statistics.median(times[n]) for n in ("full", "drafted"))
+            decoded = "x".join(map(str, load_image(cell, limits=drafted).size))
+            out.append({"photo": photo, "model px": size, "decoded": decoded,
+                        "full ms": full_ms, "drafted ms": draft_ms, "speed-up": full_ms / draft_ms,
+                        "mean abs diff (of 255)": float(diff.mean())})
+    return out
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=64, help="photos per timed fill (first rows of the subset)")
@@ -167,7 +205,7 @@ def main() -> None:
     parser.add_argument("--probe-photos", type=int, default=SUBSET, help="photos for the probe (all 500: stratified)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--skip", nargs="*", default=[], choices=("images", "audio", "probe"))
+    parser.add_argument("--skip", nargs="*", default=[], choices=("images", "audio", "probe", "decode"))
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -175,6 +213,9 @@ def main() -> None:
           f"load average at start: {os.getloadavg()[0]:.1f}")
     result: dict = {}
     columns = ["candidate", "items/s", "vs framework before", "runs"]
+    if "decode" not in args.skip:
+        result["decode"] = decode_race()
+        print_table("JPEG decode + eval preprocessing, full vs drafted", result["decode"], list(result["decode"][0]))
     if "images" not in args.skip:
         result["images"] = image_race(args)
         print_table(f"Photos: cache fill, {args.photos} TrashNet JPEGs, batch {BATCH}", result["images"], columns)
