@@ -6,7 +6,7 @@ Images (TrashNet photos, 512x384 JPEG) through the packaged tf_efficientnet_lite
   steps switched off, as it ran before);
 * framework fp32: today's fill path with ``data.feature_cache_precision: fp32`` (channels_last);
 * framework auto: today's default (channels_last, bf16 where the CPU has native bf16 and the features agree; the
-  fill includes that one-off check, 8 items encoded in both precisions);
+  fill includes that one-off check: 8 items encoded in both precisions, the bf16 ones kept);
 * framework bf16: ``data.feature_cache_precision: bf16`` (no check): the steady state of a long fill;
 * hand-written timm loops over the same backbone (decode with Pillow, timm's eval transform, forward):
   NCHW fp32, channels_last fp32, channels_last + bf16 autocast.
@@ -131,6 +131,7 @@ def audio_race(args: argparse.Namespace) -> list[dict]:
         "framework before (NCHW fp32)": lambda: framework_fill(encoder, paths, "fp32", old=True),
         "framework fp32 (channels_last)": lambda: framework_fill(encoder, paths, "fp32"),
         "framework auto (new default)": lambda: framework_fill(encoder, paths, "auto"),
+        "framework bf16 (no check)": lambda: framework_fill(encoder, paths, "bf16"),
     }
     framework_fill(encoder, paths[:BATCH], "fp32")
     return rates(alternate(candidates, args.repeats), len(paths), "framework before (NCHW fp32)")

@@ -93,8 +93,9 @@ def encode_items(encoder: Encoder, items: Sequence[tuple[str, Any]], store: Stor
 
 
 def agreement_on(encoder: Encoder, items: Sequence[tuple[str, Any]], loader: Callable[[str, Any], Any],
-                 device: Optional[torch.device | str] = None) -> Optional[float]:
-    """`bf16_agreement` of the frozen `encoder` on the first `AGREEMENT_ITEMS` readable items (None: none is)."""
+                 device: Optional[torch.device | str] = None) -> Optional[tuple[float, list[str], EncoderOutput]]:
+    """`bf16_agreement` of the frozen `encoder` on the first `AGREEMENT_ITEMS` readable items, with their keys and
+    bf16 output (None: none is readable)."""
     keys, raw = _load(items[:AGREEMENT_ITEMS], encoder.modality, loader, {})
     if not keys:
         return None
@@ -104,6 +105,7 @@ def agreement_on(encoder: Encoder, items: Sequence[tuple[str, Any]], loader: Cal
     dev = torch.device(device) if device is not None else next(encoder.parameters()).device
     try:
         with fill_layout(encoder):
-            return bf16_agreement(lambda precision: encode_batch(encoder, preprocess, raw, dev, precision))
+            cosine, bf16 = bf16_agreement(lambda precision: encode_batch(encoder, preprocess, raw, dev, precision))
     finally:
         encoder.train(was_training)
+    return cosine, keys, bf16

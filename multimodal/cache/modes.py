@@ -103,9 +103,10 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-def bf16_agreement(run: Callable[[str], EncoderOutput]) -> float:
-    """Smallest cosine similarity, item by item, of the pooled features `run("bf16")` and `run("fp32")` give."""
-    bf16 = run("bf16").pooled.float().flatten(1)
+def bf16_agreement(run: Callable[[str], EncoderOutput]) -> tuple[float, EncoderOutput]:
+    """Smallest cosine similarity, item by item, of the pooled features `run("bf16")` and `run("fp32")` give, and
+    the bf16 output (kept when bf16 is)."""
+    bf16 = run("bf16")
     fp32 = run("fp32").pooled.float().flatten(1)
-    return float(torch.nn.functional.cosine_similarity(bf16, fp32, dim=1, eps=1e-12).min())
-
+    cosine = torch.nn.functional.cosine_similarity(bf16.pooled.float().flatten(1), fp32, dim=1, eps=1e-12)
+    return float(cosine.min()), bf16

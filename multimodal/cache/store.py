@@ -160,11 +160,12 @@ class FeatureCache:
                 failed[i] = f"{type(err).__name__}: {err}"
         rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
         todo = self._missing(keys, sources, accelerator)
-        if self._unchecked and todo and not self._keep_bf16(todo, loader or load_sample, device):
-            self._open("fp32")
-            todo = self._missing(keys, sources, accelerator)
-        self.misses += len(todo)
-        self.hits += len(keys) - len(todo) - len(failed)
+        checked: set[str] = set()  # encoded (and stored by the first process) while checking bf16 against fp32
+        if self._unchecked and todo:
+            checked = self._check_bf16(todo, loader or load_sample, device, rank == 0) or set()
+            todo = [(k, s) for k, s in self._missing(keys, sources, accelerator) if k not in checked]
+        self.misses += len(todo) + len(checked)
+        self.hits += len(keys) - len(todo) - len(checked) - len(failed)
         unreadable = encode_items(self.encoder, todo[rank::world], self.add, batch_size=batch_size,
                                   shard_size=self.shard_size, loader=loader or load_sample, device=device,
                                   show_progress=show_progress and rank == 0, precision=self.precision)
@@ -182,20 +183,27 @@ class FeatureCache:
             errors.update(failed)
         return keys
 
-    def _keep_bf16(self, todo: list[tuple[str, Any]], loader: Callable[[str, Any], Any],
-                   device: Optional[torch.device | str]) -> bool:
-        """Whether bf16 features of the first items to encode agree with fp32 ones (every process checks the same
-        items); says once which precision the fill uses."""
+    def _check_bf16(self, todo: list[tuple[str, Any]], loader: Callable[[str, Any], Any],
+                    device: Optional[torch.device | str], store: bool) -> Optional[set[str]]:
+        """Encode the first items to fill in bf16 and fp32 (every process the same items). When they agree, keep
+        bf16, store those items' bf16 features (when `store`) and return their keys; otherwise switch the cache to
+        fp32 and return None. Says once which precision the fill uses."""
         self._unchecked = False
-        cosine = agreement_on(self.encoder, todo, loader, device)
-        if cosine is None or cosine >= MIN_BF16_COSINE:
+        checked = agreement_on(self.encoder, todo, loader, device)
+        if checked is None:
+            return set()
+        cosine, keys, bf16 = checked
+        if cosine >= MIN_BF16_COSINE:
             log.info("feature cache: %s features in bf16 (native bf16; agreement with fp32 on the first items: "
-                     "cosine %s)", self.modality, "n/a" if cosine is None else f"{cosine:.4f}")
-            return True
+                     "cosine %.4f)", self.modality, cosine)
+            if store:
+                self.add(keys, bf16)
+            return set(keys)
         log.warning("feature cache: %s features in fp32: in bf16 they differ from fp32 (cosine %.4f < %.2f on the "
                     "first items); data.feature_cache_precision=fp32 skips this check", self.modality, cosine,
                     MIN_BF16_COSINE)
-        return False
+        self._open("fp32")
+        return None
 
     # -- reading ----------------------------------------------------------------------------------
     def _handle(self, shard: str) -> tuple[Any, frozenset]:

@@ -74,7 +74,7 @@ class Predictor:
 
                 torch.set_num_threads(int(num_threads))
             model, labels, _ = load_source_model(directory, trust_remote_code=trust_remote_code)
-            backend = TorchBackend(model, labels, device=device)
+            backend = TorchBackend(model, labels, device=device, channels_last=True)  # loaded here: ours
         return cls(backend, batch_size=batch_size, source=os.path.abspath(directory), limits=limits)
 
     # ------------------------------------------------------------------------------------------ properties
