@@ -8,7 +8,8 @@ preprocessing (`get_preprocessor(train=False)`), so cached features never carry 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Optional
 
 import torch
@@ -55,6 +56,20 @@ def _load(chunk: Sequence[tuple[str, Any]], modality: str, loader: Callable[[str
     return keys, raw
 
 
+@contextlib.contextmanager
+def frozen_run(encoder: Encoder, device: Optional[torch.device | str]) -> Iterator[tuple[Callable, torch.device]]:
+    """The encoder in eval mode and the fill's layout inside the block, with its eval-mode preprocessor and the
+    device to run on (default: its parameters'); its training mode and layout come back after."""
+    was_training = encoder.training
+    encoder.eval()
+    dev = torch.device(device) if device is not None else next(encoder.parameters()).device
+    try:
+        with fill_layout(encoder):
+            yield encoder.get_preprocessor(train=False), dev
+    finally:
+        encoder.train(was_training)
+
+
 def encode_items(encoder: Encoder, items: Sequence[tuple[str, Any]], store: Store, *, batch_size: int,
                  shard_size: int, loader: Callable[[str, Any], Any], device: Optional[torch.device | str] = None,
                  show_progress: bool = False, precision: str = "fp32") -> dict[str, str]:
@@ -66,16 +81,12 @@ def encode_items(encoder: Encoder, items: Sequence[tuple[str, Any]], store: Stor
     unreadable: dict[str, str] = {}
     if not items:
         return unreadable
-    was_training = encoder.training
-    encoder.eval()
-    preprocess = encoder.get_preprocessor(train=False)
-    dev = torch.device(device) if device is not None else next(encoder.parameters()).device
     progress = progress_bar(total=len(items), desc=f"caching {encoder.modality} features",
                             disable=not (show_progress and len(items) > batch_size))
     pending_keys: list[str] = []
     pending: list[EncoderOutput] = []
     try:
-        with fill_layout(encoder):
+        with frozen_run(encoder, device) as (preprocess, dev):
             for start in range(0, len(items), batch_size):
                 chunk = items[start : start + batch_size]
                 keys, raw = _load(chunk, encoder.modality, loader, unreadable)
@@ -88,7 +99,6 @@ def encode_items(encoder: Encoder, items: Sequence[tuple[str, Any]], store: Stor
                     pending_keys, pending = [], []
     finally:
         progress.close()
-        encoder.train(was_training)
     return unreadable
 
 
@@ -99,13 +109,6 @@ def agreement_on(encoder: Encoder, items: Sequence[tuple[str, Any]], loader: Cal
     keys, raw = _load(items[:AGREEMENT_ITEMS], encoder.modality, loader, {})
     if not keys:
         return None
-    was_training = encoder.training
-    encoder.eval()
-    preprocess = encoder.get_preprocessor(train=False)
-    dev = torch.device(device) if device is not None else next(encoder.parameters()).device
-    try:
-        with fill_layout(encoder):
-            cosine, bf16 = bf16_agreement(lambda precision: encode_batch(encoder, preprocess, raw, dev, precision))
-    finally:
-        encoder.train(was_training)
+    with frozen_run(encoder, device) as (preprocess, dev):
+        cosine, bf16 = bf16_agreement(lambda precision: encode_batch(encoder, preprocess, raw, dev, precision))
     return cosine, keys, bf16
