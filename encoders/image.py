@@ -46,6 +46,19 @@ class ImagePreprocessor:
             return {"pixel_values": torch.zeros((0, *self.input_size), dtype=torch.uint8)}
         return {"pixel_values": torch.stack(tensors)}
 
+    def resize_side(self) -> Optional[int]:
+        """The shorter side a plain ``Resize`` first scales the image to (the larger of a fixed height and width);
+        None when the transform starts otherwise (a random crop: training augmentation)."""
+        from torchvision import transforms as T
+
+        for step in getattr(self.transform, "transforms", [self.transform]):
+            if isinstance(step, T.Resize):
+                size = [step.size] if isinstance(step.size, int) else list(step.size)
+                return int(max(size))
+            if not isinstance(step, (T.CenterCrop, T.ToTensor, T.PILToTensor)) and type(step).__name__ != "MaybeToTensor":
+                return None
+        return None
+
 
 def bounded_resize(transform: Any, max_aspect: float = MAX_IMAGE_ASPECT) -> Any:
     """`transform` with every shorter-side `Resize` capped at `max_aspect` times its size on the longer side

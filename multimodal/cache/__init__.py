@@ -9,6 +9,8 @@ One module per concern:
   orphaned files are repaired, not trusted.
 * `encode`: the fill path's work: load, eval-mode preprocessing (no augmentation), the frozen tower
   (`encode_batch`, the one place it runs).
+* `modes`: how the tower runs there: channels_last for convolutional towers, fp32 or bf16 (``auto``: bf16 where
+  the hardware has it and the features agree with fp32), under `torch.inference_mode`.
 * `store`: `FeatureCache`, the index over one encoder's folder: `build` fills what is missing, `load` reads.
 * `datasets`: the cache in the data pipeline: `cache_datasets` wraps each split so that batches carry
   ``features`` for the cached modalities (`CachedFeatureCollator`).
@@ -34,10 +36,12 @@ from multimodal.cache.keys import (
     file_hash,
     weights_hash,
 )
+from multimodal.cache.modes import PRECISIONS, native_bf16
 from multimodal.cache.store import FeatureCache
 
 __all__ = [
     "ABSENT",
+    "PRECISIONS",
     "UNREADABLE",
     "CachedFeatureCollator",
     "CachedFeatureDataset",
@@ -51,6 +55,7 @@ __all__ = [
     "encoder_key_parts",
     "file_hash",
     "frozen_modalities",
+    "native_bf16",
     "resolve_cache_dir",
     "weights_hash",
 ]

@@ -100,6 +100,7 @@ def cache_datasets(
     accelerator: Any = None,
     store_tokens: Optional[bool] = None,
     show_progress: bool = True,
+    precision: str = "fp32",
 ) -> tuple[dict[str, Any], dict[str, FeatureCache]]:
     """Encode the frozen modalities of every dataset once (cached on disk) and wrap the datasets.
 
@@ -107,7 +108,8 @@ def cache_datasets(
     wrapped datasets and the caches; build the collate function with
     ``CachedFeatureCollator(Collator(uncached preprocessors), caches)``. Modalities default to the frozen
     ones; tokens are stored only when the model reads them (`model.requires_tokens`), unless `store_tokens`
-    says. Features use eval-mode preprocessing: cached modalities get no training augmentation. An item the
+    says; `precision` is the towers' (``data.feature_cache_precision``: fp32, bf16 or auto, see
+    `multimodal.cache.modes`). Features use eval-mode preprocessing: cached modalities get no training augmentation. An item the
     cache cannot read or hash (a file that is missing or does not decode, e.g. under ``data.validate=false``) is
     handled by the dataset's ``on_bad_sample``: `BadSampleError` naming the row, or the row is dropped and counted.
     """
@@ -117,7 +119,8 @@ def cache_datasets(
             raise ValueError(f"cannot cache {m} features: its encoder is trainable (freeze it first)")
     if store_tokens is None:
         store_tokens = bool(getattr(model, "requires_tokens", False))
-    caches = {m: FeatureCache(model.encoders[m], cache_dir, store_tokens=store_tokens) for m in modalities}
+    caches = {m: FeatureCache(model.encoders[m], cache_dir, store_tokens=store_tokens, precision=precision)
+              for m in modalities}
     wrapped: dict[str, Any] = {}
     for name, ds in datasets.items():
         if ds is None or not modalities:

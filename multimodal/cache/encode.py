@@ -1,13 +1,15 @@
 """The fill path's work: load each missing item, preprocess it as for evaluation, run the frozen tower, store.
 
-`encode_batch` is the one place a frozen tower runs for the cache: a faster way to run it (channels_last, bf16,
-another backend) changes that function and nothing else. The encoder runs in eval mode with its eval-mode
+`encode_batch` is the one place a frozen tower runs for the cache: under `torch.inference_mode`, image batches in
+channels_last, in the fill's precision (fp32 or bf16 autocast, `multimodal.cache.modes`). `encode_items` holds a
+convolutional tower in channels_last for the whole fill. The encoder runs in eval mode with its eval-mode
 preprocessing (`get_preprocessor(train=False)`), so cached features never carry training augmentation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Optional
 
 import torch
@@ -15,18 +17,30 @@ import torch
 from encoders.base import Encoder, EncoderOutput
 from multimodal.cache.files import stack_outputs
 from multimodal.cache.keys import ABSENT
+from multimodal.cache.modes import (
+    AGREEMENT_ITEMS,
+    autocast,
+    bf16_agreement,
+    channels_last_inputs,
+    fill_layout,
+)
 from multimodal.progress import progress_bar
 
 Store = Callable[[list[str], EncoderOutput], None]
 """Where encoded batches go: ``store(keys, outputs)`` (`FeatureCache.add`)."""
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def encode_batch(encoder: Encoder, preprocess: Callable[[list[Any]], dict], raw: list[Any],
-                 device: torch.device) -> EncoderOutput:
-    """The frozen `encoder`'s output for raw samples (None: absent) after `preprocess`, computed on `device`."""
+                 device: torch.device, precision: str = "fp32") -> EncoderOutput:
+    """The frozen `encoder`'s output for raw samples (None: absent) after `preprocess`, computed on `device` in
+    `precision` (``fp32``, or ``bf16`` autocast; outputs come back as float32)."""
+    device = torch.device(device)
     inputs = {n: t.to(device) if isinstance(t, torch.Tensor) else t for n, t in preprocess(raw).items()}
-    return encoder(inputs)
+    with autocast(precision, device):
+        out = encoder(channels_last_inputs(inputs))
+    return EncoderOutput(*(t.float() if t is not None and t.is_floating_point() else t
+                           for t in (out.pooled, out.tokens, out.mask)))
 
 
 def _load(chunk: Sequence[tuple[str, Any]], modality: str, loader: Callable[[str, Any], Any],
@@ -42,36 +56,59 @@ def _load(chunk: Sequence[tuple[str, Any]], modality: str, loader: Callable[[str
     return keys, raw
 
 
+@contextlib.contextmanager
+def frozen_run(encoder: Encoder, device: Optional[torch.device | str]) -> Iterator[tuple[Callable, torch.device]]:
+    """The encoder in eval mode and the fill's layout inside the block, with its eval-mode preprocessor and the
+    device to run on (default: its parameters'); its training mode and layout come back after."""
+    was_training = encoder.training
+    encoder.eval()
+    dev = torch.device(device) if device is not None else next(encoder.parameters()).device
+    try:
+        with fill_layout(encoder):
+            yield encoder.get_preprocessor(train=False), dev
+    finally:
+        encoder.train(was_training)
+
+
 def encode_items(encoder: Encoder, items: Sequence[tuple[str, Any]], store: Store, *, batch_size: int,
                  shard_size: int, loader: Callable[[str, Any], Any], device: Optional[torch.device | str] = None,
-                 show_progress: bool = False) -> dict[str, str]:
-    """Encode `items` ((content key, source) pairs) in batches, handing `store` about `shard_size` at a time.
+                 show_progress: bool = False, precision: str = "fp32") -> dict[str, str]:
+    """Encode `items` ((content key, source) pairs) in batches in `precision`, handing `store` about `shard_size`
+    at a time.
 
     Returns {key: reason} for the sources that could not be loaded; they are not stored.
     """
     unreadable: dict[str, str] = {}
     if not items:
         return unreadable
-    was_training = encoder.training
-    encoder.eval()
-    preprocess = encoder.get_preprocessor(train=False)
-    dev = torch.device(device) if device is not None else next(encoder.parameters()).device
     progress = progress_bar(total=len(items), desc=f"caching {encoder.modality} features",
                             disable=not (show_progress and len(items) > batch_size))
     pending_keys: list[str] = []
     pending: list[EncoderOutput] = []
     try:
-        for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
-            keys, raw = _load(chunk, encoder.modality, loader, unreadable)
-            progress.update(len(chunk))
-            if keys:
-                pending_keys.extend(keys)
-                pending.append(encode_batch(encoder, preprocess, raw, dev))
-            if pending_keys and (len(pending_keys) >= shard_size or start + batch_size >= len(items)):
-                store(*stack_outputs(pending_keys, pending))
-                pending_keys, pending = [], []
+        with frozen_run(encoder, device) as (preprocess, dev):
+            for start in range(0, len(items), batch_size):
+                chunk = items[start : start + batch_size]
+                keys, raw = _load(chunk, encoder.modality, loader, unreadable)
+                progress.update(len(chunk))
+                if keys:
+                    pending_keys.extend(keys)
+                    pending.append(encode_batch(encoder, preprocess, raw, dev, precision))
+                if pending_keys and (len(pending_keys) >= shard_size or start + batch_size >= len(items)):
+                    store(*stack_outputs(pending_keys, pending))
+                    pending_keys, pending = [], []
     finally:
         progress.close()
-        encoder.train(was_training)
     return unreadable
+
+
+def agreement_on(encoder: Encoder, items: Sequence[tuple[str, Any]], loader: Callable[[str, Any], Any],
+                 device: Optional[torch.device | str] = None) -> Optional[tuple[float, list[str], EncoderOutput]]:
+    """`bf16_agreement` of the frozen `encoder` on the first `AGREEMENT_ITEMS` readable items, with their keys and
+    bf16 output (None: none is readable)."""
+    keys, raw = _load(items[:AGREEMENT_ITEMS], encoder.modality, loader, {})
+    if not keys:
+        return None
+    with frozen_run(encoder, device) as (preprocess, dev):
+        cosine, bf16 = bf16_agreement(lambda precision: encode_batch(encoder, preprocess, raw, dev, precision))
+    return cosine, keys, bf16

@@ -3,7 +3,8 @@
 The folder (``<root>/<modality>-<fingerprint[:24]>/``, see `multimodal.cache.keys`) holds shards written by
 `multimodal.cache.files`; the cache keeps an index of which shard holds which key. `build` encodes what is
 missing (`multimodal.cache.encode`), sharing the work between processes; `load` batches entries back into an
-`EncoderOutput`, tokens re-padded with their mask.
+`EncoderOutput`, tokens re-padded with their mask. The precision the tower runs in (`multimodal.cache.modes`) is
+part of the key: bf16 and fp32 features live in different folders.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import torch
 from safetensors import safe_open
 
 from encoders.base import Encoder, EncoderOutput, jsonable
-from multimodal.cache.encode import encode_items
+from multimodal.cache.encode import agreement_on, encode_items
 from multimodal.cache.files import log, scan, trim_entry, write_meta, write_shard
 from multimodal.cache.keys import ABSENT, UNREADABLE, content_key, encoder_fingerprint, encoder_key_parts
+from multimodal.cache.modes import MIN_BF16_COSINE, check_precision, first_choice
 from multimodal.data.manifest import DataError
 from multimodal.data.media import load_sample
 
@@ -34,22 +36,34 @@ class FeatureCache:
         store_tokens: bool = True,
         dtype: torch.dtype = torch.float32,
         shard_size: int = 2048,
+        precision: str = "fp32",
     ) -> None:
+        self._root = root
         self.encoder = encoder
         self.modality = encoder.modality
         self.store_tokens = bool(store_tokens)
         self.dtype = dtype
         self.shard_size = int(shard_size)
-        self.key_parts = encoder_key_parts(encoder)
-        self.fingerprint = encoder_fingerprint(encoder, self.key_parts)
-        self.directory = Path(root) / f"{self.modality}-{self.fingerprint[:24]}"
+        self.requested_precision = check_precision(precision)
+        self.repairs: list[str] = []  # what was found damaged or orphaned and removed, one line each
+        self.hits = 0
+        self.misses = 0
+        self._tower_parts = encoder_key_parts(encoder)
+        device = next(encoder.parameters()).device if any(True for _ in encoder.parameters()) else "cpu"
+        self._open(first_choice(precision, device))
+        # "auto" chose bf16 from the hardware alone: the first fill checks it against fp32 (`_keep_bf16`).
+        self._unchecked = precision == "auto" and self.precision == "bf16"
+
+    def _open(self, precision: str) -> None:
+        """Point the cache at the folder of the tower's features in `precision` and read its index."""
+        self.precision = precision
+        self.key_parts = {**self._tower_parts, "precision": precision}
+        self.fingerprint = encoder_fingerprint(self.encoder, self.key_parts)
+        self.directory = Path(self._root) / f"{self.modality}-{self.fingerprint[:24]}"
         self.directory.mkdir(parents=True, exist_ok=True)
         self._index: dict[str, tuple[str, bool]] = {}
         self._handles: dict[str, Any] = {}
         self._checked: set[str] = set()  # shards this process has verified (they are never modified)
-        self.repairs: list[str] = []  # what was found damaged or orphaned and removed, one line each
-        self.hits = 0
-        self.misses = 0
         note = write_meta(self.directory, jsonable({"fingerprint": self.fingerprint, **self.key_parts}))
         if note:
             log.warning(note)
@@ -146,11 +160,15 @@ class FeatureCache:
                 failed[i] = f"{type(err).__name__}: {err}"
         rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
         todo = self._missing(keys, sources, accelerator)
-        self.misses += len(todo)
-        self.hits += len(keys) - len(todo) - len(failed)
+        checked: set[str] = set()  # encoded (and stored by the first process) while checking bf16 against fp32
+        if self._unchecked and todo:
+            checked = self._check_bf16(todo, loader or load_sample, device, rank == 0) or set()
+            todo = [(k, s) for k, s in self._missing(keys, sources, accelerator) if k not in checked]
+        self.misses += len(todo) + len(checked)
+        self.hits += len(keys) - len(todo) - len(checked) - len(failed)
         unreadable = encode_items(self.encoder, todo[rank::world], self.add, batch_size=batch_size,
                                   shard_size=self.shard_size, loader=loader or load_sample, device=device,
-                                  show_progress=show_progress and rank == 0)
+                                  show_progress=show_progress and rank == 0, precision=self.precision)
         if world > 1:
             accelerator.wait_for_everyone()
             self.refresh()
@@ -164,6 +182,28 @@ class FeatureCache:
         if errors is not None:
             errors.update(failed)
         return keys
+
+    def _check_bf16(self, todo: list[tuple[str, Any]], loader: Callable[[str, Any], Any],
+                    device: Optional[torch.device | str], store: bool) -> Optional[set[str]]:
+        """Encode the first items to fill in bf16 and fp32 (every process the same items). When they agree, keep
+        bf16, store those items' bf16 features (when `store`) and return their keys; otherwise switch the cache to
+        fp32 and return None. Says once which precision the fill uses."""
+        self._unchecked = False
+        checked = agreement_on(self.encoder, todo, loader, device)
+        if checked is None:
+            return set()
+        cosine, keys, bf16 = checked
+        if cosine >= MIN_BF16_COSINE:
+            log.info("feature cache: %s features in bf16 (native bf16; agreement with fp32 on the first items: "
+                     "cosine %.4f)", self.modality, cosine)
+            if store:
+                self.add(keys, bf16)
+            return set(keys)
+        log.warning("feature cache: %s features in fp32: in bf16 they differ from fp32 (cosine %.4f < %.2f on the "
+                    "first items); data.feature_cache_precision=fp32 skips this check", self.modality, cosine,
+                    MIN_BF16_COSINE)
+        self._open("fp32")
+        return None
 
     # -- reading ----------------------------------------------------------------------------------
     def _handle(self, shard: str) -> tuple[Any, frozenset]:

@@ -122,6 +122,12 @@ class DataConfig:
     # Frozen-encoder feature cache: "auto" ($MULTIMODAL_CACHE/features), a directory, or null (off). Only
     # encoders that stay frozen for the whole run are cached (eval preprocessing, so no augmentation).
     feature_cache: Optional[str] = "auto"
+    # Precision of the frozen towers while they fill the cache: fp32 (the default: a linear probe on bf16 features
+    # scored 0.35 +- 0.31 points below fp32 on real photos, BENCHMARKS.md section 12), bf16 (about 1.8x faster where
+    # the hardware computes it natively), or "auto" = bf16 where the CPU/GPU computes it natively (AVX-512 BF16, AMX,
+    # a bf16 GPU) and the tower's bf16 features agree with fp32 on the first items (cosine >= 0.99), else fp32. Part
+    # of the cache key: bf16 and fp32 features are never mixed. Convolutional towers run channels_last either way.
+    feature_cache_precision: Literal["auto", "fp32", "bf16"] = "fp32"
     max_train_samples: Optional[int] = ranged(None, Range(1, note="null: all rows"))
     # Few-shot: K seeded training rows per class (K groups per class with group_column), validation cut to at most
     # K per class too; single-label only.

@@ -302,6 +302,11 @@ class MultimodalDataset(Dataset):
         which carry an epoch seed, at a seeded random offset; others from the start)."""
         self.limits = self.limits.with_window(seconds)
 
+    def set_image_draft(self, side: Optional[int]) -> None:
+        """Decode JPEGs at reduced scale while the shorter side stays at least `side` pixels (None: full size); for
+        datasets preprocessed in eval mode (`multimodal.data.media.apply_image_draft`)."""
+        self.limits = self.limits.with_draft(side)
+
     # -- skips found after the up-front checks ---------------------------------------------------------------
     def discard(self, bad: dict[int, tuple[str, str]]) -> None:
         """Drop dataset items found bad after the up-front checks (e.g. by the feature cache): `bad` maps an

@@ -31,6 +31,9 @@ class MediaLimits:
     max_text_chars: int = MAX_TEXT_CHARS  # texts are cut to this before tokenising
     # Decode only this much audio (the model's clip length); None: the whole file.
     audio_window_seconds: Optional[float] = None
+    # Decode JPEGs at 1/2, 1/4 or 1/8 scale while the shorter side stays at least this many pixels (the side the
+    # eval-mode preprocessor resizes to); None: full size.
+    image_draft_side: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.max_image_pixels < 1 or self.max_image_aspect < 1 or self.max_audio_seconds <= 0:
@@ -42,12 +45,16 @@ class MediaLimits:
     def from_config(cls, config: Any) -> MediaLimits:
         """The limits a `DataConfig` (or any object with some of the field names as attributes, e.g. parsed
         command-line options) sets; the others keep their defaults."""
-        names = [f.name for f in dataclasses.fields(cls) if f.name != "audio_window_seconds"]
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("audio_window_seconds", "image_draft_side")]
         return cls(**{n: getattr(config, n) for n in names if getattr(config, n, None) is not None})
 
     def with_window(self, seconds: Optional[float]) -> MediaLimits:
         """These limits, decoding at most `seconds` of audio per file (None: the whole file)."""
         return dataclasses.replace(self, audio_window_seconds=float(seconds) if seconds else None)
+
+    def with_draft(self, side: Optional[int]) -> MediaLimits:
+        """These limits, decoding JPEGs at reduced scale down to a shorter side of `side` pixels (None: full size)."""
+        return dataclasses.replace(self, image_draft_side=int(side) if side else None)
 
 
 DEFAULT_LIMITS = MediaLimits()

@@ -8,7 +8,9 @@ A table cell is turned into the raw sample an encoder's preprocessor takes:
   frame) or TIFF (`ALLOWED_IMAGE_FORMATS`): Pillow's other plugins are never tried (its EPS plugin runs
   Ghostscript). The size is read from the header and checked before any pixel is decoded: at most
   ``max_image_pixels`` pixels (a larger JPEG is decoded at 1/2, 1/4 or 1/8 scale by libjpeg when that fits) and
-  sides at most ``max_image_aspect`` : 1.
+  sides at most ``max_image_aspect`` : 1. When the model's eval-mode resize is known (``image_draft_side``, see
+  `apply_image_draft`), a JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale whose shorter side stays at least
+  that size: the resize then gives the same pixels within its own rounding, from far less decoding work.
 * audio: a path (WAV/FLAC/OGG/MP3 through soundfile), ``{"array", "sampling_rate"}`` / ``{"path"}`` /
   ``{"bytes"}`` (encoded file) dicts or a ``(waveform, sample_rate)`` tuple -> ``(float32 [T] or [C, T],
   sample_rate)``. Files are checked from their header (`soundfile.info`) before decoding: at most
@@ -36,8 +38,11 @@ from multimodal.data.audio_files import read_audio, wav_truncation
 from multimodal.data.limits import ALLOWED_IMAGE_FORMATS, DEFAULT_LIMITS, MediaLimitError, MediaLimits
 
 FILE_MODALITIES = ("image", "audio")
+DRAFT_GAP = 2
+"""A drafted JPEG keeps at least this many decoded pixels per resized pixel (Pillow's ``reducing_gap`` idea): the
+resize then averages as it would over the full decode (real photos: mean difference under one grey level)."""
 
-__all__ = ["ALLOWED_IMAGE_FORMATS", "DEFAULT_LIMITS", "apply_audio_window", "audio_window", "FILE_MODALITIES", "MediaLimitError", "MediaLimits", "cell_path",
+__all__ = ["ALLOWED_IMAGE_FORMATS", "DEFAULT_LIMITS", "apply_audio_window", "apply_image_draft", "image_draft_side", "audio_window", "FILE_MODALITIES", "MediaLimitError", "MediaLimits", "cell_path",
            "check_audio", "check_image", "check_sample", "describe", "load_audio", "load_image", "load_sample",
            "load_text", "resolve_path", "wav_truncation"]
 
@@ -101,7 +106,8 @@ def _sniffed_formats(head: bytes) -> list[str]:
 
 def _jpeg_scale(width: int, height: int, limits: MediaLimits, draft: Optional[int]) -> int:
     """1, 2, 4 or 8: the DCT scale a JPEG is decoded at, to fit `max_image_pixels` (or, with `draft`, the
-    smallest scale that keeps both sides at least `draft` pixels, for a check that only needs the decode to run)."""
+    smallest scale that keeps both sides at least `draft` pixels: the eval-mode resize's side, or a small size for a
+    check that only needs the decode to run)."""
     scale = 1
     while scale < 8 and width * height > limits.max_image_pixels * scale * scale:
         scale *= 2
@@ -160,7 +166,7 @@ def load_image(value: Any, base_dir: Optional[str] = None, limits: MediaLimits =
             h, w = value.shape[:2] if value.ndim == 2 or value.shape[-1] in (1, 3, 4) else value.shape[1:]
             check_image_size(int(w), int(h), limits)
         return value
-    return open_image(value, base_dir, limits)
+    return open_image(value, base_dir, limits, draft=limits.image_draft_side)
 
 
 def check_image(value: Any, base_dir: Optional[str] = None, limits: MediaLimits = DEFAULT_LIMITS) -> None:
@@ -256,6 +262,24 @@ def audio_window(preprocessors: Mapping[str, Any]) -> Optional[float]:
     """The clip (seconds) the ``audio`` preprocessor keeps (its ``max_seconds``); None when it keeps whole clips
     or there is none."""
     return getattr(preprocessors.get("audio"), "max_seconds", None) or None
+
+
+def image_draft_side(preprocessors: Mapping[str, Any]) -> Optional[int]:
+    """`DRAFT_GAP` times the shorter side the eval-mode ``image`` preprocessor resizes to (its ``resize_side()``);
+    None when it has no plain resize, or there is none."""
+    resize_side = getattr(preprocessors.get("image"), "resize_side", None)
+    side = resize_side() if callable(resize_side) else None
+    return int(side * DRAFT_GAP) if side else None
+
+
+def apply_image_draft(datasets: Iterable[Any], preprocessors: Mapping[str, Any]) -> None:
+    """Make each dataset (None skipped) decode JPEGs at reduced scale, down to the eval-mode resize of the model's
+    ``image`` preprocessor (`image_draft_side`). Only for data that is preprocessed in eval mode: a training
+    augmentation's random crop may need more pixels than the eval resize keeps."""
+    side = image_draft_side(preprocessors)
+    for dataset in datasets:
+        if dataset is not None and hasattr(dataset, "set_image_draft"):
+            dataset.set_image_draft(side)
 
 
 def apply_audio_window(datasets: Iterable[Any], preprocessors: Mapping[str, Any]) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 
 from multimodal.data.limits import DEFAULT_LIMITS, MediaLimits
 from multimodal.data.manifest import cell, is_missing
-from multimodal.data.media import audio_window, describe, load_sample
+from multimodal.data.media import audio_window, describe, image_draft_side, load_sample
 from multimodal.deploy.backends import TorchBackend
 from multimodal.deploy.errors import BadInputError, DeployError
 from multimodal.deploy.loading import load_source_model
@@ -54,8 +54,10 @@ class Predictor:
         if batch_size < 1:
             raise DeployError(f"batch_size must be at least 1, got {batch_size}")
         self.backend, self.batch_size, self.source = backend, int(batch_size), source
-        # What one input may cost to decode; audio files are decoded only as far as the model's clip.
-        self.limits = (limits or DEFAULT_LIMITS).with_window(audio_window(backend.preprocessors))
+        # What one input may cost to decode; audio files are decoded only as far as the model's clip, JPEGs only down
+        # to twice the eval resize.
+        self.limits = (limits or DEFAULT_LIMITS).with_window(audio_window(backend.preprocessors)).with_draft(
+            image_draft_side(backend.preprocessors))
 
     @classmethod
     def from_pretrained(cls, directory: Union[str, os.PathLike], batch_size: int = 32, device: str = "cpu",
@@ -72,7 +74,7 @@ class Predictor:
 
                 torch.set_num_threads(int(num_threads))
             model, labels, _ = load_source_model(directory, trust_remote_code=trust_remote_code)
-            backend = TorchBackend(model, labels, device=device)
+            backend = TorchBackend(model, labels, device=device, channels_last=True)  # loaded here: ours
         return cls(backend, batch_size=batch_size, source=os.path.abspath(directory), limits=limits)
 
     # ------------------------------------------------------------------------------------------ properties

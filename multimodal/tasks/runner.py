@@ -28,7 +28,7 @@ from multimodal.config.method import method_of
 from multimodal.config.schema import ADVERSARIAL_TARGETS, ExperimentConfig
 from multimodal.data import augment
 from multimodal.data.loading import Collator, make_dataloader
-from multimodal.data.media import apply_audio_window
+from multimodal.data.media import apply_audio_window, apply_image_draft
 from multimodal.data.splits import DataSplits, write_splits
 from multimodal.data.streaming import StreamingDataset, stream_loader
 from multimodal.errors import debug_requested, user_errors
@@ -61,9 +61,13 @@ def build_loaders(task: Task, model: Any, splits: DataSplits, accelerator: Any =
     attacked = {ADVERSARIAL_TARGETS[t] for t in (cfg.train.adversarial.on if cfg.train.adversarial else [])}
     frozen = [m for m in frozen_modalities(model) if m not in live and m not in attacked]  # attacks need the encoder
     streamed = isinstance(splits.train, StreamingDataset)  # no cache: the cache enumerates every item up front
-    if cache_dir and not streamed and cfg.model.unfreeze_after_epochs is None and frozen:
+    use_cache = bool(cache_dir and not streamed and cfg.model.unfreeze_after_epochs is None and frozen)
+    # Eval-mode data decodes JPEGs only down to twice the resize; training images too when their features are cached.
+    eval_mode = [datasets["validation"], datasets["test"], datasets["train"] if use_cache and "image" in frozen else None]
+    apply_image_draft(eval_mode, model.get_preprocessors(False))
+    if use_cache:
         datasets, cached = cache_datasets(model, datasets, cache_dir, modalities=frozen, accelerator=accelerator,
-                                          show_progress=progress)
+                                          show_progress=progress, precision=cfg.data.feature_cache_precision)
 
     def collator(train: bool) -> Any:
         preprocessors = augment.train_preprocessors(model, cfg.data.augment) if train else model.get_preprocessors(False)

@@ -253,16 +253,16 @@ def test_the_fill_path_runs_the_tower_through_encode_batch_only(tmp_path, images
     real = encode_module.encode_batch
     seen = []
 
-    def doubled(encoder, preprocess, raw, device):
-        seen.append((len(raw), encoder.training))
-        out = real(encoder, preprocess, raw, device)
+    def doubled(encoder, preprocess, raw, device, precision):
+        seen.append((len(raw), encoder.training, precision))
+        out = real(encoder, preprocess, raw, device, precision)
         return EncoderOutput(out.pooled * 2, out.tokens * 2, out.mask)
 
     monkeypatch.setattr(encode_module, "encode_batch", doubled)
     enc = CountingImageEncoder()
     cache = FeatureCache(enc, tmp_path / "cache", shard_size=3)
     keys = cache.build(images, batch_size=2, show_progress=False)
-    assert seen == [(2, False), (2, False), (1, False)] and enc.calls == 5  # in eval mode
+    assert seen == [(2, False, "fp32"), (2, False, "fp32"), (1, False, "fp32")] and enc.calls == 5  # in eval mode
     assert enc.training  # and back in the mode it came in
     with torch.no_grad():
         direct = enc(enc.get_preprocessor(False)([Image.open(p) for p in images]))

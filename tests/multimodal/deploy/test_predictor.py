@@ -165,3 +165,20 @@ def test_loading_is_safe_by_default(tmp_path, fused_dir):
         Predictor.from_pretrained(tmp_path)
     with pytest.raises(DeployError, match="does not exist"):
         Predictor.from_pretrained(tmp_path / "nope")
+
+
+def test_the_predictor_runs_its_own_convolutional_model_channels_last(fused_dir):
+    """A folder the predictor loads runs in channels_last: the same probabilities as NCHW within float rounding."""
+    from multimodal.deploy.backends import TorchBackend
+    from multimodal.deploy.loading import load_source_model
+
+    rows = [{"image": np.full((40, 48, 3), 90 + 40 * i, dtype=np.uint8), "text": f"item {i}"} for i in range(3)]
+    predictor = Predictor.from_pretrained(fused_dir)
+    stem = predictor.backend.model.encoders["image"].backbone.conv_stem.weight
+    assert stem.is_contiguous(memory_format=torch.channels_last) and not stem.is_contiguous()
+    model, labels, _ = load_source_model(fused_dir)
+    nchw = Predictor(TorchBackend(model, labels))
+    fast, plain = predictor.predict(rows), nchw.predict(rows)
+    probs = [[p["probabilities"][k] for k in sorted(p["probabilities"])] for p in fast]
+    np.testing.assert_allclose(probs, [[p["probabilities"][k] for k in sorted(p["probabilities"])] for p in plain],
+                               rtol=0, atol=1e-5)

@@ -58,7 +58,8 @@ def _write(tmp_path, tiny_text_dir, n=40, freeze="true") -> str:
                      "label": "day" if day else "night", "site": f"s{i % 4}"})
     pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
     cfg = {"data": {"train": str(tmp_path / "m.csv"), "audio_column": None, "num_workers": 0, "val_fraction": 0.25,
-                    "test_fraction": 0.0, "feature_cache": str(tmp_path / "cache")},
+                    "test_fraction": 0.0, "feature_cache": str(tmp_path / "cache"),
+                    "feature_cache_precision": "fp32"},  # exact comparisons below: fp32 features, not bf16,
            "model": {"encoders": {"text": f"text:{tiny_text_dir}", "image": "image:test_efficientnet"},
                      "encoder_kwargs": {"image": {"img_size": 32}}, "pretrained": False, "fusion_dim": 16,
                      "freeze_encoders": yaml.safe_load(freeze)},

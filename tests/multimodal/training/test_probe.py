@@ -140,7 +140,9 @@ def test_probe_init_starts_fine_tuning_at_the_probe_solution(tmp_path):
     # LP-FT with (almost) no learning is the probe without refit: same C, same head, same test predictions.
     # A LayerNorm backbone: BatchNorm running statistics would move in the training epoch even at LR 0.
     ln = "model.encoders={image: 'image:test_efficientnet_ln'}"
-    probe = run(load_config(None, _overrides(tmp_path / "lp", "train.refit_full=false", "train.probe_cs=[0.01, 1.0]", ln)))
+    # fp32 cached features: the fine-tuning run encodes live in fp32, and the heads must agree to 1e-6
+    probe = run(load_config(None, _overrides(tmp_path / "lp", "train.refit_full=false", "train.probe_cs=[0.01, 1.0]", ln,
+                                             "data.feature_cache_precision=fp32")))
     lpft = _overrides(tmp_path / "lpft", "train.probe_cs=[0.01, 1.0]", "train.epochs=1", "train.head_lr=1e-12",
                       "train.encoder_lr=0", "model.freeze_encoders=false", "data.feature_cache=null", ln)
     lpft = [o for o in lpft if o != "train.linear_probe=true"] + ["train.probe_init=true"]
