@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 
 import pytest
 
@@ -16,26 +14,31 @@ from multimodal import load_config, run
 from multimodal.tasks.run_folder import HOLDER_NAME, OutputFolderError, hold_output_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-HOLD = """
-import sys, time
-from multimodal.tasks.run_folder import hold_output_dir
-with hold_output_dir(sys.argv[1]):
-    print("held", flush=True)
-    time.sleep(600)
-"""
+def _hold(out: str, conn) -> None:
+    """In a forked child: hold the lock of `out` until killed."""
+    import time
+
+    with hold_output_dir(out):
+        conn.send("held")
+        time.sleep(600)
 
 
 @pytest.fixture
 def holder(tmp_path):
-    """A process that holds the lock of tmp_path/out until it is killed."""
+    """A process that holds the lock of tmp_path/out until it is killed (forked: it inherits the imports, where a
+    fresh interpreter would spend ~7 s on them)."""
+    import multiprocessing
+
     out = str(tmp_path / "out")
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, out], stdout=subprocess.PIPE, text=True, env=env)
-    assert proc.stdout.readline().strip() == "held"
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    proc = context.Process(target=_hold, args=(out, send), daemon=True)
+    proc.start()
+    assert receive.poll(120) and receive.recv() == "held"
     yield out, proc
-    if proc.poll() is None:
+    if proc.is_alive():
         proc.kill()
-    proc.wait(timeout=60)
+    proc.join(60)
 
 
 def test_a_second_run_is_refused_with_the_holders_pid_and_a_killed_holders_lock_is_taken_over(holder):
@@ -47,8 +50,8 @@ def test_a_second_run_is_refused_with_the_holders_pid_and_a_killed_holders_lock_
                                                 rf"{socket.gethostname()}, started 20\d\d-\d\d-\d\d "):
         run(cfg)
     assert sorted(os.listdir(out)) == [".run.lock", HOLDER_NAME]  # no config.yaml, splits or model of the second run
-    proc.send_signal(signal.SIGKILL)  # the holder dies without releasing: the kernel drops its lock
-    proc.wait(timeout=60)
+    os.kill(proc.pid, signal.SIGKILL)  # the holder dies without releasing: the kernel drops its lock
+    proc.join(60)
     notes = []
     with hold_output_dir(out, log=notes.append):
         assert f"pid {proc.pid}" in notes[0] and "ended without releasing it" in notes[0]
@@ -72,26 +75,38 @@ def test_a_folder_the_run_cannot_write_is_a_one_line_error_naming_it(tmp_path):
         parent.chmod(0o755)
 
 
+def _write_under_a_size_limit(out: str, conn) -> None:
+    """In a forked child: a file-size limit (as a full disk would refuse writes), then a result written in the lock."""
+    import resource
+
+    from multimodal.files import write_json
+
+    with hold_output_dir(out):
+        pass  # the lock files exist before the limit
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+    try:
+        with hold_output_dir(out):
+            write_json(os.path.join(out, "metrics.json"), {"values": list(range(10000))})
+        conn.send("no error")
+    except OutputFolderError as err:
+        conn.send(str(err))
+    conn.close()
+
+
 def test_a_full_disk_while_writing_results_leaves_no_result(tmp_path):
     """A write the file system refuses half-way (here a file-size limit, as a full disk would) ends the run with an
-    `OutputFolderError`, and the result file it was writing does not exist (written to a temporary, then renamed)."""
+    `OutputFolderError`, and the result file it was writing does not exist (written to a temporary, then renamed).
+    The limit is set in a forked child, which inherits the imports (a fresh interpreter would spend ~7 s on them)."""
+    import multiprocessing
+
     out = tmp_path / "out"
-    code = f"""
-import resource, signal
-from multimodal.tasks.run_folder import OutputFolderError, hold_output_dir
-from multimodal.files import write_json
-with hold_output_dir({str(out)!r}):
-    pass  # the lock files exist before the limit
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
-try:
-    with hold_output_dir({str(out)!r}):
-        write_json({str(out / 'metrics.json')!r}, {{"values": list(range(10000))}})
-except OutputFolderError as err:
-    print(err)
-"""
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": ROOT})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().startswith(f"train.output_dir {str(out)!r}: cannot write") and "File too large" in proc.stdout
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_write_under_a_size_limit, args=(str(out), send))
+    child.start()
+    message = receive.recv() if receive.poll(120) else "no answer"
+    child.join(60)
+    assert child.exitcode == 0
+    assert message.startswith(f"train.output_dir {str(out)!r}: cannot write") and "File too large" in message, message
     assert sorted(os.listdir(out)) == [".run.lock"]  # no metrics.json, no temporary file, holder record removed
