@@ -125,6 +125,20 @@ def task_for(model: Any, task: str, columns: dict[str, Optional[str]], label_col
     return out
 
 
+def _attacked_modalities(attack: Optional[AdversarialConfig], task: str, model: Any) -> set[str]:
+    """The modalities `attack` perturbs (they are never read from the feature cache); `ConfigError` for an attack on
+    a task other than classification or on an input the model does not have."""
+    if attack is None:
+        return set()
+    if task != "classification":
+        raise ConfigError("--attack scores robust accuracy of a classifier: use it with --task classification")
+    for target in attack.on:
+        if target not in ADVERSARIAL_TARGETS or ADVERSARIAL_TARGETS[target] not in model.encoders:
+            raise ConfigError(f"--attack-on {target}: choose from the model's inputs "
+                              f"{sorted(t for t, m in ADVERSARIAL_TARGETS.items() if m in model.encoders)}")
+    return {ADVERSARIAL_TARGETS[t] for t in attack.on}
+
+
 def evaluate_manifest(model: Any, data: str, task: str = "classification", columns: Optional[dict[str, str]] = None,
                       label_column: Optional[str] = "label", templates: Optional[Sequence[str]] = None,
                       class_names: Optional[Sequence[str]] = None, batch_size: int = 64, cache_dir: Optional[str] = None,
@@ -149,13 +163,7 @@ def evaluate_manifest(model: Any, data: str, task: str = "classification", colum
                         f"{model.head.num_outputs} outputs; pass the training label list (--classes, or labels.json "
                         "in/next to the model dir)")
     model = model.to(accelerator.device).eval()
-    if attack is not None and task != "classification":
-        raise ConfigError("--attack scores robust accuracy of a classifier: use it with --task classification")
-    for target in (attack.on if attack is not None else []):
-        if target not in ADVERSARIAL_TARGETS or ADVERSARIAL_TARGETS[target] not in model.encoders:
-            raise ConfigError(f"--attack-on {target}: choose from the model's inputs "
-                              f"{sorted(t for t, m in ADVERSARIAL_TARGETS.items() if m in model.encoders)}")
-    attacked = {ADVERSARIAL_TARGETS[t] for t in (attack.on if attack is not None else [])}
+    attacked = _attacked_modalities(attack, task, model)
     cached: dict[str, Any] = {}
     datasets: dict[str, Any] = {"eval": dataset}
     apply_audio_window(datasets.values(), model.get_preprocessors(False))  # decode only the clip the model keeps
