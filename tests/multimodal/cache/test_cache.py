@@ -57,17 +57,6 @@ class CountingImageEncoder(Encoder):
         return {"size": self.size}
 
 
-@pytest.fixture()
-def images(tmp_path):
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(5):
-        p = tmp_path / f"img{i}.png"
-        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(p)
-        paths.append(str(p))
-    return paths
-
-
 def test_hit_miss_and_round_trip(tmp_path, images):
     enc = CountingImageEncoder()
     cache = FeatureCache(enc, tmp_path / "cache")

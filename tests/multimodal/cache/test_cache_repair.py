@@ -14,7 +14,7 @@ import torch
 from multimodal.cache import FeatureCache
 from multimodal.cache.files import ORPHAN_AGE_S
 from multimodal.data import DataError
-from tests.multimodal.cache.test_cache import CountingImageEncoder, images  # noqa: F401 - `images` is a fixture
+from tests.multimodal.cache.test_cache import CountingImageEncoder
 
 
 def _built(tmp_path, images):  # noqa: F811

@@ -48,17 +48,6 @@ class OffsetTower(Encoder):
         return {"size": 4}
 
 
-@pytest.fixture()
-def images(tmp_path):
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(4):
-        path = tmp_path / f"img{i}.png"
-        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(path)
-        paths.append(str(path))
-    return paths
-
-
 def test_channels_last_fill_equals_nchw_and_leaves_the_weights_contiguous():
     from encoders import create_encoder
 
