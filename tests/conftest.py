@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Demo data and the "auto" feature cache go to a throwaway folder, never the user's ~/.cache.
-os.environ.setdefault("MULTIMODAL_CACHE", tempfile.mkdtemp(prefix="multimodal-tests-"))
+# Demo data and the "auto" feature cache go to a throwaway folder, never the user's ~/.cache; it is removed
+# when the run ends (subprocesses inherit the variable and share the folder).
+if "MULTIMODAL_CACHE" not in os.environ:
+    os.environ["MULTIMODAL_CACHE"] = tempfile.mkdtemp(prefix="multimodal-tests-")
+    atexit.register(shutil.rmtree, os.environ["MULTIMODAL_CACHE"], ignore_errors=True)
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
