@@ -231,7 +231,8 @@ def _build_dataclass(cls: type[T], values: dict, prefix: str = "") -> T:
 
 
 def layered_defaults(values: dict) -> dict:
-    """The defaults that the task and the demo selected in `values` set for themselves (demo over task)."""
+    """The defaults that the task and the demo selected in `values` set for themselves (demo over task), and
+    ``train.freeze_norm_stats: false`` under ``model.pretrained: false``."""
     model = values.get("model") if isinstance(values.get("model"), dict) else {}
     data = values.get("data") if isinstance(values.get("data"), dict) else {}
     out: dict = {}
@@ -245,6 +246,8 @@ def layered_defaults(values: dict) -> dict:
             out = deep_merge(out, dict(get_demo(str(data["demo"])).config_defaults))
         except KeyError:
             pass
+    if model.get("pretrained") is False:  # random-init encoders: their initial BatchNorm statistics mean nothing
+        out = deep_merge(out, {"train": {"freeze_norm_stats": False}})
     # Encoder options of the defaults apply only to the modalities the experiment has.
     encoders = model.get("encoders") if isinstance(model.get("encoders"), dict) else ModelConfig().encoders
     encoders = {m: spec for m, spec in encoders.items() if spec is not None}  # null: the tower is dropped

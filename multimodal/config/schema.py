@@ -303,8 +303,8 @@ class TrainConfig:
     # affine weights still train). False: only BatchNorms whose parameters are all frozen keep their statistics.
     # Default chosen by measurement (BENCHMARKS.md section 11, full fine-tuning of the packaged EfficientNet-Lite0,
     # 240 training rows, 4 epochs, one seed): frozen beat re-estimated statistics on all three sets measured,
-    # by 11.3 points on sign_digits, 6.7 on trashnet and 15.8 on urbansound. Set false when encoders start
-    # from random weights (model.pretrained=false): their initial statistics mean nothing.
+    # by 11.3 points on sign_digits, 6.7 on trashnet and 15.8 on urbansound. model.pretrained=false makes the
+    # default false (random-init statistics mean nothing); an explicit value wins.
     freeze_norm_stats: bool = True
     # Layer-wise LR decay: an encoder layer k below the top gets encoder_lr * layer_decay**k (e.g. 0.75).
     layer_decay: Optional[float] = ranged(None, Range(0, 1, low_open=True, note="1: no decay"))

@@ -66,3 +66,12 @@ def test_bad_norm_stats_field_in_a_saved_folder_is_named(tmp_path, tiny_text_dir
     path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match="norm_stats_frozen"):
         load_model(tmp_path / "out" / "model")
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["model.pretrained=true"], True),  # pretrained encoders keep their statistics (BENCHMARKS.md section 11)
+    ([], False),  # this file's configs have model.pretrained=false: random-init statistics mean nothing
+    (["train.freeze_norm_stats=true"], True),  # an explicit value wins
+])
+def test_the_default_follows_model_pretrained(tmp_path, tiny_text_dir, extra, expected):
+    assert _config(tmp_path, tiny_text_dir, *extra).train.freeze_norm_stats is expected
