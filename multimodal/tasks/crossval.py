@@ -101,6 +101,9 @@ def _summary(how: str, folds: list[tuple[str, list[int]]], ran: list[int], per_f
     for split in ("test", "validation"):
         summary[f"{split}_mean"], summary[f"{split}_std"] = summarize_folds(per_fold, split)
         summary[f"{split}_not_aggregated"] = not_aggregated(per_fold, split)
+    kept = [f["method_selection"]["chosen"] for f in per_fold if f.get("method_selection")]
+    if kept:
+        summary["methods_kept"] = {m: kept.count(m) for m in dict.fromkeys(kept)}
     summary["folds"] = per_fold
     return summary
 
@@ -133,6 +136,8 @@ def run_crossval(cfg: ExperimentConfig, run_one: RunFn, dataset: Any = None) -> 
         metrics = run_one(fold_cfg, splits=fold_splits(pool, test, cfg.data, group_column))
         per_fold.append({"fold": name, **{k: metrics.get(k) for k in ("split_sizes", "best_epoch", "epochs_run",
                                                                       "train_time_s", "validation", "test")}})
+        if metrics.get("method_selection"):  # train.method=auto: what each fold kept, and the candidates' scores
+            per_fold[-1]["method_selection"] = metrics["method_selection"]
     summary = _summary(how, folds, ran, per_fold)
     metrics = {"task": cfg.model.task, "modalities": sorted(cfg.model.encoders), "encoders": dict(cfg.model.encoders),
                "labels": pool.vocab.names if pool.vocab is not None else None, "cross_validation": summary,
@@ -156,5 +161,6 @@ def _write_summary(out: str, summary: dict[str, Any], task: str) -> str:
     for fold in summary["folds"]:
         scalars = _scalars(fold.get("test") or {})
         shown = ", ".join(f"{k}={v:.4f}" for k, v in scalars.items() if "/" not in k)
-        notes.append(f"{fold['fold']}: {fold.get('split_sizes')}; test {shown}")
+        method = f"; method kept: {fold['method_selection']['chosen']}" if fold.get("method_selection") else ""
+        notes.append(f"{fold['fold']}: {fold.get('split_sizes')}; test {shown}{method}")
     return write_report(out, table, title=f"{task}: {summary['num_folds']}-fold cross-validation", notes=notes)

@@ -199,3 +199,21 @@ def test_few_groups_still_give_each_fold_a_validation_group(tmp_path, tiny_text_
     for splits in fake.splits:
         assert splits.validation is None and not any(n.startswith("validation carved") for n in splits.notes)
         assert "no validation carved out of the training folds: 1 training 'speaker' groups cannot spare one" in splits.notes
+
+
+class _AutoRun(_FakeRun):
+    """A fold run that reports a `train.method=auto` selection: the probe in odd folds, the head in even ones."""
+
+    def __call__(self, cfg, splits):
+        out = super().__call__(cfg, splits)
+        return {**out, "method_selection": {"chosen": ("probe", "head")[len(self.splits) % 2 == 0], "candidates": []}}
+
+
+def test_auto_selections_are_kept_per_fold_and_counted(tmp_path, tiny_text_dir):
+    from multimodal.tasks.crossval import run_crossval
+
+    _speakers_manifest(tmp_path)
+    cv = run_crossval(_text_cfg(tmp_path, tiny_text_dir, "data.folds=3"), _AutoRun())["cross_validation"]
+    assert [f["method_selection"]["chosen"] for f in cv["folds"]] == ["probe", "head", "probe"]
+    assert cv["methods_kept"] == {"probe": 2, "head": 1}
+    assert "fold-2: " in (report := (tmp_path / "out" / "report.md").read_text()) and "method kept: head" in report
