@@ -20,7 +20,9 @@ frozen head "beat" the probe by 5-6 points of macro-F1 in folds where it then lo
 accuracy (BENCHMARKS.md, section 10c). Exact ties go to the lower validation loss, then to the cheaper method;
 auto is never below the probe on validation. The probe competes fitted on the training rows only (its
 validation score held out); when it wins it is refitted as ``train.refit_full`` says.
-Without a validation split nothing can be compared: the probe alone runs. Every candidate's score, time and
+Under several processes (DDP) every process takes the main process's budget decisions (what is left, each
+candidate's estimate and whether it runs: `agreed`), so clocks that differ by a little never make one process
+train a candidate the others skip. Without a validation split nothing can be compared: the probe alone runs. Every candidate's score, time and
 status go to ``metrics.json`` (``method_selection``) and the report. Candidates write no checkpoints (a
 selection cannot be resumed); the losers' weights are deleted once the winner is in ``<output_dir>/model``.
 """
@@ -35,6 +37,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from accelerate.utils import broadcast_object_list
 
 from multimodal.config.method import METHODS, apply_method, switches_chosen
 from multimodal.evaluation.metrics import improves, metric_bound
@@ -97,6 +101,16 @@ def step_seconds(task: Any, splits: Any, cfg: Any, loaders_fn: Callable[..., dic
     return time.perf_counter() - start, len(loaders["train"])
 
 
+def agreed(value: Any) -> Any:
+    """`value` as the main process has it, on every process (one broadcast when there are several)."""
+    state = process_state()
+    if state.num_processes == 1:
+        return value
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
 def _why_not(method: str, rows: int, left: float, estimate: Optional[float]) -> Optional[str]:
     """Why `method` is skipped (None: it runs)."""
     if rows < MIN_TRAIN_ROWS[method]:
@@ -144,13 +158,13 @@ def select_method(task: Any, splits: Any, output_dir: str, train_fn: Callable[..
     best: Optional[Candidate] = None
     step: Optional[tuple[float, int]] = None
     for c in candidates:
-        left = budget - (time.time() - start)
+        left = agreed(budget - (time.time() - start))
         if c.method in ENCODER_METHODS and step is None and rows >= MIN_TRAIN_ROWS[c.method] and left > 0:
             step = step_seconds(type(task)(candidate_config(cfg, "full", None)), splits,
                                 candidate_config(cfg, "full", None), loaders_fn)
         if c.method in ENCODER_METHODS and step is not None:
             c.estimate_s = step[0] * step[1] * cfg.train.epochs
-        why = _why_not(c.method, rows, left, c.estimate_s)
+        c.estimate_s, why = agreed((c.estimate_s, _why_not(c.method, rows, left, c.estimate_s)))
         if why is not None:
             c.status = why
             log(f"method auto: {c.method} {c.status}")
