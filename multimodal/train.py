@@ -8,8 +8,9 @@
 Also ``python -m multimodal.train ...`` and, on several GPUs, ``accelerate launch -m multimodal.train ...``.
 With ``--data`` no YAML is needed: each column's role is inferred from its values (`multimodal.data.roles`),
 printed, and recorded in the run's config.yaml (and ``inferred_columns.json``); the label's values pick the
-task (classification or regression) and the matching recipe's defaults (frozen encoders with the feature
-cache). Without ``--test`` a test split is carved from the table (``data.test_fraction``).
+task (classification or regression) and the matching recipe's defaults (encoders, feature cache), with
+``train.method: auto`` choosing the method. Without ``--test`` a test split is carved from the table
+(``data.test_fraction``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ RECIPE_DIR = Path(__file__).resolve().parent / "recipe_configs"
 # The recipe whose defaults a table with these modalities trains with (the first one that covers them).
 TABLE_RECIPES = (("image", "text_image_classification"), ("audio", "text_audio_classification"),
                  ("text", "text_image_classification"))
+
+NO_CHOICE = {"model": {"freeze_encoders": False}, "train": {"method": "auto"}}
+"""What a table's run without --config or --recipe trains with: `train.method: auto` (the probe first, then the
+trained methods that the rows and `train.time_budget_s` allow; the recipe's frozen encoders would pin the head)."""
 
 
 def list_recipes() -> dict[str, str]:
@@ -105,6 +110,8 @@ def build_config(args: argparse.Namespace) -> tuple[ExperimentConfig, Optional[C
              "group": args.group_column}
     inference = infer_columns(read_manifest(args.data), args.data, args.label, given, args.task)
     values = table_config(base_for_table(args, inference), inference, args.data, args.validation, args.test)
+    if not (args.config or args.recipe):  # nothing chose the method: measurement does (train.method auto)
+        values = deep_merge(values, NO_CHOICE)
     return config_from_dict(deep_merge(values, overrides)), inference
 
 

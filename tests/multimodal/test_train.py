@@ -14,6 +14,7 @@ import yaml
 from PIL import Image
 
 from multimodal.train import RECIPE_DIR, build_config, list_recipes, main, parser
+from multimodal.training.auto import auto_applies
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -74,7 +75,11 @@ def test_a_table_picks_the_recipe_defaults_and_the_task(tmp_path):
     assert inference.modalities == ["text", "image"] and cfg.model.task == "single_label"
     assert (cfg.data.text_column, cfg.data.image_column, cfg.data.audio_column) == ("caption", "photo", None)
     assert cfg.data.demo is None and cfg.data.train == data and cfg.data.test is None
-    assert set(cfg.model.encoders) == {"text", "image"} and cfg.model.freeze_encoders is True  # the recipe's
+    assert set(cfg.model.encoders) == {"text", "image"}  # the recipe's, with measurement choosing the method:
+    assert cfg.train.method == "auto" and auto_applies(cfg)
+    assert build_config(_args("--data", data, "--label", "label", "train.method=probe"))[0].train.linear_probe
+    recipe, _ = build_config(_args("--data", data, "--label", "label", "--recipe", "text_image_classification"))
+    assert recipe.train.method is None and recipe.model.freeze_encoders is True  # a named recipe keeps its own
     assert cfg.train.metric_for_best == "macro_f1" and cfg.train.output_dir == os.path.join("outputs", "train")
     regression = _table(tmp_path / "r", label=lambda i: 0.37 * i)
     cfg, inference = build_config(_args("--data", regression, "--label", "label", "--image-column", "none",
@@ -102,3 +107,4 @@ def test_train_from_a_table_without_yaml(tmp_path, tiny_text_dir, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["split_sizes"]["test"] == 4 and any("carved" in n for n in metrics["split_notes"])
     assert metrics["labels"] == ["day", "night"] and (out / "model" / "model.safetensors").exists()
+    assert metrics["method_selection"]["chosen"] in ("probe", "head")  # auto, on 20 training rows
