@@ -149,3 +149,41 @@ def test_config_rejects_a_bad_backend_and_onnx_outside_fp32():
         config_from_dict({"data": {"feature_cache_backend": "onnx", "feature_cache_precision": "bf16"}})
     with pytest.raises(ConfigError, match="data.feature_cache_backend must be one of auto, torch, onnx"):
         FeatureCache(_image_tower(), "unused", backend="ort")
+
+
+def test_two_ranks_export_once_and_both_fill_through_ort(onnx_fill, photos, tmp_path, monkeypatch):
+    """Two 'processes' (threads with a shared barrier): the first exports, the other waits and loads that file."""
+    import threading
+
+    barrier = threading.Barrier(2)
+    exports = []
+
+    class FakeAccelerator:
+        def __init__(self, rank):
+            self.process_index, self.num_processes = rank, 2
+
+        def wait_for_everyone(self):
+            barrier.wait(timeout=60)
+
+    def export(encoder, path):
+        exports.append(path)
+        shutil.copy(onnx_fill.directory / ort_module.GRAPH_FILE, path)
+
+    monkeypatch.setattr(ort_module, "export_tower", export)
+    caches = [FeatureCache(_image_tower(), tmp_path, backend="onnx") for _ in range(2)]
+    errors = []
+
+    def run(rank):
+        try:
+            caches[rank].build(photos, batch_size=2, accelerator=FakeAccelerator(rank), show_progress=False)
+        except Exception as err:  # noqa: BLE001 - reported by the assertion below
+            errors.append(err)
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(exports) == 1
+    assert all(c.tower is not None and len(c) == len(photos) for c in caches)
