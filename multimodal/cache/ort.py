@@ -54,9 +54,10 @@ largest; bf16 (relative differences of 1e-2 and more) stays far outside it."""
 MIN_COSINE = 0.99999
 """Smallest cosine similarity, item by item, of ORT's and torch's pooled features (measured: 0.9999998 on all three)."""
 AUTO_MIN_ITEMS = 512
-"""Fewest items a fill must have for ``auto`` to export the tower (when no ``tower.onnx`` is there yet). Measured
-on the 2-core development VM (BENCHMARKS.md section 12): exporting EfficientNet-Lite0 takes ~12 s and ORT saves
-~0.03 s per photo against torch channels_last fp32, so the export is recovered after ~400 photos; 512 with margin."""
+"""Fewest new items a fill must have for ``auto`` to export the tower (when no ``tower.onnx`` is there yet). Measured
+on the 2-core development VM (BENCHMARKS.md section 12): the export takes 13.6 s (EfficientNet-Lite0) / 15.3 s
+(audio-mel EfficientNet-Lite0) and ORT saves 0.052 s per item against torch channels_last fp32, so the export is
+recovered after 260 photos / 297 clips; 512 leaves 1.7x margin."""
 
 
 def check_backend(backend: str, precision: str = "fp32") -> str:

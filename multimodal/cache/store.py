@@ -112,6 +112,7 @@ class FeatureCache:
         state = self.__dict__.copy()
         state["_handles"] = {}
         state["encoder"] = None
+        state["tower"] = None  # an ONNX Runtime session does not pickle; workers never encode
         return state
 
     # -- writing ----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import shutil
 
 import numpy as np
@@ -65,6 +66,8 @@ def test_onnx_fill_equals_torch_within_tolerance_and_shares_the_fp32_folder(onnx
     assert not torch.equal(ours.pooled[checked:], theirs.pooled[checked:])  # the rest came from ORT
     onnx_fill.build(photos[:10], show_progress=False)
     assert onnx_fill.hits == 10  # filled once, then read
+    reader = pickle.loads(pickle.dumps(onnx_fill))  # as DataLoader workers get it: no encoder, no ORT session
+    assert reader.tower is None and torch.equal(reader.load(keys).pooled, ours.pooled)
 
 
 def test_the_export_is_reused_not_redone(onnx_fill, photos, tmp_path, monkeypatch):
