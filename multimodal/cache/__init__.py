@@ -11,6 +11,8 @@ One module per concern:
   (`encode_batch`, the one place it runs).
 * `modes`: how the tower runs there: channels_last for convolutional towers, fp32 or bf16 (``auto``: bf16 where
   the hardware has it and the features agree with fp32), under `torch.inference_mode`.
+* `ort`: the ONNX Runtime backend (``data.feature_cache_backend``): the tower exported once into its folder, kept
+  after a parity check against torch fp32 (``auto``: where onnxruntime is installed and the fill is large enough).
 * `store`: `FeatureCache`, the index over one encoder's folder: `build` fills what is missing, `load` reads.
 * `datasets`: the cache in the data pipeline: `cache_datasets` wraps each split so that batches carry
   ``features`` for the cached modalities (`CachedFeatureCollator`).
@@ -37,10 +39,13 @@ from multimodal.cache.keys import (
     weights_hash,
 )
 from multimodal.cache.modes import PRECISIONS, native_bf16
+from multimodal.cache.ort import BACKENDS, DEFAULT_BACKEND
 from multimodal.cache.store import FeatureCache
 
 __all__ = [
     "ABSENT",
+    "BACKENDS",
+    "DEFAULT_BACKEND",
     "PRECISIONS",
     "UNREADABLE",
     "CachedFeatureCollator",

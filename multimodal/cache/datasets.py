@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from multimodal.cache.keys import ABSENT
+from multimodal.cache.ort import DEFAULT_BACKEND
 from multimodal.cache.store import FeatureCache
 from multimodal.data.loading import usable_samples
 from multimodal.data.manifest import DataError
@@ -101,6 +102,7 @@ def cache_datasets(
     store_tokens: Optional[bool] = None,
     show_progress: bool = True,
     precision: str = "fp32",
+    backend: str = DEFAULT_BACKEND,
 ) -> tuple[dict[str, Any], dict[str, FeatureCache]]:
     """Encode the frozen modalities of every dataset once (cached on disk) and wrap the datasets.
 
@@ -109,7 +111,8 @@ def cache_datasets(
     ``CachedFeatureCollator(Collator(uncached preprocessors), caches)``. Modalities default to the frozen
     ones; tokens are stored only when the model reads them (`model.requires_tokens`), unless `store_tokens`
     says; `precision` is the towers' (``data.feature_cache_precision``: fp32, bf16 or auto, see
-    `multimodal.cache.modes`). Features use eval-mode preprocessing: cached modalities get no training augmentation. An item the
+    `multimodal.cache.modes`), `backend` what runs them in fp32 (``data.feature_cache_backend``: torch, onnx or auto, see
+    `multimodal.cache.ort`). Features use eval-mode preprocessing: cached modalities get no training augmentation. An item the
     cache cannot read or hash (a file that is missing or does not decode, e.g. under ``data.validate=false``) is
     handled by the dataset's ``on_bad_sample``: `BadSampleError` naming the row, or the row is dropped and counted.
     """
@@ -119,7 +122,8 @@ def cache_datasets(
             raise ValueError(f"cannot cache {m} features: its encoder is trainable (freeze it first)")
     if store_tokens is None:
         store_tokens = bool(getattr(model, "requires_tokens", False))
-    caches = {m: FeatureCache(model.encoders[m], cache_dir, store_tokens=store_tokens, precision=precision)
+    caches = {m: FeatureCache(model.encoders[m], cache_dir, store_tokens=store_tokens, precision=precision,
+                           backend=backend)
               for m in modalities}
     wrapped: dict[str, Any] = {}
     for name, ds in datasets.items():

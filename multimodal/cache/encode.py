@@ -1,7 +1,8 @@
 """The fill path's work: load each missing item, preprocess it as for evaluation, run the frozen tower, store.
 
 `encode_batch` is the one place a frozen tower runs for the cache: under `torch.inference_mode`, image batches in
-channels_last, in the fill's precision (fp32 or bf16 autocast, `multimodal.cache.modes`). `encode_items` holds a
+channels_last, in the fill's precision (fp32 or bf16 autocast, `multimodal.cache.modes`), or through the tower's
+ONNX Runtime session when the fill has one (`multimodal.cache.ort`). `encode_items` holds a
 convolutional tower in channels_last for the whole fill. The encoder runs in eval mode with its eval-mode
 preprocessing (`get_preprocessor(train=False)`), so cached features never carry training augmentation.
 """
@@ -24,6 +25,7 @@ from multimodal.cache.modes import (
     channels_last_inputs,
     fill_layout,
 )
+from multimodal.cache.ort import PARITY_ITEMS, OrtTower, parity
 from multimodal.progress import progress_bar
 
 Store = Callable[[list[str], EncoderOutput], None]
@@ -32,9 +34,11 @@ Store = Callable[[list[str], EncoderOutput], None]
 
 @torch.inference_mode()
 def encode_batch(encoder: Encoder, preprocess: Callable[[list[Any]], dict], raw: list[Any],
-                 device: torch.device, precision: str = "fp32") -> EncoderOutput:
+                 device: torch.device, precision: str = "fp32", tower: Optional[OrtTower] = None) -> EncoderOutput:
     """The frozen `encoder`'s output for raw samples (None: absent) after `preprocess`, computed on `device` in
-    `precision` (``fp32``, or ``bf16`` autocast; outputs come back as float32)."""
+    `precision` (``fp32``, or ``bf16`` autocast; outputs come back as float32), or by its ORT `tower` (fp32)."""
+    if tower is not None:
+        return tower(preprocess(raw))
     device = torch.device(device)
     inputs = {n: t.to(device) if isinstance(t, torch.Tensor) else t for n, t in preprocess(raw).items()}
     with autocast(precision, device):
@@ -72,9 +76,10 @@ def frozen_run(encoder: Encoder, device: Optional[torch.device | str]) -> Iterat
 
 def encode_items(encoder: Encoder, items: Sequence[tuple[str, Any]], store: Store, *, batch_size: int,
                  shard_size: int, loader: Callable[[str, Any], Any], device: Optional[torch.device | str] = None,
-                 show_progress: bool = False, precision: str = "fp32") -> dict[str, str]:
-    """Encode `items` ((content key, source) pairs) in batches in `precision`, handing `store` about `shard_size`
-    at a time.
+                 show_progress: bool = False, precision: str = "fp32",
+                 tower: Optional[OrtTower] = None) -> dict[str, str]:
+    """Encode `items` ((content key, source) pairs) in batches in `precision` (or by the ORT `tower`), handing
+    `store` about `shard_size` at a time.
 
     Returns {key: reason} for the sources that could not be loaded; they are not stored.
     """
@@ -93,7 +98,7 @@ def encode_items(encoder: Encoder, items: Sequence[tuple[str, Any]], store: Stor
                 progress.update(len(chunk))
                 if keys:
                     pending_keys.extend(keys)
-                    pending.append(encode_batch(encoder, preprocess, raw, dev, precision))
+                    pending.append(encode_batch(encoder, preprocess, raw, dev, precision, tower=tower))
                 if pending_keys and (len(pending_keys) >= shard_size or start + batch_size >= len(items)):
                     store(*stack_outputs(pending_keys, pending))
                     pending_keys, pending = [], []
@@ -112,3 +117,16 @@ def agreement_on(encoder: Encoder, items: Sequence[tuple[str, Any]], loader: Cal
     with frozen_run(encoder, device) as (preprocess, dev):
         cosine, bf16 = bf16_agreement(lambda precision: encode_batch(encoder, preprocess, raw, dev, precision))
     return cosine, keys, bf16
+
+
+def parity_on(encoder: Encoder, tower: OrtTower, items: Sequence[tuple[str, Any]], loader: Callable[[str, Any], Any],
+              device: Optional[torch.device | str] = None) -> Optional[tuple[float, float, list[str], EncoderOutput]]:
+    """`parity` of the ORT `tower` against the frozen `encoder` in fp32 on the first `PARITY_ITEMS` readable items,
+    with their keys and torch output (None: none is readable)."""
+    keys, raw = _load(items[:PARITY_ITEMS], encoder.modality, loader, {})
+    if not keys:
+        return None
+    with frozen_run(encoder, device) as (preprocess, dev):
+        reference = encode_batch(encoder, preprocess, raw, dev, "fp32")
+        diff, cosine = parity(reference, encode_batch(encoder, preprocess, raw, dev, "fp32", tower))
+    return diff, cosine, keys, reference

@@ -4,7 +4,8 @@ The folder (``<root>/<modality>-<fingerprint[:24]>/``, see `multimodal.cache.key
 `multimodal.cache.files`; the cache keeps an index of which shard holds which key. `build` encodes what is
 missing (`multimodal.cache.encode`), sharing the work between processes; `load` batches entries back into an
 `EncoderOutput`, tokens re-padded with their mask. The precision the tower runs in (`multimodal.cache.modes`) is
-part of the key: bf16 and fp32 features live in different folders.
+part of the key: bf16 and fp32 features live in different folders. An fp32 fill may run the tower in ONNX Runtime
+(`multimodal.cache.ort`, ``backend``), parity-checked against torch, into the same fp32 folder.
 """
 
 from __future__ import annotations
@@ -18,10 +19,19 @@ import torch
 from safetensors import safe_open
 
 from encoders.base import Encoder, EncoderOutput, jsonable
-from multimodal.cache.encode import agreement_on, encode_items
+from multimodal.cache.encode import agreement_on, encode_items, parity_on
 from multimodal.cache.files import log, scan, trim_entry, write_meta, write_shard
 from multimodal.cache.keys import ABSENT, UNREADABLE, content_key, encoder_fingerprint, encoder_key_parts
 from multimodal.cache.modes import MIN_BF16_COSINE, check_precision, first_choice
+from multimodal.cache.ort import (
+    DEFAULT_BACKEND,
+    MAX_DIFF,
+    MIN_COSINE,
+    OrtTower,
+    check_backend,
+    open_tower,
+    within_tolerance,
+)
 from multimodal.data.manifest import DataError
 from multimodal.data.media import load_sample
 
@@ -37,6 +47,7 @@ class FeatureCache:
         dtype: torch.dtype = torch.float32,
         shard_size: int = 2048,
         precision: str = "fp32",
+        backend: str = DEFAULT_BACKEND,
     ) -> None:
         self._root = root
         self.encoder = encoder
@@ -45,6 +56,9 @@ class FeatureCache:
         self.dtype = dtype
         self.shard_size = int(shard_size)
         self.requested_precision = check_precision(precision)
+        self.backend = check_backend(backend, precision)
+        self.tower: Optional[OrtTower] = None  # the ORT session once a fill has checked it (`_check_ort`)
+        self._backend_open = self.backend != "torch"  # the backend is decided by the first fill with work to do
         self.repairs: list[str] = []  # what was found damaged or orphaned and removed, one line each
         self.hits = 0
         self.misses = 0
@@ -98,6 +112,7 @@ class FeatureCache:
         state = self.__dict__.copy()
         state["_handles"] = {}
         state["encoder"] = None
+        state["tower"] = None  # an ONNX Runtime session does not pickle; workers never encode
         return state
 
     # -- writing ----------------------------------------------------------------------------------
@@ -164,11 +179,15 @@ class FeatureCache:
         if self._unchecked and todo:
             checked = self._check_bf16(todo, loader or load_sample, device, rank == 0) or set()
             todo = [(k, s) for k, s in self._missing(keys, sources, accelerator) if k not in checked]
+        if self._backend_open and todo and self.precision == "fp32":
+            checked |= self._check_ort(todo, loader or load_sample, device, accelerator)
+            todo = [(k, s) for k, s in self._missing(keys, sources, accelerator) if k not in checked]
         self.misses += len(todo) + len(checked)
         self.hits += len(keys) - len(todo) - len(checked) - len(failed)
         unreadable = encode_items(self.encoder, todo[rank::world], self.add, batch_size=batch_size,
                                   shard_size=self.shard_size, loader=loader or load_sample, device=device,
-                                  show_progress=show_progress and rank == 0, precision=self.precision)
+                                  show_progress=show_progress and rank == 0, precision=self.precision,
+                                  tower=self.tower)
         if world > 1:
             accelerator.wait_for_everyone()
             self.refresh()
@@ -204,6 +223,51 @@ class FeatureCache:
                     MIN_BF16_COSINE)
         self._open("fp32")
         return None
+
+    def _check_ort(self, todo: list[tuple[str, Any]], loader: Callable[[str, Any], Any],
+                   device: Optional[torch.device | str], accelerator: Any) -> set[str]:
+        """Open the tower's ORT session for this fill (`open_tower`: exported by the first process, the others wait)
+        and compare it with torch fp32 on the first items (every process the same items). Keep it within the
+        tolerance, else fill in torch; says once which. Stores those items' torch features (first process) and
+        returns their keys."""
+        self._backend_open = False
+        first = accelerator is None or accelerator.process_index == 0
+        if accelerator is not None and accelerator.num_processes > 1:
+            # One export: the first process writes tower.onnx while the others wait, then they load it. A failure
+            # is raised after the barrier (the others meet it too), so no process waits forever.
+            failure: Optional[Exception] = None
+            if first:
+                try:
+                    tower = open_tower(self.encoder, self.directory, self.backend, len(todo), device)
+                except Exception as err:  # noqa: BLE001 - re-raised below, after the barrier
+                    failure = err
+            accelerator.wait_for_everyone()
+            if failure is not None:
+                raise failure
+        if not first or accelerator is None or accelerator.num_processes == 1:
+            tower = open_tower(self.encoder, self.directory, self.backend, len(todo), device)
+        if tower is None:
+            return set()
+        try:
+            checked = parity_on(self.encoder, tower, todo, loader, device)
+        except Exception as err:  # noqa: BLE001 - the graph rejects these inputs: fill in torch
+            log.warning("feature cache: %s features in torch: ONNX Runtime failed on the first items (%s: %s)",
+                        self.modality, type(err).__name__, err)
+            return set()
+        if checked is None:
+            return set()
+        diff, cosine, keys, reference = checked
+        if within_tolerance(diff, cosine):
+            log.info("feature cache: %s features by ONNX Runtime (parity with torch fp32 on the first items: "
+                     "relative max diff %.2g, cosine %.7f)", self.modality, diff, cosine)
+            self.tower = tower
+        else:
+            log.warning("feature cache: %s features in torch: ONNX Runtime differs from torch fp32 on the first items "
+                        "(relative max diff %.2g > %.0e or cosine %.7f < %s)", self.modality, diff, MAX_DIFF, cosine,
+                        MIN_COSINE)
+        if first:
+            self.add(keys, reference)
+        return set(keys)
 
     # -- reading ----------------------------------------------------------------------------------
     def _handle(self, shard: str) -> tuple[Any, frozenset]:

@@ -114,6 +114,9 @@ def _check_data(cfg: ExperimentConfig) -> None:
         )
     if data.shots_per_class is not None and not data.label_column:
         raise ConfigError("data.shots_per_class samples rows per class: set data.label_column")
+    if data.feature_cache_backend == "onnx" and data.feature_cache_precision != "fp32":
+        raise ConfigError(f"data.feature_cache_backend: onnx runs the towers in fp32, but data.feature_cache_precision "
+                          f"is {data.feature_cache_precision}: set it to fp32, or the backend to auto or torch")
 
 
 def _check_folds(cfg: ExperimentConfig) -> None:

@@ -128,6 +128,11 @@ class DataConfig:
     # a bf16 GPU) and the tower's bf16 features agree with fp32 on the first items (cosine >= 0.99), else fp32. Part
     # of the cache key: bf16 and fp32 features are never mixed. Convolutional towers run channels_last either way.
     feature_cache_precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    # What runs the frozen towers of an fp32 fill: torch; onnx = ONNX Runtime (the tower exported once into the cache
+    # folder, kept only if its features match torch fp32 on the first items, else torch with a warning; needs the
+    # deploy extra); or "auto" = onnx where onnxruntime is installed and it pays (the folder already holds the
+    # export, or at least 512 items to encode), else torch. ORT features are fp32 features: same cache folder.
+    feature_cache_backend: Literal["auto", "torch", "onnx"] = "auto"
     max_train_samples: Optional[int] = ranged(None, Range(1, note="null: all rows"))
     # Few-shot: K seeded training rows per class (K groups per class with group_column), validation cut to at most
     # K per class too; single-label only.

@@ -25,7 +25,14 @@ from typing import Any, Optional
 
 import torch
 
-from multimodal.cache import PRECISIONS, CachedFeatureCollator, cache_datasets, frozen_modalities
+from multimodal.cache import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    PRECISIONS,
+    CachedFeatureCollator,
+    cache_datasets,
+    frozen_modalities,
+)
 from multimodal.config.schema import ADVERSARIAL_TARGETS, AdversarialConfig, ConfigError, ExperimentConfig
 from multimodal.data.dataset import DataError
 from multimodal.data.loading import Collator, make_dataloader
@@ -143,10 +150,12 @@ def evaluate_manifest(model: Any, data: str, task: str = "classification", colum
                       label_column: Optional[str] = "label", templates: Optional[Sequence[str]] = None,
                       class_names: Optional[Sequence[str]] = None, batch_size: int = 64, cache_dir: Optional[str] = None,
                       num_workers: int = 0, accelerator: Any = None, show_progress: bool = True,
-                      attack: Optional[AdversarialConfig] = None, cache_precision: str = "fp32") -> EvalResult:
+                      attack: Optional[AdversarialConfig] = None, cache_precision: str = "fp32",
+                      cache_backend: str = DEFAULT_BACKEND) -> EvalResult:
     """Score `model` on the rows of manifest `data` for `task`; returns the task's `EvalResult`. With `attack`
     (classification only), ``metrics["robust"]`` holds the same metrics on adversarial inputs. Frozen towers
-    cached under `cache_dir` run in `cache_precision` (``data.feature_cache_precision``)."""
+    cached under `cache_dir` run in `cache_precision` (``data.feature_cache_precision``) on `cache_backend`
+    (``data.feature_cache_backend``)."""
     if task not in TASKS:
         raise ConfigError(f"unknown evaluation task {task!r}; choose one of {TASKS}")
     from accelerate import Accelerator
@@ -171,7 +180,7 @@ def evaluate_manifest(model: Any, data: str, task: str = "classification", colum
     cacheable = [m for m in frozen_modalities(model) if m not in attacked]
     if cache_dir and cacheable:
         datasets, cached = cache_datasets(model, datasets, cache_dir, modalities=cacheable, show_progress=show_progress,
-                                          precision=cache_precision)
+                                          precision=cache_precision, backend=cache_backend)
     collate = Collator({m: p for m, p in model.get_preprocessors(False).items() if m not in cached}, runner.label_type)
     loader = make_dataloader(datasets["eval"], CachedFeatureCollator(collate, cached) if cached else collate,
                              batch_size, num_workers=num_workers)
@@ -223,6 +232,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-precision", choices=PRECISIONS, default="fp32",
                         help="precision of the cached frozen towers (auto: bf16 where the hardware has it and the "
                              "features agree with fp32; bf16 is faster, its probe scores ~0.35 points lower)")
+    parser.add_argument("--cache-backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                        help="what runs the cached frozen towers in fp32 (onnx: ONNX Runtime, parity-checked against "
+                             "torch; auto: onnx where onnxruntime is installed and the fill is large enough)")
     parser.add_argument("--num-workers", type=_count(0), default=0, help="DataLoader worker processes")
     parser.add_argument("--html", action="store_true", help="also write report.html")
     parser.add_argument("--attack", choices=("pgd", "fgsm"), default=None,
@@ -263,7 +275,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                        step_size=args.attack_step_size, on=list(args.attack_on))
         result = evaluate_manifest(model, args.data, task, columns, args.label_column, args.templates, classes,
                                    args.batch_size, args.cache_dir, args.num_workers, attack=attack,
-                                   cache_precision=args.cache_precision)
+                                   cache_precision=args.cache_precision, cache_backend=args.cache_backend)
     output = args.output or default_output(args.model, task, args.data)
     metrics = {"task": task, "data": os.path.abspath(args.data), **result.metrics}
     write_json(os.path.join(output, "metrics.json"), metrics)

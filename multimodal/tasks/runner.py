@@ -67,7 +67,8 @@ def build_loaders(task: Task, model: Any, splits: DataSplits, accelerator: Any =
     apply_image_draft(eval_mode, model.get_preprocessors(False))
     if use_cache:
         datasets, cached = cache_datasets(model, datasets, cache_dir, modalities=frozen, accelerator=accelerator,
-                                          show_progress=progress, precision=cfg.data.feature_cache_precision)
+                                          show_progress=progress, precision=cfg.data.feature_cache_precision,
+                                          backend=cfg.data.feature_cache_backend)
 
     def collator(train: bool) -> Any:
         preprocessors = augment.train_preprocessors(model, cfg.data.augment) if train else model.get_preprocessors(False)

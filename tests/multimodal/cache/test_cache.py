@@ -242,9 +242,9 @@ def test_the_fill_path_runs_the_tower_through_encode_batch_only(tmp_path, images
     real = encode_module.encode_batch
     seen = []
 
-    def doubled(encoder, preprocess, raw, device, precision):
+    def doubled(encoder, preprocess, raw, device, precision, tower=None):
         seen.append((len(raw), encoder.training, precision))
-        out = real(encoder, preprocess, raw, device, precision)
+        out = real(encoder, preprocess, raw, device, precision, tower=tower)
         return EncoderOutput(out.pooled * 2, out.tokens * 2, out.mask)
 
     monkeypatch.setattr(encode_module, "encode_batch", doubled)
