@@ -43,6 +43,9 @@ VARIANTS = {
     "default + blocks.5-6": ("pooled", "blocks.5", "blocks.6"),
     "default + blocks.4-6": ("pooled", "blocks.4", "blocks.5", "blocks.6"),
     "default + all stages": ("pooled", *(f"blocks.{i}" for i in range(7))),
+    # timm's feature_info stages of EfficientNet (what `forward_intermediates` returns): blocks 0, 1, 2, 4, 6
+    "default + blocks.4,6": ("pooled", "blocks.4", "blocks.6"),
+    "default + feature stages": ("pooled", "blocks.0", "blocks.1", "blocks.2", "blocks.4", "blocks.6"),
     "max": ("max",),
     "default + max": ("pooled", "max"),
 }

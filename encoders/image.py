@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import torch
@@ -12,6 +13,9 @@ from encoders._timm import (
     channels_last,
     create_timm_backbone,
     fixed_input_size,
+    pool_stage_width,
+    pooled_with_stages,
+    resolve_pool_stages,
     resolve_timm_source,
     set_timm_checkpointing,
     tokens_from_features,
@@ -26,6 +30,9 @@ __all__ = ["ImageEncoder", "ImagePreprocessor", "bounded_resize", "to_rgb"]
 # normalising [0, 1] values gives, before `check_normalized` calls them raw: room for augmentation and
 # adversarial perturbations, far below what raw 0-255 floats reach.
 PIXEL_MARGIN = 1.0
+# Chosen by measurement (README "Defaults", BENCHMARKS.md): the feature_info stages `create` pools into `pooled`
+# when not told. A saved encoder keeps the stages its config stores, whatever this becomes.
+DEFAULT_POOL_STAGES: tuple[int, ...] = ()
 
 
 def _tracing() -> bool:
@@ -87,6 +94,7 @@ class ImageEncoder(Encoder):
         img_size: Optional[int] = None,
         timm_kwargs: Optional[dict[str, Any]] = None,
         data_overrides: Optional[dict[str, Any]] = None,
+        pool_stages: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
         import timm.data
@@ -101,7 +109,9 @@ class ImageEncoder(Encoder):
         if img_size is not None:
             args["input_size"] = (3, int(img_size), int(img_size))
         self.data_config = timm.data.resolve_data_config(args, model=backbone)
-        self.output_dim = int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+        self.pool_stages = resolve_pool_stages(pool_stages, backbone, spec)
+        self.output_dim = int(getattr(backbone, "head_hidden_size", None) or backbone.num_features) + \
+            pool_stage_width(backbone, self.pool_stages)
         self.token_dim = int(backbone.num_features)
         # uint8 pixels are normalised here, on the model's device (non-persistent: not in the state dict).
         mean = torch.tensor(self.data_config["mean"], dtype=torch.float32).view(1, -1, 1, 1)
@@ -118,9 +128,14 @@ class ImageEncoder(Encoder):
         pretrained: bool = True,
         img_size: Optional[int] = None,
         model_name: Optional[str] = None,
+        pool_stages: Optional[Sequence[int]] = DEFAULT_POOL_STAGES,
         **kwargs: Any,
     ) -> ImageEncoder:
-        """Build `image:<timm name, hf-hub:repo, checkpoint file or timm-style dir>`; extra kwargs go to timm."""
+        """Build `image:<timm name, hf-hub:repo, checkpoint file or timm-style dir>`; extra kwargs go to timm.
+
+        `pool_stages`: indices of timm `feature_info` stages whose global-average-pooled outputs are appended
+        to `pooled` (e.g. [-2]); empty: `pooled` is the backbone's own pooled feature.
+        """
         source = resolve_timm_source("image", name, model_name)
         data_overrides = {**source.data, **{k: kwargs.pop(k) for k in DATA_CONFIG_KEYS if k in kwargs}}
         timm_kwargs = {**source.model_args, **kwargs}
@@ -130,7 +145,7 @@ class ImageEncoder(Encoder):
         backbone = create_timm_backbone(
             source.arch, pretrained, "image", name, checkpoint=source.checkpoint, hub_id=source.hub_id, **build_kwargs
         )
-        return cls(backbone, f"image:{name}", source.arch, img_size, timm_kwargs, data_overrides)
+        return cls(backbone, f"image:{name}", source.arch, img_size, timm_kwargs, data_overrides, pool_stages)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], assets_dir: Optional[str] = None) -> ImageEncoder:
@@ -144,7 +159,7 @@ class ImageEncoder(Encoder):
         backbone = timm.create_model(config["model_name"], num_classes=0, pretrained=False, **kwargs)
         return cls(
             backbone, config["spec"], config["model_name"], img_size, config.get("timm_kwargs"),
-            config.get("data_overrides"),
+            config.get("data_overrides"), config.get("pool_stages"),  # older folders: none
         )
 
     def normalize_pixels(self, pixels: torch.Tensor, max_value: float = 255.0) -> torch.Tensor:
@@ -172,7 +187,8 @@ class ImageEncoder(Encoder):
                              "encoder.normalize_pixels(x, max_value=255.0 or 1.0)")
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
-        """pixel_values -> tokens from forward_features, pooled from forward_head(pre_logits=True).
+        """pixel_values -> tokens from forward_features, pooled from forward_head(pre_logits=True) (with the
+        pooled `pool_stages` appended).
 
         uint8 `pixel_values` (what `preprocess` returns) are normalised with the timm data config's
         mean/std here; floating-point `pixel_values` must be normalised already (`normalize_pixels` turns
@@ -183,8 +199,7 @@ class ImageEncoder(Encoder):
             pixels = pixels.to(self.pixel_scale.dtype) * self.pixel_scale + self.pixel_shift
         elif pixels.is_floating_point() and not _tracing():
             self.check_normalized(pixels)
-        features = self.backbone.forward_features(pixels)
-        pooled = self.backbone.forward_head(features, pre_logits=True)
+        features, pooled = pooled_with_stages(self.backbone, pixels, self.pool_stages)
         tokens = tokens_from_features(features, channels_last(self.backbone))
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return EncoderOutput(pooled=pooled, tokens=tokens, mask=mask)
@@ -213,6 +228,7 @@ class ImageEncoder(Encoder):
             "img_size": self.img_size,
             "timm_kwargs": self.timm_kwargs,
             "data_overrides": self.data_overrides,
+            "pool_stages": self.pool_stages,
             "output_dim": self.output_dim,
         }
 
