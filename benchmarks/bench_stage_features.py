@@ -87,7 +87,7 @@ def set_arrays(name: str, per_set: int) -> dict:
     """The cached stage arrays (+ label, split, group, seconds) of the set's fixed subset."""
     manifest = subset_manifest(build(name), per_set)
     (modality, spec), = modality_specs(manifest).items()
-    return extract(manifest, spec, encoder_options(name, modality), threads=2, outputs=stage_rows, tag="stages")
+    return extract(manifest, spec, encoder_options(name, modality, pool_stages=[]), threads=2, outputs=stage_rows, tag="stages")
 
 
 def score_variant(arrays: dict, parts: tuple[str, ...], model: str, splits: list, groups) -> list[float]:
