@@ -62,7 +62,7 @@ def fold_manifest(name: str, per_set: int) -> str:
     return out
 
 
-def features(name: str, manifest: str, pool_stages: list[int] | None = None) -> dict:
+def features(name: str, manifest: str, pool_stages: str | list[int] | None = None) -> dict:
     """Packaged-encoder features of the manifest's rows: from its own cache entry, else rows of the whole set's."""
     (modality, spec), = modality_specs(manifest).items()
     options = encoder_options(name, modality, pool_stages)
@@ -112,7 +112,7 @@ def ours_folds(select: str, feats: dict, fold: np.ndarray) -> list[float]:
 
 
 def framework_folds(name: str, manifest: str, cache: str, auto_budget: float | None = None,
-                    pool_stages: list[int] | None = None) -> tuple[list, list]:
+                    pool_stages: str | list[int] | None = None) -> tuple[list, list]:
     """Test accuracy per fold of ``multimodal.run`` over the manifest's fold column, and the method each fold ran:
     ``train.method=probe``, or ``auto`` within `auto_budget` seconds per fold when that is given."""
     from multimodal import run
@@ -149,7 +149,7 @@ def _selection(path: str) -> dict:
 
 
 def worker(method: str, name: str, per_set: int, cache: str, auto_budget: float,
-           pool_stages: list[int] | None = None) -> dict:
+           pool_stages: str | list[int] | None = None) -> dict:
     """One method on one set (in this process): per-fold accuracies, seconds, peak RSS."""
     start = time.perf_counter()
     manifest = fold_manifest(name, per_set)
@@ -170,7 +170,7 @@ def worker(method: str, name: str, per_set: int, cache: str, auto_budget: float,
 
 
 def in_child(method: str, name: str, per_set: int, cache: str, auto_budget: float,
-             pool_stages: list[int] | None = None) -> dict:
+             pool_stages: str | list[int] | None = None) -> dict:
     """`worker` in a child process (its own wall time and peak RSS)."""
     cmd = [sys.executable, "-m", "benchmarks.bench_probe", "--worker", method, "--sets", name,
            "--per-set", str(per_set), "--cache", cache, "--auto-budget", str(auto_budget),
@@ -212,7 +212,7 @@ def main() -> None:
     parser.add_argument("--auto-budget", type=float, default=120.0,
                         help="train.time_budget_s of each fold's method-auto run (seconds)")
     parser.add_argument("--pool-stages", type=json.loads, default=None,
-                        help="the encoder's pool_stages as a JSON list, e.g. [] or [0,1,2,3,4] (default: the "
+                        help='the encoder\'s pool_stages as JSON: [] (none), "all" or a list of stages (default: the '
                              "encoder's default)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", default=None)

@@ -27,12 +27,12 @@ from encoders.audio_mel import DEFAULT_POOL_STAGES as AUDIO_POOL_STAGES
 from encoders.image import DEFAULT_POOL_STAGES as IMAGE_POOL_STAGES
 
 
-def encoder_options(set_name: str, modality: str, pool_stages: list[int] | None = None) -> dict:
+def encoder_options(set_name: str, modality: str, pool_stages: str | list[int] | None = None) -> dict:
     """Encoder options: the defaults, spelled out for audio-mel (so the cache key names them) with the set's
     clip length as max_seconds; `pool_stages` (default: the encoder's) is named when it is not empty."""
     default = AUDIO_POOL_STAGES if modality == "audio" else IMAGE_POOL_STAGES
-    stages = list(default if pool_stages is None else pool_stages)
-    options: dict = {"pool_stages": stages} if stages and modality in ("audio", "image") else {}
+    stages = default if pool_stages is None else pool_stages  # "all" or a list of feature_info stages
+    options: dict = {"pool_stages": stages if isinstance(stages, str) else list(stages)} if len(stages) else {}
     if modality != "audio":
         return options
     return {"n_mels": DEFAULT_N_MELS, "n_fft": DEFAULT_N_FFT, "hop_length": DEFAULT_HOP_LENGTH,

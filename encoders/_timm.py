@@ -276,19 +276,23 @@ def fixed_input_size(model_name: str) -> bool:
 
 
 POOL_STAGES_FIELD = "pool_stages"
+ALL_STAGES = "all"  # pool_stages value: every feature_info stage of the backbone
 
 
 def resolve_pool_stages(value: Any, backbone: torch.nn.Module, spec: str) -> list[int]:
     """`pool_stages` as sorted, distinct, non-negative indices into the backbone's timm `feature_info` stages
-    (negative ones count from the last); a clear EncoderError naming the field for anything else."""
+    (negative ones count from the last; "all": every stage, none for a backbone without stages); a clear
+    EncoderError naming the field for anything else."""
     if value is None:
         return []
     stages = list(getattr(backbone, "feature_info", None) or [])
+    if value == ALL_STAGES:
+        return list(range(len(stages))) if hasattr(backbone, "forward_intermediates") else []
     widths = [int(info["num_chs"]) for info in stages]
     where = f"{spec}: {POOL_STAGES_FIELD}"
     if not isinstance(value, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
-        raise EncoderError(f"{where} must be a list of stage indices (e.g. [-2] for the stage before the last); "
-                           f"got {value!r}")
+        raise EncoderError(f"{where} must be \"all\" or a list of stage indices (e.g. [-2] for the stage before "
+                           f"the last, [] for none); got {value!r}")
     if value and not (stages and hasattr(backbone, "forward_intermediates")):
         raise EncoderError(f"{where}: this timm backbone has no feature_info stages / forward_intermediates; "
                            "leave pool_stages empty")

@@ -12,7 +12,7 @@ flattened to `[B, H*W, C]`; the token mask marks feature columns that cover real
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -157,7 +157,7 @@ class MelAudioEncoder(Encoder):
         resize: Any = None,
         normalize: str = "clip",
         norm_stats: Optional[tuple[float, float]] = None,
-        pool_stages: Optional[Sequence[int]] = None,
+        pool_stages: Union[str, Sequence[int], None] = None,
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -196,7 +196,7 @@ class MelAudioEncoder(Encoder):
         resize: Any = DEFAULT_RESIZE,
         normalize: str = "clip",
         norm_stats: Optional[tuple[float, float]] = None,
-        pool_stages: Optional[Sequence[int]] = DEFAULT_POOL_STAGES,
+        pool_stages: Union[str, Sequence[int], None] = DEFAULT_POOL_STAGES,
         **timm_kwargs: Any,
     ) -> MelAudioEncoder:
         """Build `audio-mel:<timm name, hf-hub:repo, checkpoint file or dir>`; extra kwargs go to timm.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 
@@ -94,7 +94,7 @@ class ImageEncoder(Encoder):
         img_size: Optional[int] = None,
         timm_kwargs: Optional[dict[str, Any]] = None,
         data_overrides: Optional[dict[str, Any]] = None,
-        pool_stages: Optional[Sequence[int]] = None,
+        pool_stages: Union[str, Sequence[int], None] = None,
     ) -> None:
         super().__init__()
         import timm.data
@@ -128,7 +128,7 @@ class ImageEncoder(Encoder):
         pretrained: bool = True,
         img_size: Optional[int] = None,
         model_name: Optional[str] = None,
-        pool_stages: Optional[Sequence[int]] = DEFAULT_POOL_STAGES,
+        pool_stages: Union[str, Sequence[int], None] = DEFAULT_POOL_STAGES,
         **kwargs: Any,
     ) -> ImageEncoder:
         """Build `image:<timm name, hf-hub:repo, checkpoint file or timm-style dir>`; extra kwargs go to timm.

@@ -43,6 +43,9 @@ def test_image_pool_stages_append_the_pooled_stages_and_round_trip():
     torch.testing.assert_close(rebuilt(x).pooled, out.pooled)
     older = {k: v for k, v in plain.get_config().items() if k != "pool_stages"}  # saved before the option existed
     assert encoder_from_config(older).output_dim == plain.output_dim
+    every = create_encoder("image:test_efficientnet", pretrained=False, img_size=32, pool_stages="all")
+    assert every.get_config()["pool_stages"] == [0, 1, 2, 3, 4]  # stored resolved: a rebuild needs no rule
+    assert every.output_dim == plain.output_dim + sum(int(f["num_chs"]) for f in every.backbone.feature_info)
 
 
 @torch.no_grad()
@@ -65,7 +68,8 @@ def test_audio_mel_pool_stages_widen_pooled_and_round_trip():
 
 
 @pytest.mark.parametrize("value, says", [
-    ([5], "out of range"), ("last", "must be a list"), ([True], "must be a list"), ([-1, 4], "names a stage twice"),
+    ([5], "out of range"), ("last", "list of stage indices"), ([True], "list of stage indices"),
+    ([-1, 4], "names a stage twice"),
 ])
 def test_wrong_pool_stages_name_the_field(value, says):
     """test_efficientnet has 5 feature_info stages: 5 is out of range, -1 and 4 are the same stage."""
