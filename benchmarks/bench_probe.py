@@ -187,9 +187,28 @@ def paired(ours: list[float], base: list[float]) -> str:
     return f"{diff.mean():+.1f} +- {diff.std(ddof=1) / np.sqrt(len(diff)):.1f}"
 
 
+def is_sklearn(method: str) -> bool:
+    """True for a scikit-learn baseline row (also one `combined` renamed after its features)."""
+    return method.split(" pool_stages=")[0] in SKLEARN
+
+
+def combined(paths: list[str]) -> list[dict]:
+    """The results of several `--json` runs on the same folds; the scikit-learn rows of every run after the first
+    are named after their features (`LogisticRegression() pool_stages=[]`), so each is a baseline of its own."""
+    results = []
+    for i, path in enumerate(paths):
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        for r in data["results"]:
+            renamed = i and r["method"] in SKLEARN
+            results.append({**r, "method": f"{r['method']} pool_stages={json.dumps(data.get('pool_stages'))}"}
+                           if renamed else r)
+    return results
+
+
 def rows_for(results: list[dict]) -> list[dict]:
     """Table rows: accuracy mean +- std per method and the paired differences to the scikit-learn baselines."""
-    base = {r["method"]: r["folds"] for r in results if r["method"] in SKLEARN}
+    base = {r["method"]: r["folds"] for r in results if is_sklearn(r["method"])}
     rows = []
     for r in results:
         accs = 100 * np.asarray(r["folds"])
@@ -197,7 +216,7 @@ def rows_for(results: list[dict]) -> list[dict]:
                "seconds": round(r["seconds"], 1), "peak RSS MB": round(r["peak_rss_mb"]),
                "kept per fold": " ".join(r.get("chosen") or [])}
         for b, accs_b in base.items():
-            row[f"vs {b}"] = paired(r["folds"], accs_b) if r["method"] not in SKLEARN else ""
+            row[f"vs {b}"] = paired(r["folds"], accs_b) if not is_sklearn(r["method"]) else ""
         rows.append(row)
     return rows
 
@@ -214,6 +233,9 @@ def main() -> None:
     parser.add_argument("--pool-stages", type=json.loads, default=None,
                         help='the encoder\'s pool_stages as JSON: [] (none), "all" or a list of stages (default: the '
                              "encoder's default)")
+    parser.add_argument("--combine", nargs="*", default=None,
+                        help="print one table from these --json files (same sets and folds; the scikit-learn rows "
+                             "of the later files are baselines of their own) instead of running")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -221,15 +243,16 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args.sets[0], args.per_set, cache, args.auto_budget, args.pool_stages)))
         return
-    results = []
-    for name in args.sets:
+    results = combined(args.combine) if args.combine else []
+    for name in [] if args.combine else args.sets:
         for method in args.methods:
             results.append(in_child(method, name, args.per_set, cache, args.auto_budget, args.pool_stages))
             print(json.dumps(results[-1]), flush=True)
-    rows = [row for name in args.sets for row in rows_for([r for r in results if r["set"] == name])]
+    sets = list(dict.fromkeys(r["set"] for r in results))
+    rows = [row for name in sets for row in rows_for([r for r in results if r["set"] == name])]
     print_table(f"linear probe vs scikit-learn, {args.per_set}-row subsets, 5 folds (test accuracy %)", rows,
-                ["set", "method", "test acc %", "vs LogisticRegression()", "vs LogisticRegressionCV", "seconds",
-                 "peak RSS MB", "kept per fold"])
+                ["set", "method", "test acc %", *dict.fromkeys(k for row in rows for k in row if k.startswith("vs ")),
+                 "seconds", "peak RSS MB", "kept per fold"])
     write_json(args.json, {"machine": machine_info(), "per_set": args.per_set, "pool_stages": args.pool_stages,
                            "results": results, "table": rows})
 
