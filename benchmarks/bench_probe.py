@@ -120,8 +120,7 @@ def framework_folds(name: str, manifest: str, cache: str, auto_budget: float | N
 
     (modality, spec), = modality_specs(manifest).items()
     table = pd.read_csv(manifest, nrows=1)
-    options = encoder_options(name, modality, pool_stages)
-    kwargs = json.dumps({modality: options}) if options else "{}"
+    kwargs = json.dumps({modality: encoder_options(name, modality, pool_stages)})
     with tempfile.TemporaryDirectory() as out:
         overrides = [f"data.train={manifest}", f"data.fold_column={FOLD_COLUMN}", "data.split_column=null",
                      *[f"data.{m}_column={m if m == modality else 'null'}" for m in ("text", "image", "audio")],

@@ -22,18 +22,19 @@ from benchmarks.devsets_real import build
 from benchmarks.devsets_sources import CLIP_SECONDS, SOURCES
 from benchmarks.features import extract, modality_specs, subset_manifest
 from benchmarks.sklearn_probe import MODELS, cross_validated, fixed_split
+from encoders._timm import DEFAULT_POOL_STAGES
 from encoders.audio_mel import DEFAULT_HOP_LENGTH, DEFAULT_N_FFT, DEFAULT_N_MELS
-from encoders.audio_mel import DEFAULT_POOL_STAGES as AUDIO_POOL_STAGES
-from encoders.image import DEFAULT_POOL_STAGES as IMAGE_POOL_STAGES
 
 
 def encoder_options(set_name: str, modality: str, pool_stages: str | list[int] | None = None) -> dict:
-    """Encoder options: the defaults, spelled out for audio-mel (so the cache key names them) with the set's
-    clip length as max_seconds; `pool_stages` (default: the encoder's) is named when it is not empty."""
-    default = AUDIO_POOL_STAGES if modality == "audio" else IMAGE_POOL_STAGES
-    stages = default if pool_stages is None else pool_stages  # "all" or a list of feature_info stages
-    options: dict = {"pool_stages": stages if isinstance(stages, str) else list(stages)} if len(stages) else {}
-    if modality != "audio":
+    """Encoder options: the defaults, spelled out (so the cache key names them, and a changed default never reads
+    features cached under the old one): pool_stages (default: the encoder's), and for audio-mel the mel settings
+    with the set's clip length as max_seconds."""
+    if modality not in ("image", "audio"):
+        return {}
+    stages = DEFAULT_POOL_STAGES if pool_stages is None else pool_stages  # "all" or a list of feature_info stages
+    options: dict = {"pool_stages": stages if isinstance(stages, str) else list(stages)}
+    if modality == "image":
         return options
     return {"n_mels": DEFAULT_N_MELS, "n_fft": DEFAULT_N_FFT, "hop_length": DEFAULT_HOP_LENGTH,
             "max_seconds": CLIP_SECONDS.get(set_name, 5.0), **options}

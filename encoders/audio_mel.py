@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from encoders._timm import (
+    DEFAULT_POOL_STAGES,
     channels_last,
     create_timm_backbone,
     pool_stage_width,
@@ -38,7 +39,6 @@ DEFAULT_RESIZE: Any = "pretrained"
 DEFAULT_N_MELS = 128
 DEFAULT_N_FFT = 1024
 DEFAULT_HOP_LENGTH = 160
-DEFAULT_POOL_STAGES: tuple[int, ...] = ()  # timm feature_info stages pooled into `pooled` besides the last
 
 
 def resolve_input_size(resize: Any, backbone: nn.Module) -> Optional[tuple[int, int]]:

@@ -10,6 +10,7 @@ import torch
 
 from encoders._timm import (
     DATA_CONFIG_KEYS,
+    DEFAULT_POOL_STAGES,
     channels_last,
     create_timm_backbone,
     fixed_input_size,
@@ -30,9 +31,6 @@ __all__ = ["ImageEncoder", "ImagePreprocessor", "bounded_resize", "to_rgb"]
 # normalising [0, 1] values gives, before `check_normalized` calls them raw: room for augmentation and
 # adversarial perturbations, far below what raw 0-255 floats reach.
 PIXEL_MARGIN = 1.0
-# Chosen by measurement (README "Defaults", BENCHMARKS.md): the feature_info stages `create` pools into `pooled`
-# when not told. A saved encoder keeps the stages its config stores, whatever this becomes.
-DEFAULT_POOL_STAGES: tuple[int, ...] = ()
 
 
 def _tracing() -> bool:

@@ -25,7 +25,7 @@ def _stage_means(enc, inputs, stages: list[int]) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def test_image_pool_stages_append_the_pooled_stages_and_round_trip():
-    plain = create_encoder("image:test_efficientnet", pretrained=False, img_size=32).eval()
+    plain = create_encoder("image:test_efficientnet", pretrained=False, img_size=32, pool_stages=[]).eval()
     enc = create_encoder("image:test_efficientnet", pretrained=False, img_size=32, pool_stages=[-1, -2]).eval()
     enc.load_state_dict(plain.state_dict(), strict=True)  # same weights: the option adds no parameters
     widths = [int(enc.backbone.feature_info[i]["num_chs"]) for i in (-2, -1)]
