@@ -277,9 +277,10 @@ def fixed_input_size(model_name: str) -> bool:
 
 POOL_STAGES_FIELD = "pool_stages"
 ALL_STAGES = "all"  # pool_stages value: every feature_info stage of the backbone
-# Chosen by measurement (docs "Defaults", BENCHMARKS.md 10d): what the image and audio-mel encoders pool into
-# `pooled` when not told. A saved encoder keeps the stages its config stores, whatever this becomes.
-DEFAULT_POOL_STAGES = ALL_STAGES
+# What the image and audio-mel encoders pool into `pooled` when not told (BENCHMARKS.md 10d: "all" gives better
+# frozen features but cost full fine-tuning 2.5 points once, so it is opt-in). A saved encoder keeps the stages its
+# config stores, whatever this becomes.
+DEFAULT_POOL_STAGES: tuple[int, ...] = ()
 
 
 def resolve_pool_stages(value: Any, backbone: torch.nn.Module, spec: str) -> list[int]:

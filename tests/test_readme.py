@@ -195,7 +195,7 @@ def test_architecture_tree_names_real_paths():
 def test_encoders_example(tmp_path, monkeypatch):
     ns = _run_block(block_by_id("encoders"), tmp_path, monkeypatch)
     assert ns["t"].pooled.shape == (2, 384) and ns["i"].tokens.shape[-1] == ns["image"].token_dim
-    assert ns["a"].mask.shape[0] == 1 and ns["clone"].output_dim == 1280 + 512  # + pooled stages
+    assert ns["a"].mask.shape[0] == 1 and ns["clone"].output_dim == 1280
 
 
 def test_research_examples_train_and_reload(tmp_path, monkeypatch):

@@ -63,7 +63,7 @@ def test_token_dim_is_the_token_width(any_encoder, tmp_path):
     ],
 )
 def test_token_dim_where_tokens_are_narrower_than_pooled(spec, kwargs):
-    enc = create_encoder(spec, pretrained=False, pool_stages=[], **kwargs).eval()  # pooled: the head conv alone
+    enc = create_encoder(spec, pretrained=False, **kwargs).eval()
     with torch.no_grad():
         out = enc(enc.preprocess(_raw(enc.modality)))
     assert out.tokens.shape[-1] == enc.token_dim == 288 and out.pooled.shape[-1] == enc.output_dim == 1024
