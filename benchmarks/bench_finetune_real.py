@@ -15,7 +15,8 @@ Methods (``base`` then ``+modifier``s, e.g. ``full+bntrain``, ``full+lr3e-4``, `
   ``lpft_lora`` / ``lpft_full`` (the same from the fitted probe, train.probe_init);
 * modifiers: ``bntrain`` (train.freeze_norm_stats=false), ``lr<value>`` (train.encoder_lr), ``noaug`` (no
   augmentation), ``mixup`` (data.augment.mixup_alpha=0.2), ``nospec`` (audio: no SpecAugment masks),
-  ``crop<seconds>`` (audio: max_seconds, so training crops a random window of longer clips).
+  ``crop<seconds>`` (audio: max_seconds, so training crops a random window of longer clips), ``poolnone`` /
+  ``poolall`` (the encoder's pool_stages: [] / "all").
 
     export MULTIMODAL_DEVSETS=/work/devsets
     PYTHONPATH=$PWD python benchmarks/bench_finetune_real.py --sets arabic_commands --methods sklearn probe lora full
@@ -32,10 +33,12 @@ import time
 
 import pandas as pd
 
+from benchmarks.bench_sklearn_baseline import encoder_options
 from benchmarks.common import machine_info, print_table, run_child
 from benchmarks.devsets_real import build
 from benchmarks.devsets_sources import CLIP_SECONDS
 
+POOL_STAGES = {"poolnone": [], "poolall": "all"}  # modifiers: the encoder's pool_stages
 MODALITY = {"urbansound": "audio", "arabic_commands": "audio", "trashnet": "image", "sign_digits": "image"}
 SPECS = {"image": "image:tf_efficientnet_lite0", "audio": "audio-mel:tf_efficientnet_lite0"}
 AUGMENT = {  # the fine-tune presets' augmentation
@@ -77,10 +80,10 @@ def subset(name: str, n_train: int, n_val: int, n_test: int, seed: int = 0) -> s
 
 
 def encoder_kwargs(name: str, size: int) -> dict:
-    """Encoder options of the set at `size` pixels."""
+    """Encoder options of the set at `size` pixels (the defaults spelled out, so feature-cache keys name them)."""
     if MODALITY[name] == "image":
-        return {"img_size": size}
-    return {"max_seconds": CLIP_SECONDS[name], "resize": [size, size]}
+        return {**encoder_options(name, "image"), "img_size": size}
+    return {**encoder_options(name, "audio"), "max_seconds": CLIP_SECONDS[name], "resize": [size, size]}
 
 
 def overrides(name: str, method: str, manifest: str, out: str, size: int, epochs: int) -> list[str]:
@@ -107,6 +110,8 @@ def overrides(name: str, method: str, manifest: str, out: str, size: int, epochs
             items.append(f"train.encoder_lr={float(mod[2:])}")
         elif mod == "mixup":
             items.append("data.augment.mixup_alpha=0.2")
+        elif mod in POOL_STAGES:
+            items.append(f"model.encoder_kwargs.{m}.pool_stages={json.dumps(POOL_STAGES[mod])}")
         elif mod.startswith("crop"):
             items.append(f"model.encoder_kwargs.audio.max_seconds={float(mod[4:])}")
         elif mod not in ("noaug", "nospec"):

@@ -62,10 +62,10 @@ def fold_manifest(name: str, per_set: int) -> str:
     return out
 
 
-def features(name: str, manifest: str) -> dict:
+def features(name: str, manifest: str, pool_stages: str | list[int] | None = None) -> dict:
     """Packaged-encoder features of the manifest's rows: from its own cache entry, else rows of the whole set's."""
     (modality, spec), = modality_specs(manifest).items()
-    options = encoder_options(name, modality)
+    options = encoder_options(name, modality, pool_stages)
     kind = spec.split(":", 1)[0]
     root = os.path.dirname(os.path.dirname(os.path.abspath(manifest)))
     if not os.path.exists(os.path.join(root, "features", name, f"{kind}-{cache_key(manifest, spec, options)}.npz")):
@@ -111,7 +111,8 @@ def ours_folds(select: str, feats: dict, fold: np.ndarray) -> list[float]:
     return accs
 
 
-def framework_folds(name: str, manifest: str, cache: str, auto_budget: float | None = None) -> tuple[list, list]:
+def framework_folds(name: str, manifest: str, cache: str, auto_budget: float | None = None,
+                    pool_stages: str | list[int] | None = None) -> tuple[list, list]:
     """Test accuracy per fold of ``multimodal.run`` over the manifest's fold column, and the method each fold ran:
     ``train.method=probe``, or ``auto`` within `auto_budget` seconds per fold when that is given."""
     from multimodal import run
@@ -119,7 +120,7 @@ def framework_folds(name: str, manifest: str, cache: str, auto_budget: float | N
 
     (modality, spec), = modality_specs(manifest).items()
     table = pd.read_csv(manifest, nrows=1)
-    kwargs = json.dumps({modality: encoder_options(name, modality)}) if modality == "audio" else "{}"
+    kwargs = json.dumps({modality: encoder_options(name, modality, pool_stages)})
     with tempfile.TemporaryDirectory() as out:
         overrides = [f"data.train={manifest}", f"data.fold_column={FOLD_COLUMN}", "data.split_column=null",
                      *[f"data.{m}_column={m if m == modality else 'null'}" for m in ("text", "image", "audio")],
@@ -146,17 +147,19 @@ def _selection(path: str) -> dict:
     return {"chosen": selection["chosen"], "candidates": selection["candidates"]}
 
 
-def worker(method: str, name: str, per_set: int, cache: str, auto_budget: float) -> dict:
+def worker(method: str, name: str, per_set: int, cache: str, auto_budget: float,
+           pool_stages: str | list[int] | None = None) -> dict:
     """One method on one set (in this process): per-fold accuracies, seconds, peak RSS."""
     start = time.perf_counter()
     manifest = fold_manifest(name, per_set)
     chosen: list[str] = []
     selections: list[dict] = []
     if method in (FRAMEWORK, FRAMEWORK_AUTO):
-        accs, selections = framework_folds(name, manifest, cache, auto_budget if method == FRAMEWORK_AUTO else None)
+        accs, selections = framework_folds(name, manifest, cache, auto_budget if method == FRAMEWORK_AUTO else None,
+                                           pool_stages)
         chosen = [s["chosen"] for s in selections]
     else:
-        feats = features(name, manifest)
+        feats = features(name, manifest, pool_stages)
         fold = pd.read_csv(manifest)[FOLD_COLUMN].to_numpy()
         accs = (sklearn_folds(method, feats, fold) if method in SKLEARN
                 else ours_folds(method.rsplit(" ", 1)[1], feats, fold))
@@ -165,10 +168,12 @@ def worker(method: str, name: str, per_set: int, cache: str, auto_budget: float)
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def in_child(method: str, name: str, per_set: int, cache: str, auto_budget: float) -> dict:
+def in_child(method: str, name: str, per_set: int, cache: str, auto_budget: float,
+             pool_stages: str | list[int] | None = None) -> dict:
     """`worker` in a child process (its own wall time and peak RSS)."""
     cmd = [sys.executable, "-m", "benchmarks.bench_probe", "--worker", method, "--sets", name,
-           "--per-set", str(per_set), "--cache", cache, "--auto-budget", str(auto_budget)]
+           "--per-set", str(per_set), "--cache", cache, "--auto-budget", str(auto_budget),
+           *([] if pool_stages is None else ["--pool-stages", json.dumps(pool_stages)])]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
     if done.returncode:
         raise RuntimeError(f"{method} on {name} failed:\n{done.stderr[-3000:]}")
@@ -181,9 +186,28 @@ def paired(ours: list[float], base: list[float]) -> str:
     return f"{diff.mean():+.1f} +- {diff.std(ddof=1) / np.sqrt(len(diff)):.1f}"
 
 
+def is_sklearn(method: str) -> bool:
+    """True for a scikit-learn baseline row (also one `combined` renamed after its features)."""
+    return method.split(" pool_stages=")[0] in SKLEARN
+
+
+def combined(paths: list[str]) -> list[dict]:
+    """The results of several `--json` runs on the same folds; the scikit-learn rows of every run after the first
+    are named after their features (`LogisticRegression() pool_stages=[]`), so each is a baseline of its own."""
+    results = []
+    for i, path in enumerate(paths):
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        for r in data["results"]:
+            renamed = i and r["method"] in SKLEARN
+            results.append({**r, "method": f"{r['method']} pool_stages={json.dumps(data.get('pool_stages'))}"}
+                           if renamed else r)
+    return results
+
+
 def rows_for(results: list[dict]) -> list[dict]:
     """Table rows: accuracy mean +- std per method and the paired differences to the scikit-learn baselines."""
-    base = {r["method"]: r["folds"] for r in results if r["method"] in SKLEARN}
+    base = {r["method"]: r["folds"] for r in results if is_sklearn(r["method"])}
     rows = []
     for r in results:
         accs = 100 * np.asarray(r["folds"])
@@ -191,7 +215,7 @@ def rows_for(results: list[dict]) -> list[dict]:
                "seconds": round(r["seconds"], 1), "peak RSS MB": round(r["peak_rss_mb"]),
                "kept per fold": " ".join(r.get("chosen") or [])}
         for b, accs_b in base.items():
-            row[f"vs {b}"] = paired(r["folds"], accs_b) if r["method"] not in SKLEARN else ""
+            row[f"vs {b}"] = paired(r["folds"], accs_b) if not is_sklearn(r["method"]) else ""
         rows.append(row)
     return rows
 
@@ -205,23 +229,31 @@ def main() -> None:
                                                       "dev sets' cache root)")
     parser.add_argument("--auto-budget", type=float, default=120.0,
                         help="train.time_budget_s of each fold's method-auto run (seconds)")
+    parser.add_argument("--pool-stages", type=json.loads, default=None,
+                        help='the encoder\'s pool_stages as JSON: [] (none), "all" or a list of stages (default: the '
+                             "encoder's default)")
+    parser.add_argument("--combine", nargs="*", default=None,
+                        help="print one table from these --json files (same sets and folds; the scikit-learn rows "
+                             "of the later files are baselines of their own) instead of running")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     cache = args.cache or os.path.join(os.path.dirname(os.path.dirname(build(args.sets[0]))), "framework_cache")
     if args.worker:
-        print(json.dumps(worker(args.worker, args.sets[0], args.per_set, cache, args.auto_budget)))
+        print(json.dumps(worker(args.worker, args.sets[0], args.per_set, cache, args.auto_budget, args.pool_stages)))
         return
-    results = []
-    for name in args.sets:
+    results = combined(args.combine) if args.combine else []
+    for name in [] if args.combine else args.sets:
         for method in args.methods:
-            results.append(in_child(method, name, args.per_set, cache, args.auto_budget))
+            results.append(in_child(method, name, args.per_set, cache, args.auto_budget, args.pool_stages))
             print(json.dumps(results[-1]), flush=True)
-    rows = [row for name in args.sets for row in rows_for([r for r in results if r["set"] == name])]
+    sets = list(dict.fromkeys(r["set"] for r in results))
+    rows = [row for name in sets for row in rows_for([r for r in results if r["set"] == name])]
     print_table(f"linear probe vs scikit-learn, {args.per_set}-row subsets, 5 folds (test accuracy %)", rows,
-                ["set", "method", "test acc %", "vs LogisticRegression()", "vs LogisticRegressionCV", "seconds",
-                 "peak RSS MB", "kept per fold"])
-    write_json(args.json, {"machine": machine_info(), "per_set": args.per_set, "results": results, "table": rows})
+                ["set", "method", "test acc %", *dict.fromkeys(k for row in rows for k in row if k.startswith("vs ")),
+                 "seconds", "peak RSS MB", "kept per fold"])
+    write_json(args.json, {"machine": machine_info(), "per_set": args.per_set, "pool_stages": args.pool_stages,
+                           "results": results, "table": rows})
 
 
 if __name__ == "__main__":

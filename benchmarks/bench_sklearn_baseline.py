@@ -22,16 +22,22 @@ from benchmarks.devsets_real import build
 from benchmarks.devsets_sources import CLIP_SECONDS, SOURCES
 from benchmarks.features import extract, modality_specs, subset_manifest
 from benchmarks.sklearn_probe import MODELS, cross_validated, fixed_split
+from encoders._timm import DEFAULT_POOL_STAGES
 from encoders.audio_mel import DEFAULT_HOP_LENGTH, DEFAULT_N_FFT, DEFAULT_N_MELS
 
 
-def encoder_options(set_name: str, modality: str) -> dict:
-    """Encoder options: the defaults, spelled out for audio-mel (so the cache key names them) with the set's
-    clip length as max_seconds."""
-    if modality != "audio":
+def encoder_options(set_name: str, modality: str, pool_stages: str | list[int] | None = None) -> dict:
+    """Encoder options: the defaults, spelled out (so the cache key names them, and a changed default never reads
+    features cached under the old one): pool_stages (default: the encoder's), and for audio-mel the mel settings
+    with the set's clip length as max_seconds."""
+    if modality not in ("image", "audio"):
         return {}
+    stages = DEFAULT_POOL_STAGES if pool_stages is None else pool_stages  # "all" or a list of feature_info stages
+    options: dict = {"pool_stages": stages if isinstance(stages, str) else list(stages)}
+    if modality == "image":
+        return options
     return {"n_mels": DEFAULT_N_MELS, "n_fft": DEFAULT_N_FFT, "hop_length": DEFAULT_HOP_LENGTH,
-            "max_seconds": CLIP_SECONDS.get(set_name, 5.0)}
+            "max_seconds": CLIP_SECONDS.get(set_name, 5.0), **options}
 
 
 def set_features(name: str, manifest: str, only: tuple[str, ...] = ()) -> tuple[dict, dict[str, str], float]:

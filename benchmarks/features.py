@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -56,9 +57,20 @@ def encode_rows(encoder: torch.nn.Module, cells: list, column: str, base_dir: st
     return np.concatenate(chunks) if chunks else np.zeros((0, encoder.output_dim), dtype=np.float32)
 
 
+def pooled_rows(encoder: torch.nn.Module, cells: list, column: str, base_dir: str,
+                batch_size: int) -> dict[str, np.ndarray]:
+    """{"X": the pooled encoder outputs} of the manifest cells (what `extract` caches by default)."""
+    return {"X": encode_rows(encoder, cells, column, base_dir, batch_size).astype(np.float32)}
+
+
 def extract(manifest: str, spec: str, options: dict | None = None, root: str | None = None,
-            batch_size: int = 32, threads: int = 2) -> dict[str, np.ndarray]:
-    """Features of every manifest row with encoder `spec` (+ options), from the cache when present."""
+            batch_size: int = 32, threads: int = 2, outputs: Callable[..., dict] = pooled_rows,
+            tag: str = "") -> dict[str, np.ndarray]:
+    """Features of every manifest row with encoder `spec` (+ options), from the cache when present.
+
+    `outputs(encoder, cells, column, base_dir, batch_size)` gives the arrays to cache (default: the pooled
+    features as "X"); another one needs its own `tag`, which names the file and enters the cache key.
+    """
     options = dict(options or {})
     set_name = os.path.basename(os.path.dirname(os.path.abspath(manifest)))
     kind = spec.split(":", 1)[0]
@@ -66,7 +78,8 @@ def extract(manifest: str, spec: str, options: dict | None = None, root: str | N
         raise ValueError(f"no manifest column for encoder kind {kind!r} (spec {spec!r})")
     column = COLUMN_OF_KIND[kind]
     folder = os.path.join(cache_root(root), "features", set_name)
-    path = os.path.join(folder, f"{kind}-{cache_key(manifest, spec, options)}.npz")
+    key = cache_key(manifest, spec, {**options, "outputs": tag} if tag else options)
+    path = os.path.join(folder, f"{kind}{'-' + tag if tag else ''}-{key}.npz")
     if os.path.exists(path):
         with np.load(path, allow_pickle=False) as cached:
             return dict(cached)
@@ -76,8 +89,8 @@ def extract(manifest: str, spec: str, options: dict | None = None, root: str | N
     torch.set_num_threads(threads)
     start = time.perf_counter()
     encoder = create_encoder(spec, **options)
-    X = encode_rows(encoder, table[column].tolist(), column, os.path.dirname(os.path.abspath(manifest)), batch_size)
-    out = {"X": X.astype(np.float32), "label": table["label"].astype(str).to_numpy(),
+    arrays = outputs(encoder, table[column].tolist(), column, os.path.dirname(os.path.abspath(manifest)), batch_size)
+    out = {**arrays, "label": table["label"].astype(str).to_numpy(),
            "split": table["split"].astype(str).to_numpy(),
            "group": (table["group"].astype(str) if "group" in table else pd.Series([""] * len(table))).to_numpy(),
            "seconds": np.array(time.perf_counter() - start)}

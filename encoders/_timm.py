@@ -273,3 +273,60 @@ def fixed_input_size(model_name: str) -> bool:
 
     cfg = timm.get_pretrained_cfg(model_name)
     return bool(cfg is not None and getattr(cfg, "fixed_input_size", False))
+
+
+POOL_STAGES_FIELD = "pool_stages"
+ALL_STAGES = "all"  # pool_stages value: every feature_info stage of the backbone
+# What the image and audio-mel encoders pool into `pooled` when not told (BENCHMARKS.md 10d: "all" gives better
+# frozen features but cost full fine-tuning 2.5 points once, so it is opt-in). A saved encoder keeps the stages its
+# config stores, whatever this becomes.
+DEFAULT_POOL_STAGES: tuple[int, ...] = ()
+
+
+def resolve_pool_stages(value: Any, backbone: torch.nn.Module, spec: str) -> list[int]:
+    """`pool_stages` as sorted, distinct, non-negative indices into the backbone's timm `feature_info` stages
+    (negative ones count from the last; "all": every stage, none for a backbone without stages); a clear
+    EncoderError naming the field for anything else."""
+    if value is None:
+        return []
+    stages = list(getattr(backbone, "feature_info", None) or [])
+    if value == ALL_STAGES:
+        return list(range(len(stages))) if hasattr(backbone, "forward_intermediates") else []
+    widths = [int(info["num_chs"]) for info in stages]
+    where = f"{spec}: {POOL_STAGES_FIELD}"
+    if not isinstance(value, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+        raise EncoderError(f"{where} must be \"all\" or a list of stage indices (e.g. [-2] for the stage before "
+                           f"the last, [] for none); got {value!r}")
+    if value and not (stages and hasattr(backbone, "forward_intermediates")):
+        raise EncoderError(f"{where}: this timm backbone has no feature_info stages / forward_intermediates; "
+                           "leave pool_stages empty")
+    bad = [i for i in value if not -len(stages) <= i < len(stages)]
+    if bad:
+        raise EncoderError(f"{where}: stage index {bad[0]} is out of range: the backbone has {len(stages)} stages "
+                           f"(indices {-len(stages)}..{len(stages) - 1}, widths {widths})")
+    normalized = sorted({i % len(stages) for i in value})
+    if len(normalized) != len(value):
+        raise EncoderError(f"{where}: {value!r} names a stage twice")
+    return normalized
+
+
+def pool_stage_width(backbone: torch.nn.Module, stages: list[int]) -> int:
+    """Channels the pooled `stages` add to `pooled`."""
+    return sum(int(backbone.feature_info[i]["num_chs"]) for i in stages)
+
+
+def features_with_stages(backbone: torch.nn.Module, x: torch.Tensor,
+                         stages: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """forward_features(x) and the global average of each of `stages`' outputs ([B, C] each), in one pass."""
+    if not stages:
+        return backbone.forward_features(x), []
+    features, maps = backbone.forward_intermediates(x, indices=stages)
+    return features, [m.mean(dim=(2, 3)) if m.ndim == 4 else m.mean(dim=1) for m in maps]
+
+
+def pooled_with_stages(backbone: torch.nn.Module, x: torch.Tensor,
+                       stages: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(feature map, pooled): forward_head(pre_logits=True), then the pooled `stages` appended in stage order."""
+    features, pooled_stages = features_with_stages(backbone, x, stages)
+    pooled = backbone.forward_head(features, pre_logits=True)
+    return features, torch.cat([pooled, *pooled_stages], dim=1) if pooled_stages else pooled

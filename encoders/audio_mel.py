@@ -11,15 +11,20 @@ flattened to `[B, H*W, C]`; the token mask marks feature columns that cover real
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from collections.abc import Sequence
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from encoders._timm import (
+    DEFAULT_POOL_STAGES,
     channels_last,
     create_timm_backbone,
+    pool_stage_width,
+    pooled_with_stages,
+    resolve_pool_stages,
     resolve_timm_source,
     set_timm_checkpointing,
     tokens_from_features,
@@ -152,6 +157,7 @@ class MelAudioEncoder(Encoder):
         resize: Any = None,
         normalize: str = "clip",
         norm_stats: Optional[tuple[float, float]] = None,
+        pool_stages: Union[str, Sequence[int], None] = None,
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -169,7 +175,9 @@ class MelAudioEncoder(Encoder):
         self.backbone = backbone
         self.resize = list(resize) if isinstance(resize, tuple) else resize
         self.input_hw = resolve_input_size(resize, backbone)
-        self.output_dim = int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+        self.pool_stages = resolve_pool_stages(pool_stages, backbone, spec)
+        self.output_dim = int(getattr(backbone, "head_hidden_size", None) or backbone.num_features) + \
+            pool_stage_width(backbone, self.pool_stages)
         self.token_dim = int(backbone.num_features)
 
     @classmethod
@@ -188,9 +196,11 @@ class MelAudioEncoder(Encoder):
         resize: Any = DEFAULT_RESIZE,
         normalize: str = "clip",
         norm_stats: Optional[tuple[float, float]] = None,
+        pool_stages: Union[str, Sequence[int], None] = DEFAULT_POOL_STAGES,
         **timm_kwargs: Any,
     ) -> MelAudioEncoder:
-        """Build `audio-mel:<timm name, hf-hub:repo, checkpoint file or dir>`; extra kwargs go to timm."""
+        """Build `audio-mel:<timm name, hf-hub:repo, checkpoint file or dir>`; extra kwargs go to timm.
+        `pool_stages`: timm feature_info stages whose global-average-pooled outputs are appended to `pooled`."""
         if max_seconds is None or float(max_seconds) <= 0:
             raise EncoderError("audio-mel needs a positive max_seconds (clips are padded/cropped to it)")
         if "in_chans" in timm_kwargs and int(timm_kwargs["in_chans"]) != 1:
@@ -204,7 +214,7 @@ class MelAudioEncoder(Encoder):
             in_chans=1, **timm_kwargs,
         )
         return cls(backbone, f"audio-mel:{name}", source.arch, sample_rate, n_mels, max_seconds, n_fft, hop_length,
-                   f_min, f_max, timm_kwargs, resize, normalize, norm_stats)
+                   f_min, f_max, timm_kwargs, resize, normalize, norm_stats, pool_stages)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], assets_dir: Optional[str] = None) -> MelAudioEncoder:
@@ -217,13 +227,14 @@ class MelAudioEncoder(Encoder):
             backbone, config["spec"], config["model_name"], config["sample_rate"], config["n_mels"],
             config["max_seconds"], config["n_fft"], config["hop_length"], config["f_min"], config["f_max"], kwargs,
             config.get("resize"), config.get("normalize", "clip"), config.get("norm_stats"),  # older folders: native
+            config.get("pool_stages"),  # older folders: none
         )
         if config.get("input_size") is not None:  # what the saved encoder resolved, not this rebuild's default cfg
             encoder.input_hw = (int(config["input_size"][0]), int(config["input_size"][1]))
         return encoder
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
-        """waveform -> log-mel -> backbone; pooled from forward_head(pre_logits=True)."""
+        """waveform -> log-mel -> backbone; pooled from forward_head(pre_logits=True) (+ pooled `pool_stages`)."""
         waveform = inputs["waveform"]
         lengths = inputs.get("lengths")
         if lengths is None:
@@ -234,8 +245,7 @@ class MelAudioEncoder(Encoder):
         native_frames = spec.shape[-1]
         if self.input_hw is not None and tuple(spec.shape[-2:]) != self.input_hw:
             spec = nn.functional.interpolate(spec, size=self.input_hw, mode="bilinear", align_corners=False)
-        features = self.backbone.forward_features(spec)
-        pooled = self.backbone.forward_head(features, pre_logits=True)
+        features, pooled = pooled_with_stages(self.backbone, spec, self.pool_stages)
         nhwc = channels_last(self.backbone)
         tokens = tokens_from_features(features, nhwc)
         if features.ndim == 4:
@@ -275,6 +285,7 @@ class MelAudioEncoder(Encoder):
             "input_size": list(self.input_hw) if self.input_hw is not None else None,
             "normalize": self.frontend.normalize,
             "norm_stats": list(self.frontend.norm_stats) if self.frontend.norm_stats else None,
+            "pool_stages": self.pool_stages,
             "output_dim": self.output_dim,
         }
 

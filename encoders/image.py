@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from collections.abc import Sequence
+from typing import Any, Optional, Union
 
 import torch
 
 from encoders._timm import (
     DATA_CONFIG_KEYS,
+    DEFAULT_POOL_STAGES,
     channels_last,
     create_timm_backbone,
     fixed_input_size,
+    pool_stage_width,
+    pooled_with_stages,
+    resolve_pool_stages,
     resolve_timm_source,
     set_timm_checkpointing,
     tokens_from_features,
@@ -87,6 +92,7 @@ class ImageEncoder(Encoder):
         img_size: Optional[int] = None,
         timm_kwargs: Optional[dict[str, Any]] = None,
         data_overrides: Optional[dict[str, Any]] = None,
+        pool_stages: Union[str, Sequence[int], None] = None,
     ) -> None:
         super().__init__()
         import timm.data
@@ -101,7 +107,9 @@ class ImageEncoder(Encoder):
         if img_size is not None:
             args["input_size"] = (3, int(img_size), int(img_size))
         self.data_config = timm.data.resolve_data_config(args, model=backbone)
-        self.output_dim = int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+        self.pool_stages = resolve_pool_stages(pool_stages, backbone, spec)
+        self.output_dim = int(getattr(backbone, "head_hidden_size", None) or backbone.num_features) + \
+            pool_stage_width(backbone, self.pool_stages)
         self.token_dim = int(backbone.num_features)
         # uint8 pixels are normalised here, on the model's device (non-persistent: not in the state dict).
         mean = torch.tensor(self.data_config["mean"], dtype=torch.float32).view(1, -1, 1, 1)
@@ -118,9 +126,14 @@ class ImageEncoder(Encoder):
         pretrained: bool = True,
         img_size: Optional[int] = None,
         model_name: Optional[str] = None,
+        pool_stages: Union[str, Sequence[int], None] = DEFAULT_POOL_STAGES,
         **kwargs: Any,
     ) -> ImageEncoder:
-        """Build `image:<timm name, hf-hub:repo, checkpoint file or timm-style dir>`; extra kwargs go to timm."""
+        """Build `image:<timm name, hf-hub:repo, checkpoint file or timm-style dir>`; extra kwargs go to timm.
+
+        `pool_stages`: indices of timm `feature_info` stages whose global-average-pooled outputs are appended
+        to `pooled` (e.g. [-2]); empty: `pooled` is the backbone's own pooled feature.
+        """
         source = resolve_timm_source("image", name, model_name)
         data_overrides = {**source.data, **{k: kwargs.pop(k) for k in DATA_CONFIG_KEYS if k in kwargs}}
         timm_kwargs = {**source.model_args, **kwargs}
@@ -130,7 +143,7 @@ class ImageEncoder(Encoder):
         backbone = create_timm_backbone(
             source.arch, pretrained, "image", name, checkpoint=source.checkpoint, hub_id=source.hub_id, **build_kwargs
         )
-        return cls(backbone, f"image:{name}", source.arch, img_size, timm_kwargs, data_overrides)
+        return cls(backbone, f"image:{name}", source.arch, img_size, timm_kwargs, data_overrides, pool_stages)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], assets_dir: Optional[str] = None) -> ImageEncoder:
@@ -144,7 +157,7 @@ class ImageEncoder(Encoder):
         backbone = timm.create_model(config["model_name"], num_classes=0, pretrained=False, **kwargs)
         return cls(
             backbone, config["spec"], config["model_name"], img_size, config.get("timm_kwargs"),
-            config.get("data_overrides"),
+            config.get("data_overrides"), config.get("pool_stages"),  # older folders: none
         )
 
     def normalize_pixels(self, pixels: torch.Tensor, max_value: float = 255.0) -> torch.Tensor:
@@ -172,7 +185,8 @@ class ImageEncoder(Encoder):
                              "encoder.normalize_pixels(x, max_value=255.0 or 1.0)")
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
-        """pixel_values -> tokens from forward_features, pooled from forward_head(pre_logits=True).
+        """pixel_values -> tokens from forward_features, pooled from forward_head(pre_logits=True) (with the
+        pooled `pool_stages` appended).
 
         uint8 `pixel_values` (what `preprocess` returns) are normalised with the timm data config's
         mean/std here; floating-point `pixel_values` must be normalised already (`normalize_pixels` turns
@@ -183,8 +197,7 @@ class ImageEncoder(Encoder):
             pixels = pixels.to(self.pixel_scale.dtype) * self.pixel_scale + self.pixel_shift
         elif pixels.is_floating_point() and not _tracing():
             self.check_normalized(pixels)
-        features = self.backbone.forward_features(pixels)
-        pooled = self.backbone.forward_head(features, pre_logits=True)
+        features, pooled = pooled_with_stages(self.backbone, pixels, self.pool_stages)
         tokens = tokens_from_features(features, channels_last(self.backbone))
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return EncoderOutput(pooled=pooled, tokens=tokens, mask=mask)
@@ -213,6 +226,7 @@ class ImageEncoder(Encoder):
             "img_size": self.img_size,
             "timm_kwargs": self.timm_kwargs,
             "data_overrides": self.data_overrides,
+            "pool_stages": self.pool_stages,
             "output_dim": self.output_dim,
         }
 

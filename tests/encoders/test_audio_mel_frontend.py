@@ -18,15 +18,11 @@ def _clips():
 
 def _backbone_input(enc, inputs) -> torch.Tensor:
     seen = {}
-    original = enc.backbone.forward_features
-
-    def capture(x):
-        seen["x"] = x
-        return original(x)
-
-    enc.backbone.forward_features = capture
-    out = enc(inputs)
-    enc.backbone.forward_features = original
+    hook = enc.backbone.conv_stem.register_forward_pre_hook(lambda _m, args: seen.__setitem__("x", args[0]))
+    try:
+        out = enc(inputs)
+    finally:
+        hook.remove()
     return seen["x"], out
 
 
