@@ -25,6 +25,7 @@ from multimodal.cache.keys import ABSENT, UNREADABLE, content_key, encoder_finge
 from multimodal.cache.modes import MIN_BF16_COSINE, check_precision, first_choice
 from multimodal.cache.ort import (
     DEFAULT_BACKEND,
+    GRAPH_FILE,
     MAX_DIFF,
     MIN_COSINE,
     OrtTower,
@@ -244,8 +245,11 @@ class FeatureCache:
             accelerator.wait_for_everyone()
             if failure is not None:
                 raise failure
-        if not first or accelerator is None or accelerator.num_processes == 1:
+        if accelerator is None or accelerator.num_processes == 1:
             tower = open_tower(self.encoder, self.directory, self.backend, len(todo), device)
+        elif not first:  # only what the first process exported: its choice (no file: torch) holds for all
+            exported = (self.directory / GRAPH_FILE).exists()
+            tower = open_tower(self.encoder, self.directory, self.backend, len(todo), device) if exported else None
         if tower is None:
             return set()
         try:

@@ -154,12 +154,11 @@ def test_config_rejects_a_bad_backend_and_onnx_outside_fp32():
         FeatureCache(_image_tower(), "unused", backend="ort")
 
 
-def test_two_ranks_export_once_and_both_fill_through_ort(onnx_fill, photos, tmp_path, monkeypatch):
-    """Two 'processes' (threads with a shared barrier): the first exports, the other waits and loads that file."""
+def _fill_on_two_ranks(caches, photos) -> list:
+    """Fill `caches[0]` and `caches[1]` as two 'processes' (threads with a shared barrier); the errors raised."""
     import threading
 
     barrier = threading.Barrier(2)
-    exports = []
 
     class FakeAccelerator:
         def __init__(self, rank):
@@ -168,18 +167,12 @@ def test_two_ranks_export_once_and_both_fill_through_ort(onnx_fill, photos, tmp_
         def wait_for_everyone(self):
             barrier.wait(timeout=60)
 
-    def export(encoder, path):
-        exports.append(path)
-        shutil.copy(onnx_fill.directory / ort_module.GRAPH_FILE, path)
-
-    monkeypatch.setattr(ort_module, "export_tower", export)
-    caches = [FeatureCache(_image_tower(), tmp_path, backend="onnx") for _ in range(2)]
     errors = []
 
     def run(rank):
         try:
             caches[rank].build(photos, batch_size=2, accelerator=FakeAccelerator(rank), show_progress=False)
-        except Exception as err:  # noqa: BLE001 - reported by the assertion below
+        except Exception as err:  # noqa: BLE001 - reported by the callers' assertions
             errors.append(err)
             barrier.abort()
 
@@ -188,5 +181,38 @@ def test_two_ranks_export_once_and_both_fill_through_ort(onnx_fill, photos, tmp_
         t.start()
     for t in threads:
         t.join(timeout=120)
-    assert not errors and len(exports) == 1
+    return errors
+
+
+def test_two_ranks_export_once_and_both_fill_through_ort(onnx_fill, photos, tmp_path, monkeypatch):
+    """The first process exports, the other waits and loads that file."""
+    exports = []
+
+    def export(encoder, path):
+        exports.append(path)
+        shutil.copy(onnx_fill.directory / ort_module.GRAPH_FILE, path)
+
+    monkeypatch.setattr(ort_module, "export_tower", export)
+    caches = [FeatureCache(_image_tower(), tmp_path, backend="onnx") for _ in range(2)]
+    assert not _fill_on_two_ranks(caches, photos) and len(exports) == 1
     assert all(c.tower is not None and len(c) == len(photos) for c in caches)
+
+
+def test_when_the_first_rank_cannot_export_every_rank_fills_in_torch(onnx_fill, photos, tmp_path, monkeypatch):
+    """auto: the first process's export fails (torch, one warning); the others follow it and never export, so
+    every process skips the same checked items and the fill is complete."""
+    exports = []
+
+    def export(encoder, path):  # fails for the first caller only: a second export would succeed
+        exports.append(path)
+        if len(exports) == 1:
+            raise RuntimeError("unsupported operator")
+        shutil.copy(onnx_fill.directory / ort_module.GRAPH_FILE, path)
+
+    monkeypatch.setattr(ort_module, "export_tower", export)
+    monkeypatch.setattr(ort_module, "AUTO_MIN_ITEMS", 0)
+    caches = [FeatureCache(_image_tower(), tmp_path, backend="auto") for _ in range(2)]
+    assert not _fill_on_two_ranks(caches, photos)
+    assert len(exports) == 1 and all(c.tower is None for c in caches)
+    caches[0].refresh()
+    assert len(caches[0]) == len(photos)
