@@ -310,9 +310,10 @@ def resolve_pool_stages(value: Any, backbone: torch.nn.Module, spec: str) -> lis
     return normalized
 
 
-def pool_stage_width(backbone: torch.nn.Module, stages: list[int]) -> int:
-    """Channels the pooled `stages` add to `pooled`."""
-    return sum(int(backbone.feature_info[i]["num_chs"]) for i in stages)
+def pooled_width(backbone: torch.nn.Module, stages: list[int]) -> int:
+    """Width of `pooled`: the backbone's pooled feature plus the channels of the pooled `stages`."""
+    own = int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+    return own + sum(int(backbone.feature_info[i]["num_chs"]) for i in stages)
 
 
 def features_with_stages(backbone: torch.nn.Module, x: torch.Tensor,

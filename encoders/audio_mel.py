@@ -22,7 +22,7 @@ from encoders._timm import (
     DEFAULT_POOL_STAGES,
     channels_last,
     create_timm_backbone,
-    pool_stage_width,
+    pooled_width,
     pooled_with_stages,
     resolve_pool_stages,
     resolve_timm_source,
@@ -176,8 +176,7 @@ class MelAudioEncoder(Encoder):
         self.resize = list(resize) if isinstance(resize, tuple) else resize
         self.input_hw = resolve_input_size(resize, backbone)
         self.pool_stages = resolve_pool_stages(pool_stages, backbone, spec)
-        self.output_dim = int(getattr(backbone, "head_hidden_size", None) or backbone.num_features) + \
-            pool_stage_width(backbone, self.pool_stages)
+        self.output_dim = pooled_width(backbone, self.pool_stages)
         self.token_dim = int(backbone.num_features)
 
     @classmethod

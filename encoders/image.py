@@ -14,7 +14,7 @@ from encoders._timm import (
     channels_last,
     create_timm_backbone,
     fixed_input_size,
-    pool_stage_width,
+    pooled_width,
     pooled_with_stages,
     resolve_pool_stages,
     resolve_timm_source,
@@ -108,8 +108,7 @@ class ImageEncoder(Encoder):
             args["input_size"] = (3, int(img_size), int(img_size))
         self.data_config = timm.data.resolve_data_config(args, model=backbone)
         self.pool_stages = resolve_pool_stages(pool_stages, backbone, spec)
-        self.output_dim = int(getattr(backbone, "head_hidden_size", None) or backbone.num_features) + \
-            pool_stage_width(backbone, self.pool_stages)
+        self.output_dim = pooled_width(backbone, self.pool_stages)
         self.token_dim = int(backbone.num_features)
         # uint8 pixels are normalised here, on the model's device (non-persistent: not in the state dict).
         mean = torch.tensor(self.data_config["mean"], dtype=torch.float32).view(1, -1, 1, 1)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from encoders.base import Encoder, EncoderOutput
 from multimodal.cache import ABSENT, FeatureCache, content_key, encoder_fingerprint
+from tests.multimodal.cache.two_ranks import on_two_ranks
 
 
 class _ResizeFlatten:
@@ -190,33 +191,19 @@ def test_real_encoder_fingerprints_follow_preprocessing(tiny_text_dir):
 
 def test_two_ranks_split_the_work_and_see_every_entry(tmp_path, images):
     """Two 'processes' (threads with a shared barrier) build one cache: each item encoded exactly once."""
-    import threading
     import time
-
-    barrier = threading.Barrier(2)
-
-    class FakeAccelerator:
-        def __init__(self, rank):
-            self.process_index, self.num_processes = rank, 2
-
-        def wait_for_everyone(self):
-            barrier.wait(timeout=30)
 
     encoders = [CountingImageEncoder(), CountingImageEncoder()]
     results = {}
 
-    def run(rank):
+    def work(rank, accelerator):
         if rank == 1:
             time.sleep(0.3)  # a slow rank opens the cache after the other one may have written
         cache = FeatureCache(encoders[rank], tmp_path / "cache")
-        keys = cache.build(images, batch_size=2, accelerator=FakeAccelerator(rank))
+        keys = cache.build(images, batch_size=2, accelerator=accelerator)
         results[rank] = (keys, all(cache.has(k) for k in keys), cache.load(keys).pooled)
 
-    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    assert not on_two_ranks(work, timeout=30)
     assert results[0][1] and results[1][1]
     assert encoders[0].calls + encoders[1].calls == len(images) and encoders[1].calls > 0
     assert torch.equal(results[0][2], results[1][2])

@@ -15,6 +15,7 @@ from encoders import create_encoder
 from multimodal.cache import FeatureCache
 from multimodal.cache import ort as ort_module
 from multimodal.config import ConfigError, config_from_dict
+from tests.multimodal.cache.two_ranks import on_two_ranks
 
 pytest.importorskip("onnxruntime")
 
@@ -155,33 +156,9 @@ def test_config_rejects_a_bad_backend_and_onnx_outside_fp32():
 
 
 def _fill_on_two_ranks(caches, photos) -> list:
-    """Fill `caches[0]` and `caches[1]` as two 'processes' (threads with a shared barrier); the errors raised."""
-    import threading
-
-    barrier = threading.Barrier(2)
-
-    class FakeAccelerator:
-        def __init__(self, rank):
-            self.process_index, self.num_processes = rank, 2
-
-        def wait_for_everyone(self):
-            barrier.wait(timeout=60)
-
-    errors = []
-
-    def run(rank):
-        try:
-            caches[rank].build(photos, batch_size=2, accelerator=FakeAccelerator(rank), show_progress=False)
-        except Exception as err:  # noqa: BLE001 - reported by the callers' assertions
-            errors.append(err)
-            barrier.abort()
-
-    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    return errors
+    """Fill `caches[0]` and `caches[1]` as two 'processes'; the errors raised."""
+    return on_two_ranks(lambda rank, accelerator: caches[rank].build(photos, batch_size=2, accelerator=accelerator,
+                                                                      show_progress=False))
 
 
 def test_two_ranks_export_once_and_both_fill_through_ort(onnx_fill, photos, tmp_path, monkeypatch):
