@@ -30,6 +30,7 @@ from multimodal.data.roles import ColumnInference, infer_columns, suggest
 from multimodal.errors import DEBUG_HELP, debug_requested, user_errors
 from multimodal.files import write_json
 from multimodal.tasks import run, summarize
+from multimodal.training.accelerator import finish_processes
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipe_configs"
 # The recipe whose defaults a table with these modalities trains with (the first one that covers them).
@@ -162,6 +163,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             write_json(os.path.join(out, "inferred_columns.json"), inference.to_dict())
         print(summarize(metrics))
         print(f"outputs in {out}")
+    finish_processes()
     return 0
 
 

@@ -44,6 +44,7 @@ from multimodal.files import write_json
 from multimodal.models.base import load_model
 from multimodal.registry import get_task
 from multimodal.tasks.base import Task
+from multimodal.training.accelerator import finish_processes
 from multimodal.training.adversarial import Adversary
 from multimodal.training.predict import predict
 
@@ -286,6 +287,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         headline.update({f"robust/{k}": v for k, v in metrics["robust"].items() if isinstance(v, float)})
     print(json.dumps(headline, indent=1))
     print(f"wrote {os.path.join(output, 'metrics.json')} and {os.path.join(output, 'report.md')}")
+    finish_processes()
     return 0
 
 

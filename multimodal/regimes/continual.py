@@ -40,6 +40,7 @@ from multimodal.files import write_json, write_text
 from multimodal.models.base import load_weights
 from multimodal.registry import get_task
 from multimodal.tasks.runner import build_loaders
+from multimodal.training.accelerator import finish_processes
 from multimodal.training.predict import forward_batch, predict
 from multimodal.training.trainer import Trainer, TrainerOptions
 
@@ -262,6 +263,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         spec["continual"] = [_relative(e, base) for e in spec.get("continual") or []]
         result = run_continual(spec)
     print(open(os.path.join(spec.get("output_dir", "outputs/continual"), "continual.md"), encoding="utf-8").read())
+    finish_processes()
     return 0 if result else 1
 
 

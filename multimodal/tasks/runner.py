@@ -40,7 +40,7 @@ from multimodal.registry import get_task
 from multimodal.tasks.base import Task
 from multimodal.tasks.crossval import run_crossval
 from multimodal.tasks.run_folder import hold_output_dir, open_run_folder, remove_run_outputs, require_model
-from multimodal.training.accelerator import process_state
+from multimodal.training.accelerator import finish_processes, process_state
 from multimodal.training.auto import auto_applies, candidate_config, select_method
 from multimodal.training.distill import build_distillation
 from multimodal.training.methods import after_training, prepare_model, train_model
@@ -349,4 +349,5 @@ def recipe_main(default_config: str, argv: Optional[list[str]] = None) -> dict[s
     if process_state().is_main_process:
         print(summarize(metrics))
         print(f"outputs in {os.path.abspath(cfg.train.output_dir)}")
+    finish_processes()
     return metrics

@@ -19,6 +19,18 @@ def process_state(timeout_s: float | None = None) -> Any:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), **kwargs)
 
 
+def finish_processes() -> None:
+    """The successful end of a launched run: every process waits for the others, then tears its process group
+    down while the interpreter is still whole. Left to interpreter exit, gloo's worker threads can outlive it and
+    a process aborts ("terminate called without an active exception"), failing a run that had finished. A no-op
+    in a single process. Not for error paths: a process that failed must not wait for the others."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def resolve_log_with(value: str) -> Optional[str]:
     """The tracker for ``train.log_with``: "none" -> None; "auto" -> tensorboard when it is installed."""
     if value == "none":

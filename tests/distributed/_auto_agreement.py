@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 from multimodal.config.loading import config_from_dict
 from multimodal.training import auto
-from multimodal.training.accelerator import process_state
+from multimodal.training.accelerator import finish_processes, process_state
 
 
 class _Task:
@@ -40,6 +40,7 @@ def main(out: str) -> None:
     statuses = {c["method"]: c["status"] for c in result["method_selection"]["candidates"]}
     with open(os.path.join(out, f"rank{state.process_index}.json"), "w") as f:
         json.dump(statuses, f)
+    finish_processes()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import torch
 
 from multimodal import Trainer, get_task, load_config
 from multimodal.tasks import build_loaders
-from multimodal.training.accelerator import process_state
+from multimodal.training.accelerator import finish_processes, process_state
 
 
 def main(argv: list[str]) -> None:
@@ -39,6 +39,7 @@ def main(argv: list[str]) -> None:
     with open(os.path.join(cfg.train.output_dir, f"rank{state.process_index}.json"), "w") as f:
         json.dump(report, f)
     trainer.end()
+    finish_processes()
 
 
 if __name__ == "__main__":
