@@ -32,6 +32,15 @@ def test_method_maps_onto_the_switches(tmp_path):
     assert blocks.model.unlock_last_blocks == {"image": 2}
     full = load_config(None, [*base, "train.method=full", "model.freeze_encoders=true"])  # the method wins
     assert full.model.freeze_encoders is False and not full.train.linear_probe
+    # the frozen methods pool every backbone stage, unless the encoder's kwargs say otherwise; trained ones do not
+    assert probe.model.encoder_kwargs["image"] == head.model.encoder_kwargs["image"] == {"img_size": 32,
+                                                                                         "pool_stages": "all"}
+    assert all("pool_stages" not in c.model.encoder_kwargs["image"] for c in (lora, blocks, full))
+    own = load_config(None, [*base, "train.method=probe", "model.encoder_kwargs={image: {pool_stages: []}}"])
+    assert own.model.encoder_kwargs["image"] == {"pool_stages": []}
+    text = load_config(None, [*base, "train.method=probe", "data.text_column=text", "model.encoder_kwargs={}",
+                              "model.encoders={text: 'text:prajjwal1/bert-tiny', image: 'image:test_efficientnet'}"])
+    assert text.model.encoder_kwargs == {"image": {"pool_stages": "all"}}  # a text encoder takes no pool_stages
     assert load_config(None, base).train.method is None  # null: the switches decide, as before
     with pytest.raises(ConfigError, match="train.method"):
         load_config(None, [*base, "train.method=lorra"])
