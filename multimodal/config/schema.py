@@ -292,12 +292,14 @@ class TrainConfig:
     time_budget_s: Optional[float] = ranged(None, Range(0, low_open=True, note="null: no limit"))
     # Linear probe: frozen encoders, standardised concatenated features, scikit-learn's logistic regression; its
     # L2 strength C is chosen from probe_cs (default: LogisticRegressionCV's 10 values 1e-4 .. 1e4, and 1) by
-    # stratified (grouped) k-fold cross-validation over the training rows, by probe_select.
+    # stratified (grouped) k-fold cross-validation over the training rows, repeated probe_cv_repeats times with
+    # other shuffles, by probe_select (accuracy and 3 repeats: BENCHMARKS.md section 10e, the real dev sets).
     linear_probe: bool = False
     probe_cs: Optional[list[float]] = ranged(
         None, Range(0, low_open=True, note="inverse L2 strengths of the linear probe"))
-    probe_select: Literal["log_loss", "accuracy"] = "log_loss"
+    probe_select: Literal["log_loss", "accuracy"] = "accuracy"
     probe_cv_folds: int = ranged(5, Range(2, note="folds of the probe's cross-validation of C"))
+    probe_cv_repeats: int = ranged(3, Range(1, note="repetitions of the probe's cross-validation, other shuffles"))
     # After choosing C (probe) or the epoch count (trained heads) on validation, refit on train+validation.
     # null: on for the linear probe, off otherwise.
     refit_full: Optional[bool] = None

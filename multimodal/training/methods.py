@@ -72,7 +72,7 @@ def _probe(trainer: Any, task: Any, loaders: dict, splits: Any, cfg: ExperimentC
     info = fit_probe(trainer.unwrapped_model, task, acc, acc.prepare(loaders["train_eval"]), trainer.eval_loader,
                      splits.validation, trainer.metric_for_best, trainer.metric_mode, cs=tcfg.probe_cs, refit=refit,
                      groups=train_groups(task, cfg, splits.train), select=tcfg.probe_select,
-                     folds=tcfg.probe_cv_folds, seed=cfg.data.split_seed)
+                     folds=tcfg.probe_cv_folds, seed=cfg.data.split_seed, repeats=tcfg.probe_cv_repeats)
     acc.print(f"linear probe: C={info['C']:g} ({info['cv']})")
     return info
 

@@ -6,9 +6,10 @@ and evaluates like every other classifier (the evaluate CLI included). The head 
 standardised training features and copied into the linear layer.
 
 C is chosen by stratified k-fold cross-validation over all training rows (``StratifiedGroupKFold`` when the data
-has groups, so no group is on both sides of a fold), by mean held-out log-loss (``train.probe_select``; or
-accuracy, ties going to the lower log-loss, then the smaller C), then the probe is refitted on every training
-row, and on train+validation when ``train.refit_full`` says so (the default for the probe). The validation
+has groups, so no group is on both sides of a fold), repeated with other shuffles (``train.probe_cv_repeats``),
+by mean held-out accuracy, ties going to the lower log-loss, then the smaller C (``train.probe_select``; or by
+log-loss alone; BENCHMARKS.md section 10e measured both on the real dev sets), then the probe is refitted on
+every training row, and on train+validation when ``train.refit_full`` says so (the default for the probe). The validation
 split, when there is one, scores the chosen C fitted on the training rows alone. Where too few rows or groups
 leave no cross-validation, C is chosen on validation, else 1.0 (scikit-learn's default), and the run says so.
 """
@@ -33,6 +34,7 @@ from multimodal.models.heads import TaskHead
 DEFAULT_CS = sorted({*np.logspace(-4, 4, 10).tolist(), 1.0})
 """LogisticRegressionCV's default grid (10 values, 1e-4 .. 1e4) plus LogisticRegression's default C=1."""
 CV_FOLDS = 5
+CV_REPEATS = 3
 ABSENT_LOGIT = -30.0  # bias of a class absent from the rows a fold trains on (weights zero)
 SELECTION = ("log_loss", "accuracy")
 
@@ -210,8 +212,8 @@ def _fallback_c(cs: list[float], given: bool) -> tuple[float, str]:
 
 def fit_probe(model: Any, task: Any, accelerator: Any, train_loader: Any, val_loader: Any, val_dataset: Any,
               metric: str, mode: str, cs: Optional[list[float]] = None, refit: bool = True,
-              groups: Optional[list[Any]] = None, select: str = "log_loss", folds: int = CV_FOLDS,
-              seed: int = 0) -> dict[str, Any]:
+              groups: Optional[list[Any]] = None, select: str = "accuracy", folds: int = CV_FOLDS,
+              seed: int = 0, repeats: int = CV_REPEATS) -> dict[str, Any]:
     """Fit the probe's statistics and head in place (C by cross-validation, see the module docstring).
 
     `groups` holds each training dataset position's group (None: rows are independent). Returns what was
@@ -231,6 +233,9 @@ def fit_probe(model: Any, task: Any, accelerator: Any, train_loader: Any, val_lo
         val["x"] = fusion.standardize(val["raw"], val["keep"]).double().numpy()
     row_groups = None if groups is None else np.asarray([str(groups[int(i)]) for i in train["index"]])
     splits, note = cv_folds(y, row_groups, folds, seed)
+    if splits and repeats > 1:  # the same scheme reshuffled: C's choice then rests on more held-out rows
+        splits += [s for r in range(1, repeats) for s in cv_folds(y, row_groups, folds, seed + r)[0]]
+        note += f", repeated {repeats} times"
     path = LogisticPath(head.num_outputs, multi_label)
     if splits:
         sweep, chosen_by = cv_sweep(x, y, splits, grid, head.num_outputs, multi_label), f"cross-validated {select}"

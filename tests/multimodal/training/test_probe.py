@@ -78,8 +78,9 @@ def test_probe_run_cross_validates_c_refits_and_saves_a_reloadable_model(tmp_pat
     metrics = run(load_config(None, _overrides(tmp_path, "train.probe_cs=[0.001, 0.1, 10.0]")))
     probe = metrics["probe"]
     assert [row["C"] for row in probe["sweep"]] == [0.001, 0.1, 10.0]
-    assert probe["C"] == min(probe["sweep"], key=lambda row: (row["log_loss"], row["C"]))["C"]  # by CV log-loss
-    assert probe["chosen_by"] == "cross-validated log_loss" and "5-fold StratifiedKFold over 36" in probe["cv"]
+    by_accuracy = min(probe["sweep"], key=lambda row: (-row["accuracy"], row["log_loss"], row["C"]))["C"]
+    assert probe["C"] == by_accuracy and probe["chosen_by"] == "cross-validated accuracy"
+    assert "5-fold StratifiedKFold" in probe["cv"] and "over 36 training rows, repeated 3 times" in probe["cv"]
     assert probe["refit_on_validation"] and probe["num_train"] == 36
     assert set(probe["validation_before_refit"]) >= {"accuracy", "macro_f1", "loss"}
     assert metrics["test"]["accuracy"] >= 0.8  # brightness is linearly separable in any conv features
@@ -90,8 +91,9 @@ def test_probe_run_cross_validates_c_refits_and_saves_a_reloadable_model(tmp_pat
 
 
 def test_probe_without_refit_keeps_train_statistics(tmp_path):
-    metrics = run(load_config(None, _overrides(tmp_path, "train.refit_full=false", "train.probe_cs=[1.0]")))
-    assert metrics["probe"]["refit_on_validation"] is False
+    metrics = run(load_config(None, _overrides(tmp_path, "train.refit_full=false", "train.probe_cs=[1.0]",
+                                               "train.probe_cv_repeats=1")))
+    assert metrics["probe"]["refit_on_validation"] is False and "repeated" not in metrics["probe"]["cv"]
 
 
 def test_probe_cs_used_without_a_validation_split(tmp_path):
@@ -112,6 +114,9 @@ def test_cv_folds_grouped_and_fallbacks():
     assert len(splits) == 3 and "fewer than 5: too few groups" in note
     assert cv_folds(labels, np.array(["a"] * 40), 5) == ([], "no cross-validation: the training rows hold 1 group")
     assert cv_folds(np.array([0, 0, 0, 1]), None, 5)[0] == []  # a class with one row
+    # the probe's repetitions: another seed, other folds (same scheme)
+    again = [sorted(test.tolist()) for _, test in cv_folds(labels, groups, 5, seed=1)[0]]
+    assert again != [sorted(test.tolist()) for _, test in cv_folds(labels, groups, 5, seed=0)[0]]
 
 
 def test_cv_c_not_picked_by_a_saturated_validation_split():
