@@ -125,7 +125,10 @@ def framework_folds(name: str, manifest: str, cache: str, auto_budget: float | N
 
     (modality, spec), = modality_specs(manifest).items()
     table = pd.read_csv(manifest, nrows=1)
-    kwargs = json.dumps({modality: encoder_options(name, modality, pool_stages)})
+    options = encoder_options(name, modality, pool_stages)
+    if pool_stages is None:  # the framework's own choice: every stage for the frozen methods, none for trained ones
+        options.pop("pool_stages", None)
+    kwargs = json.dumps({modality: options})
     with tempfile.TemporaryDirectory() as out:
         overrides = [f"data.train={manifest}", f"data.fold_column={FOLD_COLUMN}", "data.split_column=null",
                      *[f"data.{m}_column={m if m == modality else 'null'}" for m in ("text", "image", "audio")],
@@ -236,7 +239,7 @@ def main() -> None:
                         help="train.time_budget_s of each fold's method-auto run (seconds)")
     parser.add_argument("--pool-stages", type=json.loads, default=None,
                         help='the encoder\'s pool_stages as JSON: [] (none), "all" or a list of stages (default: the '
-                             "encoder's default)")
+                             "encoder's default for the features, the framework's per-method default for its runs)")
     parser.add_argument("--combine", nargs="*", default=None,
                         help="print one table from these --json files (same sets and folds; the scikit-learn rows "
                              "of the later files are baselines of their own) instead of running")
