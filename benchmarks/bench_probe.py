@@ -99,7 +99,7 @@ def ours_folds(select: str, feats: dict, fold: np.ndarray, repeats: int = 1) -> 
     `repeats` shuffles of its cross-validation (as `fit_probe` does)."""
     from sklearn.preprocessing import StandardScaler
 
-    from multimodal.training.probe import DEFAULT_CS, LogisticPath, choose_c, cv_folds, cv_sweep
+    from multimodal.training.probe import DEFAULT_CS, choose_c, cv_folds, cv_sweep, fit_path
 
     classes, y = np.unique(feats["label"], return_inverse=True)
     groups = feats["group"] if np.any(feats["group"] != "") else None
@@ -111,7 +111,7 @@ def ours_folds(select: str, feats: dict, fold: np.ndarray, repeats: int = 1) -> 
         inner = None if groups is None else groups[train]
         splits = [s for r in range(repeats) for s in cv_folds(y[train], inner, seed=r)[0]]
         c = choose_c(cv_sweep(x_train, y[train], splits, DEFAULT_CS, len(classes)), select)
-        w, b = LogisticPath(len(classes)).fit(x_train, y[train], c)
+        w, b = fit_path(len(classes), False, x_train, y[train], DEFAULT_CS, c)
         accs.append(float(((x_test @ w.T + b).argmax(1) == y[test]).mean()))
     return accs
 

@@ -102,6 +102,18 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_outputs: int, c: float, m
     return torch.from_numpy(w), torch.from_numpy(b)
 
 
+def fit_path(num_outputs: int, multi_label: bool, x: np.ndarray, y: np.ndarray, grid: list[float],
+             c: float) -> tuple[np.ndarray, np.ndarray]:
+    """The regression at `c` reached as `cv_sweep` reaches it: along the ascending `grid` from its smallest C,
+    each fit warm-started from the one before. That is the solution cross-validation scored; a cold start at a
+    weak penalty stops elsewhere (the solver's tolerance) and scored up to 2.5 points lower on the real dev sets
+    (BENCHMARKS.md, section 10e)."""
+    path = LogisticPath(num_outputs, multi_label)
+    for value in sorted(v for v in grid if v < c):
+        path.fit(x, y, value)
+    return path.fit(x, y, c)
+
+
 def cv_folds(labels: np.ndarray, groups: Optional[np.ndarray] = None, k: int = CV_FOLDS,
              seed: int = 0) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
     """Stratified (grouped, with `groups`) k-fold splits of the rows and a note on the scheme; fewer folds where
@@ -236,25 +248,25 @@ def fit_probe(model: Any, task: Any, accelerator: Any, train_loader: Any, val_lo
     if splits and repeats > 1:  # the same scheme reshuffled: C's choice then rests on more held-out rows
         splits += [s for r in range(1, repeats) for s in cv_folds(y, row_groups, folds, seed + r)[0]]
         note += f", repeated {repeats} times"
-    path = LogisticPath(head.num_outputs, multi_label)
     if splits:
         sweep, chosen_by = cv_sweep(x, y, splits, grid, head.num_outputs, multi_label), f"cross-validated {select}"
         chosen = choose_c(sweep, select)
     elif val is not None:
-        sweep, chosen = _validation_sweep(path, x, y, val, grid, task, model, val_dataset, metric, mode)
+        sweep, chosen = _validation_sweep(LogisticPath(head.num_outputs, multi_label), x, y, val, grid, task, model, val_dataset, metric, mode)
         note, chosen_by = f"{note}; C chosen on the validation split ({len(val['x'])} rows)", f"validation {metric}"
     else:
         sweep = []
         chosen, how = _fallback_c(grid, cs is not None)
         note, chosen_by = f"{note} and no validation split; {how}", "fallback"
-    solution = path.fit(x, y, chosen)
+    solution = fit_path(head.num_outputs, multi_label, x, y, grid, chosen)
     validation = _evaluate(solution, val, task, model, val_dataset) if val is not None else None
     refitted = bool(refit and val is not None)
     if refitted:
         raw, keep = torch.cat([train["raw"], val["raw"]]), torch.cat([train["keep"], val["keep"]])
         fusion.set_statistics(raw, keep)
         x_all = fusion.standardize(raw, keep).double().numpy()
-        solution = path.fit(x_all, np.concatenate([y, val["labels"].numpy()]), chosen)
+        solution = fit_path(head.num_outputs, multi_label, x_all, np.concatenate([y, val["labels"].numpy()]), grid,
+                            chosen)
     w, b = solution
     linear = head.net[-1]
     linear.weight.data.copy_(torch.from_numpy(w).to(linear.weight.dtype))

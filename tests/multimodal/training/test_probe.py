@@ -13,7 +13,8 @@ from PIL import Image
 from fusion import StandardizedConcat
 from multimodal import MultimodalModel, run
 from multimodal.config import ConfigError, load_config
-from multimodal.training.probe import DEFAULT_CS, choose_c, cv_folds, cv_sweep, fit_logistic
+from multimodal.training import probe as probe_module
+from multimodal.training.probe import DEFAULT_CS, LogisticPath, choose_c, cv_folds, cv_sweep, fit_logistic, fit_path
 
 
 def test_fit_logistic_is_scikit_learns_regression():
@@ -74,9 +75,12 @@ def _overrides(tmp_path, *extra) -> list[str]:
             "eval.html_report=false", *extra]
 
 
-def test_probe_run_cross_validates_c_refits_and_saves_a_reloadable_model(tmp_path):
+def test_probe_run_cross_validates_c_refits_and_saves_a_reloadable_model(tmp_path, monkeypatch):
+    fits = []  # the final fit and the refit follow the path cross-validation scored
+    monkeypatch.setattr(probe_module, "fit_path", lambda *a: fits.append((a[4], a[5])) or fit_path(*a))
     metrics = run(load_config(None, _overrides(tmp_path, "train.probe_cs=[0.001, 0.1, 10.0]")))
     probe = metrics["probe"]
+    assert fits == [([0.001, 0.1, 10.0], probe["C"])] * 2
     assert [row["C"] for row in probe["sweep"]] == [0.001, 0.1, 10.0]
     by_accuracy = min(probe["sweep"], key=lambda row: (-row["accuracy"], row["log_loss"], row["C"]))["C"]
     assert probe["C"] == by_accuracy and probe["chosen_by"] == "cross-validated accuracy"
@@ -117,6 +121,20 @@ def test_cv_folds_grouped_and_fallbacks():
     # the probe's repetitions: another seed, other folds (same scheme)
     again = [sorted(test.tolist()) for _, test in cv_folds(labels, groups, 5, seed=1)[0]]
     assert again != [sorted(test.tolist()) for _, test in cv_folds(labels, groups, 5, seed=0)[0]]
+
+
+def test_fit_path_is_the_solution_cross_validation_scored():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 200))  # more features than rows: separable, so weak penalties stop where they start
+    y = rng.integers(0, 3, 60)
+    walked = LogisticPath(3)
+    for c in DEFAULT_CS[:-1]:
+        walked.fit(x, y, c)
+    expected = walked.fit(x, y, DEFAULT_CS[-1])  # as cv_sweep reaches the largest C
+    w, b = fit_path(3, False, x, y, DEFAULT_CS, DEFAULT_CS[-1])
+    np.testing.assert_array_equal(w, expected[0])
+    cold = LogisticPath(3).fit(x, y, DEFAULT_CS[-1])
+    assert not np.allclose(cold[0], w, atol=1e-3)  # a cold start ends elsewhere: why the path is walked
 
 
 def test_cv_c_not_picked_by_a_saturated_validation_split():
