@@ -14,7 +14,15 @@ from fusion import StandardizedConcat
 from multimodal import MultimodalModel, run
 from multimodal.config import ConfigError, load_config
 from multimodal.training import probe as probe_module
-from multimodal.training.probe import DEFAULT_CS, LogisticPath, choose_c, cv_folds, cv_sweep, fit_logistic, fit_path
+from multimodal.training.probe import (
+    DEFAULT_CS,
+    LogisticPath,
+    choose_c,
+    cv_folds,
+    cv_sweep,
+    fit_logistic,
+    fit_path,
+)
 
 
 def test_fit_logistic_is_scikit_learns_regression():
