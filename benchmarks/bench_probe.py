@@ -99,7 +99,7 @@ def ours_folds(select: str, feats: dict, fold: np.ndarray, repeats: int = 1) -> 
     `repeats` shuffles of its cross-validation (as `fit_probe` does)."""
     from sklearn.preprocessing import StandardScaler
 
-    from multimodal.training.probe import DEFAULT_CS, choose_c, cv_folds, cv_sweep, fit_path
+    from multimodal.training.probe import DEFAULT_CS, choose_c, cv_sweep, fit_path, repeated_cv_folds
 
     classes, y = np.unique(feats["label"], return_inverse=True)
     groups = feats["group"] if np.any(feats["group"] != "") else None
@@ -108,8 +108,7 @@ def ours_folds(select: str, feats: dict, fold: np.ndarray, repeats: int = 1) -> 
         train, test = fold != k, fold == k
         scaler = StandardScaler().fit(feats["X"][train])
         x_train, x_test = scaler.transform(feats["X"][train]), scaler.transform(feats["X"][test])
-        inner = None if groups is None else groups[train]
-        splits = [s for r in range(repeats) for s in cv_folds(y[train], inner, seed=r)[0]]
+        splits, _ = repeated_cv_folds(y[train], None if groups is None else groups[train], repeats=repeats)
         c = choose_c(cv_sweep(x_train, y[train], splits, DEFAULT_CS, len(classes)), select)
         w, b = fit_path(len(classes), False, x_train, y[train], DEFAULT_CS, c)
         accs.append(float(((x_test @ w.T + b).argmax(1) == y[test]).mean()))

@@ -26,8 +26,6 @@ from typing import Any
 
 from multimodal.config.schema import ConfigError, PeftConfig
 
-POOL_STAGES = "pool_stages"
-
 METHODS = ("probe", "head", "lora", "last_blocks", "full")
 """The methods ``train.method`` names (besides auto), cheapest first: method auto's candidates, in order."""
 LAST_BLOCKS = 2  # blocks unlocked per encoder by method last_blocks when model.unlock_last_blocks is empty
@@ -71,6 +69,7 @@ def apply_method(cfg: Any) -> Any:
 def pool_frozen_stages(model: Any) -> None:
     """Set `FROZEN_POOL_STAGES` in ``model.encoder_kwargs`` for every encoder whose kind takes ``pool_stages``
     and whose kwargs do not set it (in place)."""
+    from encoders._timm import POOL_STAGES_FIELD as POOL_STAGES  # the option's one spelling
     from encoders.factory import parse_spec
     from encoders.registry import get_encoder_class
 

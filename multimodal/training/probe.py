@@ -141,6 +141,17 @@ def cv_folds(labels: np.ndarray, groups: Optional[np.ndarray] = None, k: int = C
     return splits, f"C chosen by {what}{short} over {len(labels)} training rows"
 
 
+def repeated_cv_folds(labels: np.ndarray, groups: Optional[np.ndarray] = None, k: int = CV_FOLDS, seed: int = 0,
+                      repeats: int = CV_REPEATS) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+    """`cv_folds` reshuffled `repeats` times (seeds `seed`, `seed + 1`, ...), all splits in one list: C's choice
+    then rests on more held-out rows."""
+    splits, note = cv_folds(labels, groups, k, seed)
+    if splits and repeats > 1:
+        splits += [s for r in range(1, repeats) for s in cv_folds(labels, groups, k, seed + r)[0]]
+        note += f", repeated {repeats} times"
+    return splits, note
+
+
 def scores(w: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray, multi_label: bool) -> dict[str, float]:
     """Mean log-loss and accuracy of the regression (W, b) on rows `x`, `y` (multi-label: per label)."""
     logits = torch.from_numpy(x @ w.T + b)
@@ -244,10 +255,7 @@ def fit_probe(model: Any, task: Any, accelerator: Any, train_loader: Any, val_lo
         val = collect_features(model, val_loader, accelerator)
         val["x"] = fusion.standardize(val["raw"], val["keep"]).double().numpy()
     row_groups = None if groups is None else np.asarray([str(groups[int(i)]) for i in train["index"]])
-    splits, note = cv_folds(y, row_groups, folds, seed)
-    if splits and repeats > 1:  # the same scheme reshuffled: C's choice then rests on more held-out rows
-        splits += [s for r in range(1, repeats) for s in cv_folds(y, row_groups, folds, seed + r)[0]]
-        note += f", repeated {repeats} times"
+    splits, note = repeated_cv_folds(y, row_groups, folds, seed, repeats)
     if splits:
         sweep, chosen_by = cv_sweep(x, y, splits, grid, head.num_outputs, multi_label), f"cross-validated {select}"
         chosen = choose_c(sweep, select)
